@@ -1,0 +1,71 @@
+# JR2Net developer entry points. Every target sets up what it needs, idempotently.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEPS_STAMP := $(VENV)/.deps-stamp
+INSTALL_STAMP := $(VENV)/.install-stamp
+NVCC ?= $(shell command -v nvcc 2>/dev/null)
+CUDA_ARCH_FLAGS := -gencode arch=compute_75,code=sm_75 -gencode arch=compute_80,code=sm_80 \
+	-gencode arch=compute_86,code=sm_86 -gencode arch=compute_89,code=sm_89 \
+	-gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+CU_SOURCES := $(wildcard csrc/cuda/*.cu)
+CU_OBJECTS := $(patsubst csrc/cuda/%.cu,build/cuda-check/%.o,$(CU_SOURCES))
+CU_HEADERS := $(wildcard csrc/ops/*.h csrc/cuda/*.cuh)
+
+.PHONY: all venv deps install build test pytest lint bench demo cuda-check clean
+
+all: build
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(DEPS_STAMP): requirements.txt | $(PY)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -r requirements.txt
+	touch $@
+
+deps: $(DEPS_STAMP)
+
+$(INSTALL_STAMP): $(DEPS_STAMP) setup.py pyproject.toml
+	JR2NET_SKIP_EXT=1 $(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+install: $(INSTALL_STAMP)
+
+# Incremental rebuild of the extension (ninja) after any csrc/ change.
+build: $(INSTALL_STAMP)
+	$(PY) setup.py -q build_ext --inplace 2>&1 | grep -v -E "^(running|copying|creating)" || true
+	$(PY) -c "import torch, jr2net._C"
+
+pytest: build
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test: pytest cuda-check
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+bench: build
+	$(PY) -m benchmarks.kernels
+	$(PY) -m benchmarks.fitting
+	$(PY) -m benchmarks.server
+	$(PY) -m benchmarks.quality
+
+demo: build
+	$(PY) -m jr2net.cli demo --out out/demo
+
+# Compile every CUDA kernel standalone for sm_75..sm_90 (+ compute_90 PTX); no GPU needed.
+cuda-check: $(CU_OBJECTS)
+	@if [ -z "$(NVCC)" ]; then echo "cuda-check: nvcc not found, skipped"; \
+	else echo "cuda-check: $(words $(CU_OBJECTS)) CUDA sources compiled for sm_75 sm_80 sm_86 sm_89 sm_90 + compute_90"; fi
+
+build/cuda-check/%.o: csrc/cuda/%.cu $(CU_HEADERS)
+	@mkdir -p $(dir $@)
+	@if [ -z "$(NVCC)" ]; then touch $@; else \
+	echo "nvcc $<"; $(NVCC) -std=c++17 -O3 -Icsrc $(CUDA_ARCH_FLAGS) -c $< -o $@; fi
+
+clean:
+	rm -rf build jr2net/_C*.so server/_generated

@@ -1,0 +1,1 @@
+"""jr2net.clients: Python client library, CLIs and load generator."""

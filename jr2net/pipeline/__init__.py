@@ -1,0 +1,1 @@
+"""jr2net.pipeline."""

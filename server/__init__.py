@@ -1,0 +1,1 @@
+"""jr2net.server: the gRPC reenactment server."""

@@ -1,0 +1,104 @@
+"""Build JR2Net: the Python packages plus one pybind11 extension, ``jr2net._C``, from ``csrc/``.
+
+The CPU kernels are always built; the CUDA kernels are added when the installed torch has CUDA
+and nvcc is available. Install with ``pip install --no-build-isolation -e .``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+from setuptools import setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extension():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
+    define_macros: list[tuple[str, str | None]] = []
+    with_cuda = os.environ.get("JR2NET_WITH_CUDA")
+    use_cuda = (
+        with_cuda == "1"
+        or (with_cuda is None and torch.version.cuda is not None and CUDA_HOME is not None)
+    )
+    kwargs = dict(
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_link_args=["-fopenmp"],
+    )
+    if use_cuda:
+        sources += sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+        define_macros.append(("WITH_CUDA", None))
+        nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        return CUDAExtension(
+            "jr2net._C",
+            sources,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            **kwargs,
+        )
+    return CppExtension(
+        "jr2net._C",
+        sources,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags},
+        **kwargs,
+    )
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+
+
+setup(
+    name="jr2net",
+    version="0.1.0",
+    description="JR2Net: 3D-aware face reenactment and reconstruction, served over gRPC",
+    python_requires=">=3.10",
+    packages=[
+        "jr2net",
+        "jr2net.ops",
+        "jr2net.face",
+        "jr2net.models",
+        "jr2net.pipeline",
+        "jr2net.eval",
+        "jr2net.io",
+        "jr2net.server",
+        "jr2net.clients",
+        "jr2net.training",
+    ],
+    package_dir={
+        "jr2net": "jr2net",
+        "jr2net.server": "server",
+        "jr2net.clients": "clients",
+        "jr2net.training": "training",
+    },
+    package_data={"jr2net.server": ["*.proto"]},
+    # `make` installs editable with JR2NET_SKIP_EXT=1, then builds the extension in place
+    # incrementally (ninja) with `setup.py build_ext --inplace`, so it is compiled once.
+    ext_modules=[] if os.environ.get("JR2NET_SKIP_EXT") == "1" else [_extension()],
+    cmdclass=_cmdclass(),
+    install_requires=[
+        "torch>=2.4",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "pillow>=10",
+        "av>=12",
+        "dlib-bin>=19.24",
+        "face-recognition-models>=0.3",
+        "grpcio>=1.60",
+        "grpcio-tools>=1.60",
+        "grpcio-health-checking>=1.60",
+        "grpcio-reflection>=1.60",
+        "prometheus-client>=0.19",
+        "pyyaml>=6",
+        "tqdm>=4.66",
+    ],
+    entry_points={"console_scripts": ["jr2net=jr2net.cli:main"]},
+)

@@ -1,0 +1,1 @@
+"""jr2net.training: training scripts for the learned cascade."""
