@@ -31,12 +31,50 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #endif
   // --- rasterize + interpolate -------------------------------------------------------------
 #ifdef JR2_HAVE_RASTERIZE
+  m.attr("rasterize_default_near_z") = jr2net::kDefaultNearZ;
+  m.def("rasterize_fwd", &jr2net::rasterize_fwd,
+        "rasterize forward -> rast [B,H,W,4] = (u, v, z, face_id+1)", py::arg("verts_cam"),
+        py::arg("faces"), py::arg("K"), py::arg("H"), py::arg("W"), py::arg("cull_backfaces"),
+        py::arg("near_z"));
+  m.def("rasterize_bwd", &jr2net::rasterize_bwd,
+        "rasterize backward -> grad_verts [B,V,3] from grad of rast channels u, v, z",
+        py::arg("grad_rast"), py::arg("verts_cam"), py::arg("faces"), py::arg("K"),
+        py::arg("rast"));
 #endif
 #ifdef JR2_HAVE_INTERPOLATE
+  m.def("interpolate_fwd", &jr2net::interpolate_fwd,
+        "interpolate forward -> [B,H,W,C]; attr is [B,V,C] or [1,V,C]", py::arg("attr"),
+        py::arg("rast"), py::arg("faces"));
+  m.def("interpolate_bwd", &jr2net::interpolate_bwd,
+        "interpolate backward -> (grad_attr, grad_rast)", py::arg("grad_out"), py::arg("attr"),
+        py::arg("rast"), py::arg("faces"));
 #endif
   // --- sh_shading + warps ------------------------------------------------------------------
 #ifdef JR2_HAVE_SH_SHADING
+  m.def("sh_shading_fwd", &jr2net::sh_shading_fwd, "sh_shading forward -> (image, irradiance)",
+        py::arg("normals"), py::arg("albedo"), py::arg("sh"), py::arg("mask"));
+  m.def("sh_shading_bwd", &jr2net::sh_shading_bwd,
+        "sh_shading backward -> (grad_normals, grad_albedo, grad_sh, grad_mask), None where not needed",
+        py::arg("grad_image"), py::arg("grad_irradiance"), py::arg("normals"), py::arg("albedo"),
+        py::arg("sh"), py::arg("mask"), py::arg("needs"));
 #endif
 #ifdef JR2_HAVE_WARP
+  m.def("depth_warp_fwd", &jr2net::depth_warp_fwd, "depth_warp forward -> (warped, covisible)",
+        py::arg("src"), py::arg("dst_depth"), py::arg("K_src"), py::arg("K_dst"),
+        py::arg("src_T_dst"), py::arg("src_depth"), py::arg("rel_eps"));
+  m.def("depth_warp_bwd", &jr2net::depth_warp_bwd,
+        "depth_warp backward -> (grad_src, grad_dst_depth), None where not needed",
+        py::arg("grad_warped"), py::arg("src"), py::arg("dst_depth"), py::arg("K_src"),
+        py::arg("K_dst"), py::arg("src_T_dst"), py::arg("src_depth"), py::arg("rel_eps"),
+        py::arg("need_src"), py::arg("need_depth"));
+  m.def("correspondence_warp_fwd", &jr2net::correspondence_warp_fwd,
+        "correspondence_warp forward -> (warped, covisible)", py::arg("src"),
+        py::arg("points_src"), py::arg("valid"), py::arg("K_src"), py::arg("src_depth"),
+        py::arg("rel_eps"));
+  m.def("correspondence_warp_bwd", &jr2net::correspondence_warp_bwd,
+        "correspondence_warp backward -> (grad_src, grad_points_src), None where not needed",
+        py::arg("grad_warped"), py::arg("src"), py::arg("points_src"), py::arg("valid"),
+        py::arg("K_src"), py::arg("src_depth"), py::arg("rel_eps"), py::arg("need_src"),
+        py::arg("need_points"));
 #endif
 }

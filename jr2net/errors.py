@@ -17,3 +17,7 @@ class NoFaceError(JR2NetError):
 
 class FaceModelError(JR2NetError, ValueError):
     """A face-model file is missing keys, has inconsistent shapes, or cannot be imported."""
+
+
+class VideoError(JR2NetError, ValueError):
+    """A video file cannot be opened, decoded or written (corrupt, no video stream, bad codec)."""

@@ -1,0 +1,425 @@
+"""Python client library for the JR2Net streaming server.
+
+``AsyncReenactClient`` (grpc.aio) and ``ReenactClient`` (blocking, on grpc's synchronous API, so it
+can be used from any thread without an event loop) both open a session, stream frames keeping at
+most ``window`` frames unanswered (default: the window the server granted, so the server never
+has to drop) and yield one :class:`StreamResult` per frame, in the order the frames were sent.
+
+Frames may be uint8 ``[H, W, 3]`` RGB arrays (encoded as ``frame_format``), already-encoded
+JPEG/PNG ``bytes``, or ready-made ``pb2.Frame`` messages (full control, e.g. for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from jr2net.server.protocol import pb2, pb2_grpc
+
+FORMATS = {"JPEG": pb2.JPEG, "PNG": pb2.PNG, "RAW_RGB24": pb2.RAW_RGB24}
+_FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
+MODES = {"geometric": pb2.GEOMETRIC, "learned": pb2.LEARNED}
+POSE_MODES = {"relative": pb2.RELATIVE, "absolute": pb2.ABSOLUTE}
+DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class ProtocolError(RuntimeError):
+    """The server broke the protocol (e.g. a reply out of order)."""
+
+
+@dataclass
+class StreamResult:
+    """The reply to one frame: an output image or an error."""
+
+    frame_id: int
+    capture_ts_us: int
+    latency_s: float  # client clock: frame sent -> reply received
+    error_code: str = ""  # "" for an output; else FrameError.code (e.g. "DROPPED")
+    error_message: str = ""
+    data: bytes = b""  # encoded output
+    format: str = ""
+    width: int = 0
+    height: int = 0
+    image: np.ndarray | None = None  # decoded uint8 [H, W, 3] when decode=True
+    timings: dict[str, float] = field(default_factory=dict)
+    face_found: bool = False
+    fallback: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error_code
+
+
+def _read_bytes(value: str | Path | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def _image_message(image: str | Path | bytes | np.ndarray, fmt: str = "PNG", quality: int = 95) -> Any:
+    """A pb2.Image from a file path, encoded bytes, or a uint8 [H, W, 3] array."""
+    if isinstance(image, np.ndarray):
+        from jr2net.io.images import encode_image
+
+        h, w = image.shape[:2]
+        data = encode_image(image, fmt, quality=quality)
+        return pb2.Image(format=FORMATS[fmt], data=data,
+                         width=w if fmt == "RAW_RGB24" else 0, height=h if fmt == "RAW_RGB24" else 0)
+    if isinstance(image, (str, Path)):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        image = path.read_bytes()
+    if isinstance(image, (bytes, bytearray)):
+        return pb2.Image(format=pb2.IMAGE_FORMAT_UNSPECIFIED, data=bytes(image))
+    raise TypeError(f"image must be a path, bytes or a uint8 array, got {type(image).__name__}")
+
+
+def session_config(
+    source: str | Path | bytes | np.ndarray,
+    *,
+    mode: str = "",
+    output_format: str = "JPEG",
+    output_size: tuple[int, int] = (0, 0),
+    quality: int = 90,
+    pose_mode: str = "relative",
+    crop_size: int = 0,
+    max_in_flight: int = 0,
+    options: dict[str, str] | None = None,
+) -> Any:
+    """Build a ``SessionConfig`` (``mode`` "" = the server's default; sizes 0 = server defaults)."""
+    if mode and mode not in MODES:
+        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    if output_format not in FORMATS:
+        raise ValueError(f"output_format must be one of {sorted(FORMATS)}, got {output_format!r}")
+    if pose_mode not in POSE_MODES:
+        raise ValueError(f"pose_mode must be one of {sorted(POSE_MODES)}, got {pose_mode!r}")
+    return pb2.SessionConfig(
+        source=_image_message(source), output_format=FORMATS[output_format],
+        output_width=int(output_size[0]), output_height=int(output_size[1]), quality=quality,
+        mode=MODES.get(mode, pb2.MODE_UNSPECIFIED), pose_mode=POSE_MODES[pose_mode],
+        crop_size=crop_size, max_in_flight=max_in_flight, options=options or {},
+    )
+
+
+def make_frame(frame_id: int, frame: np.ndarray | bytes | Any, fmt: str = "JPEG", quality: int = 90,
+               capture_ts_us: int | None = None) -> Any:
+    """A ``pb2.Frame`` from an array (encoded as ``fmt``), encoded bytes, or a Frame (passed through)."""
+    if isinstance(frame, pb2.Frame):
+        return frame
+    ts = int(time.time() * 1e6) if capture_ts_us is None else capture_ts_us
+    if isinstance(frame, (bytes, bytearray)):
+        return pb2.Frame(frame_id=frame_id, capture_ts_us=ts, format=pb2.IMAGE_FORMAT_UNSPECIFIED,
+                         data=bytes(frame))
+    image = _image_message(frame, fmt, quality)
+    return pb2.Frame(frame_id=frame_id, capture_ts_us=ts, format=image.format, data=image.data,
+                     width=image.width, height=image.height)
+
+
+def _result(response: Any, sent_at: float, decode: bool) -> StreamResult:
+    latency = time.perf_counter() - sent_at
+    kind = response.WhichOneof("kind")
+    if kind == "error":
+        e = response.error
+        return StreamResult(e.frame_id, e.capture_ts_us, latency, e.code or "UNKNOWN", e.message)
+    if kind != "output":
+        raise ProtocolError(f"expected an OutputFrame or FrameError, got {kind!r}")
+    o = response.output
+    fmt = _FORMAT_NAMES.get(o.format, "")
+    image = None
+    if decode:
+        from jr2net.io.images import decode_frame
+
+        image = decode_frame(o.data, fmt, o.width, o.height)
+    return StreamResult(o.frame_id, o.capture_ts_us, latency, data=o.data, format=fmt,
+                        width=o.width, height=o.height, image=image, timings=dict(o.timings),
+                        face_found=o.face_found, fallback=o.fallback)
+
+
+def _metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+def _channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)]
+
+
+# ---- asyncio client ------------------------------------------------------------------------------
+
+
+class AsyncSession:
+    """An open stream: ``ready`` holds the server's SessionReady; :meth:`run` streams frames."""
+
+    def __init__(self, call: Any, ready: Any) -> None:
+        self.call = call
+        self.ready = ready
+
+    async def run(
+        self,
+        frames: Iterable[Any] | AsyncIterable[Any],
+        *,
+        window: int | None = None,
+        frame_format: str = "JPEG",
+        frame_quality: int = 90,
+        decode: bool = True,
+        pace_fps: float = 0.0,
+        first_id: int = 0,
+    ) -> AsyncIterator[StreamResult]:
+        """Send ``frames`` (ids ``first_id``, ``first_id+1``, ...) and yield their results in order.
+
+        ``window``: most frames unanswered at once (default: the server's grant). ``pace_fps`` > 0
+        sends on a fixed clock (a live camera); a sender that falls behind does not burst to catch up.
+        """
+        window = window or self.ready.max_in_flight or 1
+        slots = asyncio.Semaphore(window)
+        sent: deque[tuple[int, float]] = deque()
+        sender_error: list[BaseException] = []
+
+        async def frame_source() -> AsyncIterator[Any]:
+            if isinstance(frames, AsyncIterable):
+                async for f in frames:
+                    yield f
+            else:
+                for f in frames:
+                    yield f
+
+        async def send() -> None:
+            try:
+                start = time.perf_counter()
+                i = 0
+                async for item in frame_source():
+                    if pace_fps > 0:
+                        delay = start + i / pace_fps - time.perf_counter()
+                        if delay > 0:
+                            await asyncio.sleep(delay)
+                    await slots.acquire()
+                    if isinstance(item, pb2.Frame):
+                        msg = item
+                    else:
+                        msg = await asyncio.to_thread(make_frame, first_id + i, item, frame_format,
+                                                      frame_quality)
+                    sent.append((msg.frame_id, time.perf_counter()))
+                    await self.call.write(pb2.StreamRequest(frame=msg))
+                    i += 1
+                await self.call.done_writing()
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # surfaced by the reader below
+                sender_error.append(exc)
+                self.call.cancel()
+
+        sender = asyncio.create_task(send())
+        try:
+            while True:
+                response = await self.call.read()
+                if response is grpc.aio.EOF:
+                    break
+                if not sent:
+                    raise ProtocolError("reply received for a frame that was never sent")
+                frame_id, sent_at = sent.popleft()
+                result = (await asyncio.to_thread(_result, response, sent_at, True) if decode
+                          else _result(response, sent_at, False))
+                if result.frame_id != frame_id:
+                    raise ProtocolError(f"reply for frame {result.frame_id}, expected {frame_id}")
+                slots.release()
+                yield result
+            await sender
+            if sender_error:
+                raise sender_error[0]
+            if sent:
+                raise ProtocolError(f"stream ended with {len(sent)} frames unanswered")
+        except grpc.aio.AioRpcError:
+            if sender_error:
+                raise sender_error[0] from None
+            raise
+        finally:
+            if not sender.done():
+                sender.cancel()
+            if not self.call.done():
+                self.call.cancel()
+
+
+class AsyncReenactClient:
+    """grpc.aio client. Use as ``async with AsyncReenactClient("host:port") as client: ...``."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: str | Path | bytes | None = None,
+        tls: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.target = target
+        self.metadata = _metadata(token)
+        options = _channel_options(max_message_bytes)
+        roots = _read_bytes(root_certificates)
+        if roots is not None or tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.aio.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.stub = pb2_grpc.ReenactmentStub(self.channel)
+
+    async def __aenter__(self) -> AsyncReenactClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def server_info(self, timeout: float | None = 30.0) -> Any:
+        return await self.stub.GetServerInfo(pb2.ServerInfoRequest(), metadata=self.metadata,
+                                             timeout=timeout)
+
+    async def reconstruct(self, image: str | Path | bytes | np.ndarray, with_mesh: bool = False,
+                          timeout: float | None = 60.0) -> Any:
+        request = pb2.ReconstructRequest(image=_image_message(image), with_mesh=with_mesh)
+        return await self.stub.Reconstruct(request, metadata=self.metadata, timeout=timeout)
+
+    async def open_session(self, config: Any) -> AsyncSession:
+        """Open a stream with a ``SessionConfig`` (see :func:`session_config`); raises AioRpcError."""
+        call = self.stub.Stream(metadata=self.metadata)
+        try:
+            await call.write(pb2.StreamRequest(config=config))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                await call  # raises the status if the server refused the session
+                raise ProtocolError("server closed the stream without a SessionReady")
+            if first.WhichOneof("kind") != "ready":
+                raise ProtocolError(f"expected SessionReady, got {first.WhichOneof('kind')!r}")
+        except BaseException:
+            call.cancel()
+            raise
+        return AsyncSession(call, first.ready)
+
+    async def stream(self, source: str | Path | bytes | np.ndarray, frames: Iterable[Any] | AsyncIterable[Any],
+                     *, window: int | None = None, decode: bool = True, pace_fps: float = 0.0,
+                     frame_format: str = "JPEG", **config: Any) -> AsyncIterator[StreamResult]:
+        """Open a session for ``source`` and yield the results of ``frames`` in order."""
+        session = await self.open_session(session_config(source, **config))
+        async for result in session.run(frames, window=window, decode=decode, pace_fps=pace_fps,
+                                        frame_format=frame_format):
+            yield result
+
+
+# ---- blocking client -----------------------------------------------------------------------------
+
+
+class ReenactClient:
+    """Blocking client on grpc's synchronous API (no event loop needed)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        root_certificates: str | Path | bytes | None = None,
+        tls: bool = False,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.target = target
+        self.metadata = _metadata(token)
+        options = _channel_options(max_message_bytes)
+        roots = _read_bytes(root_certificates)
+        if roots is not None or tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=roots)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = pb2_grpc.ReenactmentStub(self.channel)
+        self.last_ready: Any = None
+
+    def __enter__(self) -> ReenactClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def server_info(self, timeout: float | None = 30.0) -> Any:
+        return self.stub.GetServerInfo(pb2.ServerInfoRequest(), metadata=self.metadata, timeout=timeout)
+
+    def reconstruct(self, image: str | Path | bytes | np.ndarray, with_mesh: bool = False,
+                    timeout: float | None = 60.0) -> Any:
+        request = pb2.ReconstructRequest(image=_image_message(image), with_mesh=with_mesh)
+        return self.stub.Reconstruct(request, metadata=self.metadata, timeout=timeout)
+
+    def stream(
+        self,
+        source: str | Path | bytes | np.ndarray,
+        frames: Iterable[Any],
+        *,
+        window: int | None = None,
+        decode: bool = True,
+        frame_format: str = "JPEG",
+        frame_quality: int = 90,
+        **config: Any,
+    ) -> Iterator[StreamResult]:
+        """Open a session and yield one result per frame, in order; ``last_ready`` gets SessionReady.
+
+        Raises ``grpc.RpcError`` when the server refuses the session or ends the stream.
+        """
+        cfg = session_config(source, **config)
+        granted: queue.Queue[int] = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        sent: deque[tuple[int, float]] = deque()
+        slots = threading.Semaphore(0)  # released once the window is known
+
+        def requests() -> Iterator[Any]:
+            yield pb2.StreamRequest(config=cfg)
+            n = granted.get()
+            if n <= 0:
+                return
+            for _ in range(n):
+                slots.release()
+            for i, item in enumerate(frames):
+                while not slots.acquire(timeout=0.1):
+                    if stop.is_set():
+                        return
+                if stop.is_set():
+                    return
+                msg = make_frame(i, item, frame_format, frame_quality)
+                sent.append((msg.frame_id, time.perf_counter()))
+                yield pb2.StreamRequest(frame=msg)
+
+        responses = self.stub.Stream(requests(), metadata=self.metadata)
+        try:
+            try:
+                first = next(responses)
+            except StopIteration:
+                raise ProtocolError("server closed the stream without a SessionReady") from None
+            if first.WhichOneof("kind") != "ready":
+                raise ProtocolError(f"expected SessionReady, got {first.WhichOneof('kind')!r}")
+            self.last_ready = first.ready
+            granted.put(window or first.ready.max_in_flight or 1)
+            for response in responses:
+                if not sent:
+                    raise ProtocolError("reply received for a frame that was never sent")
+                frame_id, sent_at = sent.popleft()
+                result = _result(response, sent_at, decode)
+                if result.frame_id != frame_id:
+                    raise ProtocolError(f"reply for frame {result.frame_id}, expected {frame_id}")
+                slots.release()
+                yield result
+        finally:
+            stop.set()
+            if granted.empty():
+                granted.put(0)
+            responses.cancel()

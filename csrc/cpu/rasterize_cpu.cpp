@@ -1,0 +1,206 @@
+// CPU rasteriser: project vertices, scatter every triangle's covered pixels into a packed
+// (depth, face id) z-buffer with an atomic min, then resolve (u, v, z) per pixel.
+// Coverage and depth run in double so ids match the reference bit for bit.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+
+#include <algorithm>
+#include <vector>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+
+#include "ops/rasterize.h"
+#include "rasterize.h"
+
+namespace jr2net {
+namespace {
+
+using raster::kEmptyKey;
+
+inline void atomic_min_u64(unsigned long long* addr, unsigned long long v) {
+  unsigned long long cur = __atomic_load_n(addr, __ATOMIC_RELAXED);
+  while (v < cur &&
+         !__atomic_compare_exchange_n(addr, &cur, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+  }
+}
+
+template <typename scalar_t>
+void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
+  const int64_t B = p.B, V = p.V, F = p.F, H = p.H, W = p.W;
+  const int64_t HW = H * W;
+  static const bool prof = std::getenv("JR2_PROF") != nullptr;
+  auto T0 = std::chrono::steady_clock::now();
+  auto lap = [&](const char* n) { if (!prof) return; auto T1 = std::chrono::steady_clock::now(); std::fprintf(stderr, "%s %.3f ms\n", n, std::chrono::duration<double, std::milli>(T1 - T0).count()); T0 = T1; };
+
+  at::parallel_for(0, B * V, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      raster::project_vertex<double>(p.verts + k * 3, p.K + (k / V) * 9, p.near_z, p.proj + k * 3);
+    }
+  });
+  at::parallel_for(0, B * HW, 1 << 16, [&](int64_t begin, int64_t end) {
+    std::fill(p.zbuf + begin, p.zbuf + end, kEmptyKey);
+  });
+
+  lap("proj+fill");
+  at::parallel_for(0, B * F, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / F;
+      const int f = static_cast<int>(t - b * F);
+      const int32_t* fv = p.faces + int64_t(f) * 3;
+      const double* pb = p.proj + b * V * 3;
+      raster::TriSetup<double> ts;
+      if (!raster::setup_triangle(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
+                                  pb + int64_t(fv[2]) * 3, p.H, p.W, p.cull_backfaces, ts)) {
+        continue;
+      }
+      unsigned long long* zb = p.zbuf + b * HW;
+      for (int i = ts.i0; i <= ts.i1; ++i) {
+        const raster::RowTerms<double> rt = raster::row_terms(ts, static_cast<double>(i));
+        unsigned long long* zrow = zb + int64_t(i) * W;
+        for (int j = ts.j0; j <= ts.j1; ++j) {
+          const unsigned long long key = raster::pixel_key(ts, rt, static_cast<double>(j), f);
+          if (key != kEmptyKey) atomic_min_u64(zrow + j, key);
+        }
+      }
+    }
+  });
+
+  lap("tris");
+  at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / H;
+      const double py = static_cast<double>(row - b * H);
+      const double* pb = p.proj + b * V * 3;
+      for (int64_t j = 0; j < W; ++j) {
+        const int64_t pix = row * W + j;
+        const unsigned long long key = p.zbuf[pix];
+        scalar_t* out = p.rast + pix * 4;
+        if (key == kEmptyKey) {
+          out[0] = out[1] = out[2] = out[3] = scalar_t(0);
+          continue;
+        }
+        const int f = static_cast<int>(key & 0xffffffffull);
+        const int32_t* fv = p.faces + int64_t(f) * 3;
+        double u, v, z;
+        raster::resolve_uvz_proj(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
+                                 pb + int64_t(fv[2]) * 3, static_cast<double>(j), py, u, v, z);
+        out[0] = static_cast<scalar_t>(u);
+        out[1] = static_cast<scalar_t>(v);
+        out[2] = static_cast<scalar_t>(z);
+        out[3] = static_cast<scalar_t>(f + 1);
+      }
+    }
+  });
+  lap("resolve");
+}
+
+template <typename scalar_t>
+void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
+  const int64_t B = p.B, V = p.V, H = p.H, W = p.W;
+  const int64_t rows = B * H;
+  // Each chunk scatters into its own gradient buffer (deterministic, no atomics).
+  const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 8));
+  const int64_t gsize = B * V * 3;
+  std::vector<scalar_t> extra(static_cast<size_t>((nchunks - 1) * gsize), scalar_t(0));
+  at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
+    for (int64_t c = cbegin; c < cend; ++c) {
+      scalar_t* g = c == 0 ? p.grad_verts : extra.data() + (c - 1) * gsize;
+      const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
+      for (int64_t row = r0; row < r1; ++row) {
+        const int64_t b = row / H;
+        const scalar_t py = static_cast<scalar_t>(row - b * H);
+        const scalar_t* vb = p.verts + b * V * 3;
+        scalar_t* gb = g + b * V * 3;
+        const scalar_t* Kb = p.K + b * 9;
+        for (int64_t j = 0; j < W; ++j) {
+          const int64_t pix = row * W + j;
+          const scalar_t* r = p.rast + pix * 4;
+          const scalar_t* gr = p.grad_rast + pix * 4;
+          if (r[3] == scalar_t(0)) continue;
+          if (gr[0] == scalar_t(0) && gr[1] == scalar_t(0) && gr[2] == scalar_t(0)) continue;
+          const int f = static_cast<int>(r[3]) - 1;
+          if (f < 0 || f >= p.F) continue;
+          const int32_t* fv = p.faces + int64_t(f) * 3;
+          scalar_t g0[3] = {0, 0, 0}, g1[3] = {0, 0, 0}, g2[3] = {0, 0, 0};
+          raster::resolve_uvz_backward(vb + int64_t(fv[0]) * 3, vb + int64_t(fv[1]) * 3,
+                                       vb + int64_t(fv[2]) * 3, Kb, static_cast<scalar_t>(j), py,
+                                       gr[0], gr[1], gr[2], g0, g1, g2);
+          scalar_t* d0 = gb + int64_t(fv[0]) * 3;
+          scalar_t* d1 = gb + int64_t(fv[1]) * 3;
+          scalar_t* d2 = gb + int64_t(fv[2]) * 3;
+          for (int k = 0; k < 3; ++k) {
+            d0[k] += g0[k];
+            d1[k] += g1[k];
+            d2[k] += g2[k];
+          }
+        }
+      }
+    }
+  });
+  if (nchunks > 1) {
+    at::parallel_for(0, gsize, 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t c = 1; c < nchunks; ++c) {
+        const scalar_t* src = extra.data() + (c - 1) * gsize;
+        for (int64_t k = begin; k < end; ++k) p.grad_verts[k] += src[k];
+      }
+    });
+  }
+}
+
+}  // namespace
+
+at::Tensor rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& K,
+                             int64_t H, int64_t W, bool cull_backfaces, double near_z) {
+  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  at::Tensor rast = at::empty({B, H, W, 4}, verts.options());
+  at::Tensor proj = at::empty({B, V, 3}, verts.options().dtype(at::kDouble));
+  at::Tensor zbuf = at::empty({B, H, W}, verts.options().dtype(at::kLong));
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
+    raster::RasterFwdParams<scalar_t, double> p;
+    p.verts = verts.data_ptr<scalar_t>();
+    p.faces = faces.data_ptr<int32_t>();
+    p.K = K.data_ptr<scalar_t>();
+    p.B = static_cast<int>(B);
+    p.V = static_cast<int>(V);
+    p.F = static_cast<int>(F);
+    p.H = static_cast<int>(H);
+    p.W = static_cast<int>(W);
+    p.cull_backfaces = cull_backfaces;
+    p.near_z = near_z;
+    p.proj = proj.data_ptr<double>();
+    p.zbuf = reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>());
+    p.rast = rast.data_ptr<scalar_t>();
+    rasterize_fwd_impl(p);
+  });
+  return rast;
+}
+
+at::Tensor rasterize_bwd_cpu(const at::Tensor& grad_rast, const at::Tensor& verts,
+                             const at::Tensor& faces, const at::Tensor& K, const at::Tensor& rast) {
+  at::Tensor grad_verts = at::zeros_like(verts);
+  const at::Tensor g = grad_rast.contiguous();
+  const at::Tensor r = rast.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {
+    raster::RasterBwdParams<scalar_t> p;
+    p.verts = verts.data_ptr<scalar_t>();
+    p.faces = faces.data_ptr<int32_t>();
+    p.K = K.data_ptr<scalar_t>();
+    p.rast = r.data_ptr<scalar_t>();
+    p.grad_rast = g.data_ptr<scalar_t>();
+    p.B = static_cast<int>(verts.size(0));
+    p.V = static_cast<int>(verts.size(1));
+    p.F = static_cast<int>(faces.size(0));
+    p.H = static_cast<int>(rast.size(1));
+    p.W = static_cast<int>(rast.size(2));
+    p.grad_verts = grad_verts.data_ptr<scalar_t>();
+    rasterize_bwd_impl(p);
+  });
+  return grad_verts;
+}
+
+}  // namespace jr2net

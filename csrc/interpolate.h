@@ -1,0 +1,82 @@
+// Tensor-level interpolate API: backend entry points plus the validating dispatcher that
+// jr2net._C exposes. Light ATen headers only (this file is included by bindings.cpp).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "rasterize.h"
+
+namespace jr2net {
+
+// attr is [A,V,C] with A == 1 (shared by the batch) or A == B.
+at::Tensor interpolate_fwd_cpu(const at::Tensor& attr, const at::Tensor& rast,
+                               const at::Tensor& faces);
+// Returns {grad_attr [A,V,C], grad_rast [B,H,W,4]} (channels 2, 3 of grad_rast are zero).
+std::vector<at::Tensor> interpolate_bwd_cpu(const at::Tensor& grad_out, const at::Tensor& attr,
+                                            const at::Tensor& rast, const at::Tensor& faces);
+#ifdef WITH_CUDA
+at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
+                                const at::Tensor& faces);
+std::vector<at::Tensor> interpolate_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& attr,
+                                             const at::Tensor& rast, const at::Tensor& faces);
+#endif
+
+namespace raster_detail {
+
+inline void check_interpolate_inputs(const at::Tensor& attr, const at::Tensor& rast,
+                                     const at::Tensor& faces) {
+  check_float_tensor(attr, "attr");
+  TORCH_CHECK_VALUE(attr.dim() == 3, "attr must have shape [B,V,C] or [1,V,C], got ",
+                    attr.sizes());
+  TORCH_CHECK_VALUE(attr.size(2) > 0, "attr must have at least one channel");
+  check_rast(rast, attr, "rast");
+  TORCH_CHECK_VALUE(rast.is_contiguous(), "rast must be contiguous");
+  TORCH_CHECK_VALUE(attr.size(0) == 1 || attr.size(0) == rast.size(0),
+                    "attr batch size must be 1 or match rast (", rast.size(0), "), got ",
+                    attr.size(0));
+  check_faces(faces, attr.size(1), attr.device());
+}
+
+}  // namespace raster_detail
+
+// Validates and dispatches interpolate's forward pass.
+inline at::Tensor interpolate_fwd(const at::Tensor& attr, const at::Tensor& rast,
+                                  const at::Tensor& faces) {
+  raster_detail::check_interpolate_inputs(attr, rast, faces);
+  if (attr.is_cuda()) {
+#ifdef WITH_CUDA
+    return interpolate_fwd_cuda(attr, rast, faces);
+#else
+    TORCH_CHECK(false, "jr2net was not compiled with CUDA: cannot interpolate a CUDA tensor");
+#endif
+  }
+  TORCH_CHECK_VALUE(attr.is_cpu(), "attr must be a CPU or CUDA tensor, got ", attr.device());
+  return interpolate_fwd_cpu(attr, rast, faces);
+}
+
+// Validates and dispatches interpolate's backward pass.
+inline std::vector<at::Tensor> interpolate_bwd(const at::Tensor& grad_out, const at::Tensor& attr,
+                                               const at::Tensor& rast, const at::Tensor& faces) {
+  raster_detail::check_interpolate_inputs(attr, rast, faces);
+  raster_detail::check_float_tensor(grad_out, "grad_out");
+  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == rast.size(0) &&
+                        grad_out.size(1) == rast.size(1) && grad_out.size(2) == rast.size(2) &&
+                        grad_out.size(3) == attr.size(2),
+                    "grad_out must have shape [B,H,W,C], got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == attr.scalar_type(), "grad_out must have dtype ",
+                   attr.scalar_type());
+  if (attr.is_cuda()) {
+#ifdef WITH_CUDA
+    return interpolate_bwd_cuda(grad_out, attr, rast, faces);
+#else
+    TORCH_CHECK(false, "jr2net was not compiled with CUDA: cannot interpolate a CUDA tensor");
+#endif
+  }
+  return interpolate_bwd_cpu(grad_out, attr, rast, faces);
+}
+
+}  // namespace jr2net

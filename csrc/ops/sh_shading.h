@@ -1,0 +1,134 @@
+// Spherical-harmonics shading maths shared by the CPU and CUDA kernels (DESIGN §3).
+//
+// Per pixel: irradiance_c = m · Σ_b sh[b,c] · H_b(n), image_c = albedo_c · irradiance_c, with m the
+// mask value (1 without a mask). The normal n is used as given (callers normalise it). Planar
+// layout: normals/albedo/image/irradiance are [B,3,H,W], sh is [B,9,3], mask is [B,1,H,W].
+#pragma once
+
+#include <cstdint>
+
+#include "ops/common.h"
+
+namespace jr2net {
+
+// Irradiance constants of the 9 real SH bands (Ramamoorthi & Hanrahan), in the DESIGN order.
+constexpr double kShC0 = 0.886227;
+constexpr double kShC1 = 1.023328;
+constexpr double kShC2 = 0.858086;
+constexpr double kShC3 = 0.247708;
+constexpr double kShC4 = 0.429043;
+
+template <typename T>
+struct ShShadingParams {
+  const T* normals = nullptr;  // [B,3,H,W]
+  const T* albedo = nullptr;   // [B,3,H,W]
+  const T* sh = nullptr;       // [B,9,3]
+  const T* mask = nullptr;     // [B,1,H,W] or nullptr
+  T* image = nullptr;          // [B,3,H,W]
+  T* irradiance = nullptr;     // [B,3,H,W]
+  int64_t B = 0, HW = 0;
+};
+
+template <typename T>
+struct ShShadingBackwardParams {
+  const T* normals = nullptr;
+  const T* albedo = nullptr;
+  const T* sh = nullptr;
+  const T* mask = nullptr;        // or nullptr
+  const T* grad_image = nullptr;  // [B,3,H,W] or nullptr (treated as zeros)
+  const T* grad_irr = nullptr;    // [B,3,H,W] or nullptr (treated as zeros)
+  T* grad_normals = nullptr;      // each output may be nullptr when not needed
+  T* grad_albedo = nullptr;
+  T* grad_sh = nullptr;           // [B,9,3]; CPU writes it, CUDA accumulates (caller zeroes)
+  T* grad_mask = nullptr;
+  int64_t B = 0, HW = 0;
+};
+
+// The 9 basis values H_b(n).
+template <typename T>
+JR2_HD void sh_basis(T x, T y, T z, T* H) {
+  H[0] = T(kShC0);
+  H[1] = T(kShC1) * y;
+  H[2] = T(kShC1) * z;
+  H[3] = T(kShC1) * x;
+  H[4] = T(kShC2) * x * y;
+  H[5] = T(kShC2) * y * z;
+  H[6] = T(kShC3) * (T(3) * z * z - T(1));
+  H[7] = T(kShC2) * x * z;
+  H[8] = T(kShC4) * (x * x - y * y);
+}
+
+// Forward of one pixel p of batch b (sh points at this batch's [9,3] block).
+template <typename T>
+JR2_HD void sh_shading_pixel(const ShShadingParams<T>& P, const T* sh, int64_t b, int64_t p) {
+  const int64_t base = b * 3 * P.HW + p;
+  const T x = P.normals[base], y = P.normals[base + P.HW], z = P.normals[base + 2 * P.HW];
+  const T m = P.mask ? P.mask[b * P.HW + p] : T(1);
+  T H[9];
+  sh_basis(x, y, z, H);
+#pragma unroll
+  for (int c = 0; c < 3; ++c) {
+    T irr = T(0);
+#pragma unroll
+    for (int k = 0; k < 9; ++k) irr += sh[k * 3 + c] * H[k];
+    irr *= m;
+    P.irradiance[base + c * P.HW] = irr;
+    P.image[base + c * P.HW] = P.albedo[base + c * P.HW] * irr;
+  }
+}
+
+// Backward of one pixel: writes the per-pixel grads and adds dL/dsh (27 values) into gsh.
+template <typename T, typename Acc>
+JR2_HD void sh_shading_pixel_backward(const ShShadingBackwardParams<T>& P, const T* sh, int64_t b,
+                                      int64_t p, Acc* gsh) {
+  const int64_t base = b * 3 * P.HW + p;
+  const T x = P.normals[base], y = P.normals[base + P.HW], z = P.normals[base + 2 * P.HW];
+  const T m = P.mask ? P.mask[b * P.HW + p] : T(1);
+  T H[9];
+  sh_basis(x, y, z, H);
+  T gx = T(0), gy = T(0), gz = T(0), gm = T(0);
+#pragma unroll
+  for (int c = 0; c < 3; ++c) {
+    const int64_t i = base + c * P.HW;
+    T raw = T(0);  // unmasked irradiance
+#pragma unroll
+    for (int k = 0; k < 9; ++k) raw += sh[k * 3 + c] * H[k];
+    const T gi = P.grad_image ? P.grad_image[i] : T(0);
+    const T gr = P.grad_irr ? P.grad_irr[i] : T(0);
+    const T a = P.albedo[i];
+    const T g_irr = gi * a + gr;  // dL/d(masked irradiance)
+    if (P.grad_albedo) P.grad_albedo[i] = gi * raw * m;
+    gm += g_irr * raw;
+    const T g_raw = g_irr * m;  // dL/d(unmasked irradiance)
+#pragma unroll
+    for (int k = 0; k < 9; ++k) gsh[k * 3 + c] += Acc(g_raw * H[k]);
+    // d raw / d n = Σ_k sh[k,c] dH_k/dn
+    const T s1 = sh[1 * 3 + c], s2 = sh[2 * 3 + c], s3 = sh[3 * 3 + c], s4 = sh[4 * 3 + c];
+    const T s5 = sh[5 * 3 + c], s6 = sh[6 * 3 + c], s7 = sh[7 * 3 + c], s8 = sh[8 * 3 + c];
+    const T dx = T(kShC1) * s3 + T(kShC2) * (s4 * y + s7 * z) + T(2 * kShC4) * s8 * x;
+    const T dy = T(kShC1) * s1 + T(kShC2) * (s4 * x + s5 * z) - T(2 * kShC4) * s8 * y;
+    const T dz = T(kShC1) * s2 + T(kShC2) * (s5 * y + s7 * x) + T(6 * kShC3) * s6 * z;
+    gx += g_raw * dx;
+    gy += g_raw * dy;
+    gz += g_raw * dz;
+  }
+  if (P.grad_normals) {
+    P.grad_normals[base] = gx;
+    P.grad_normals[base + P.HW] = gy;
+    P.grad_normals[base + 2 * P.HW] = gz;
+  }
+  if (P.grad_mask) P.grad_mask[b * P.HW + p] = gm;
+}
+
+#if defined(__CUDACC__) || defined(WITH_CUDA)
+}  // namespace jr2net
+#include <cuda_runtime_api.h>
+namespace jr2net {
+// CUDA launchers (csrc/cuda/sh_shading.cu); all pointers are device pointers.
+template <typename T>
+void sh_shading_fwd_cuda_launch(const ShShadingParams<T>& P, cudaStream_t stream);
+template <typename T>
+void sh_shading_bwd_cuda_launch(const ShShadingBackwardParams<T>& P, cudaStream_t stream);
+#endif
+
+}  // namespace jr2net

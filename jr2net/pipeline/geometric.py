@@ -1,0 +1,496 @@
+"""The geometric reenactment path (DESIGN §1): fit, recombine, render, warp, relight, fill, composite.
+
+No learned weights. Per session the source photo is fitted once (``SourceFitter``); per driving
+frame the face is tracked and fitted (``DrivingFitter``: pose + expression), the source identity is
+recombined with the driving expression and pose, the recombined face is rasterised in a square crop
+of the output frame, and the source pixels are moved there by ``correspondence_warp`` (each target
+pixel knows its 3D point on the source-posed mesh, so expressions move pixels, not only the head).
+
+Stages and their documented behaviour:
+
+- **pose** (``SessionOptions.pose_mode``): ``relative`` (default, cross-identity) moves the source
+  head by the driving head's rotation/translation since the driving's first face frame (x/y
+  translation scaled by the source/driving 3D head-size ratio, depth scaled so the face grows or
+  shrinks by the same factor); ``absolute`` uses the driving pose itself, re-expressed so the head
+  keeps its relative position and size in the output frame (use it for same-identity driving).
+- **relight** (``options.extra["light"]``): ``source`` (default) keeps the source's SH light, so the
+  face is relit for its new orientation under the light of the scene it is composited into:
+  ratio = E_θs(n_target) / E_θs(n_source) per vertex, interpolated per pixel. ``driving`` estimates
+  the driving frame's SH light per frame (least squares on ~600 visible vertices, albedo = the
+  source's fitted albedo) and rescales its ambient band to the source's, so only the direction of
+  the driving light is transferred (colour and brightness stay the source scene's).
+- **fill**: target face pixels not co-visible in the source (mouth interior, disoccluded cheek)
+  take per-vertex colours sampled from the source photo at session start; vertices hidden in the
+  source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a dark
+  mouth colour. They are relit by the same ratio and blended over a soft co-visibility edge.
+- **composite**: the source photo is the background; it is itself warped by the face motion,
+  extrapolated smoothly around the face (hair, ears, neck follow the head) and fading to zero
+  over a box twice the face size; the face layer goes on top with a feathered mask.
+- **no face** in a driving frame: the last reenacted output is repeated (``fallback="last_output"``)
+  or, before the first one, the source image at output size (``fallback="source"``);
+  ``face_found`` is False. Never an exception. Bad arrays raise TypeError / ValueError.
+
+``options.extra`` also accepts ``feather`` (mask feather radius in crop pixels, default crop/64)
+and ``background_warp`` (``1``/``0``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jr2net.errors import NoFaceError
+from jr2net.face.camera import crop_intrinsics, euler_rotation
+from jr2net.face.camera import project as project_points
+from jr2net.face.model import FaceModel, load_face_model, vertex_normals
+from jr2net.pipeline import stages as st
+from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
+
+try:  # the C++ kernels; the references share the signatures (used until the kernels land)
+    from jr2net.ops import correspondence_warp, interpolate, rasterize
+except ImportError:  # pragma: no cover
+    from jr2net.ops.reference import correspondence_warp_ref as correspondence_warp
+    from jr2net.ops.reference import interpolate_ref as interpolate
+    from jr2net.ops.reference import rasterize_ref as rasterize
+
+RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
+"""Model regions rendered per frame (those the model has): skin, mouth interior, eyes."""
+
+STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "composite", "total")
+RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
+BACKGROUND_BOX_SCALE = 2.0  # background-warp box side / render crop side
+REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
+MOUTH_COLOR = torch.tensor([0.32, 0.16, 0.15])  # relative to the mean skin colour
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def _pose_matrix(coeffs) -> tuple[Tensor, Tensor]:
+    """(R [3,3], t [3]) of batch-1 coefficients (model rotation before the OpenCV flip)."""
+    return euler_rotation(coeffs.angles.float())[0], coeffs.translation.float()[0]
+
+
+def _option_int(extra: dict[str, str], key: str, default: int) -> int:
+    try:
+        return int(extra.get(key, default))
+    except (TypeError, ValueError):
+        raise ValueError(f"options.extra[{key!r}] must be an integer, got {extra.get(key)!r}") from None
+
+
+@dataclass
+class _Reference:
+    """The driving's first face frame: its pose and the head-size ratio source / driving."""
+
+    R: Tensor
+    t: Tensor
+    size_ratio: float
+
+
+class GeometricSession:
+    """One source face driven by a stream of frames (``process`` is called serially)."""
+
+    def __init__(self, reenactor: GeometricReenactor, source: np.ndarray, options: SessionOptions):
+        t0 = _now()
+        source = st.check_frame(source, "source")
+        _check_options(options)
+        self.options = options
+        self.reenactor = reenactor
+        model = reenactor.model
+        pm = reenactor.render_model
+        self.crop = int(options.crop_size)
+        extra = dict(options.extra or {})
+        self.light_mode = extra.get("light", "source")
+        if self.light_mode not in ("source", "driving"):
+            raise ValueError(f"options.extra['light'] must be 'source' or 'driving', got {self.light_mode!r}")
+        self.feather_radius = _option_int(extra, "feather", max(1, self.crop // 64))
+        self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
+
+        fit = reenactor.fit_source(source)  # NoFaceError propagates (needs autograd: no inference_mode)
+        self.source_fit = fit
+        Hs, Ws = source.shape[:2]
+        Ho = int(options.output_height) or Hs
+        Wo = int(options.output_width) or Ws
+        self.out_hw = (Ho, Wo)
+
+        with torch.inference_mode():
+            self._setup(source, fit, model, pm)
+        self._driving = reenactor.make_driving_fitter()
+        self._reference: _Reference | None = None
+        self._last_output: np.ndarray | None = None
+        self.setup_seconds = _now() - t0
+
+    # ---- session start ------------------------------------------------------------------------
+
+    def _setup(self, source: np.ndarray, fit, model: FaceModel, pm: FaceModel) -> None:
+        Hs, Ws = source.shape[:2]
+        Ho, Wo = self.out_hw
+        S = self.crop
+        src_t = st.image_to_tensor(source)
+        if (Ho, Wo) != (Hs, Ws):
+            self.bg = F.interpolate(src_t, size=(Ho, Wo), mode="bilinear", align_corners=False,
+                                    antialias=True).clamp_(0, 1)
+        else:
+            self.bg = src_t
+        self.bg_u8 = np.ascontiguousarray(
+            (self.bg[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).numpy()
+        )
+        K_full = fit.K.float().reshape(1, 3, 3)
+        self.K_out = crop_intrinsics(K_full, (0.0, 0.0, float(Ws), float(Hs)), (Ho, Wo))[0]
+
+        # Per-vertex model parts of the render subset: identity fixed, expression per frame.
+        coeffs = fit.coeffs
+        self.faces = pm.faces.to(torch.int32).contiguous()
+        identity = coeffs.identity.float()
+        self.id_shape = pm.shape(identity=identity)[0].contiguous()  # [V,3]
+        V = self.id_shape.shape[0]
+        self.expr_basis = pm.expression_basis.reshape(pm.n_expression, V * 3).contiguous()
+        src_verts = self.id_shape + (coeffs.expression.float() @ self.expr_basis).view(V, 3)
+        self.R_src, self.t_src = _pose_matrix(coeffs)
+        self.src_verts_cam = st.pose_vertices(src_verts, self.R_src, self.t_src)  # [1,V,3]
+        n_src = vertex_normals(src_verts[None], self.faces)[0]
+        self.n_src_cam = st.rotate_to_camera(n_src, self.R_src)
+        self.light_src = coeffs.light.float()[0]  # [9,3]
+        self.E_src = st.irradiance(self.n_src_cam, self.light_src).clamp_min(0.05)
+        lm = model.landmarks68
+        self.src_iod = float((model.shape(identity=identity)[0, lm[45]] - model.shape(identity=identity)[0, lm[36]]).norm())
+
+        # Source crop around the face, its render (depth for the occlusion test).
+        p_src = project_points(self.src_verts_cam, self.K_out[None])[0]
+        self.src_box = st.square_box(p_src, RENDER_BOX_SCALE, (Ho, Wo))
+        x0, y0, side = self.src_box
+        self.src_crop = st.crop_resample(self.bg, self.src_box, S).contiguous()
+        self.K_src_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
+        rast = rasterize(self.src_verts_cam, self.faces, self.K_src_crop, (S, S), cull_backfaces=True)
+        self.src_depth = rast[..., 2].unsqueeze(1).contiguous()
+
+        # Per-vertex colours seen in the source (fill layer) and albedo for light estimates.
+        colors, visible = self._sample_vertex_colors()
+        region = pm.region
+        known = visible.clone()
+        if region is not None and "mouth_socket" in pm.region_names:
+            socket = region == pm.region_names.index("mouth_socket")
+            hidden_socket = socket & ~visible
+            skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
+            colors[hidden_socket] = MOUTH_COLOR * skin / skin.mean().clamp_min(1e-3) * skin.mean()
+            known |= hidden_socket
+        adjacency = st.vertex_adjacency(self.faces, V)
+        self.vertex_colors = st.diffuse_colors(colors, known, adjacency)
+        self.src_visible = visible
+        try:
+            self.albedo = pm.albedo.colors(coeffs.albedo.float())[0]
+        except Exception:  # a model without an albedo basis: the sampled colours / irradiance
+            self.albedo = (self.vertex_colors / self.E_src).clamp(0, 1)
+
+        # Per-vertex attributes interpolated per frame: source points, fill colour, relight ratio.
+        self.attr = torch.empty(1, V, 9)
+        self.attr[0, :, 0:3] = self.src_verts_cam[0]
+        self.attr[0, :, 3:6] = self.vertex_colors
+        self.attr[0, :, 6:9] = 1.0
+        # Low-resolution grid of the background-warp field (face crop = centre half).
+        self.field_factor = max(1, S // 32)
+        self.window = st.border_window(int(round(S / self.field_factor * BACKGROUND_BOX_SCALE)), 0.22)
+        j = (torch.arange(S, dtype=torch.float32) + 0.5) / S
+        self._crop_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [S,S,2] (x,y)
+
+    def _sample_vertex_colors(self) -> tuple[Tensor, Tensor]:
+        """Colours ``[V,3]`` of the source crop at each vertex, and which vertices it shows."""
+        S = self.crop
+        verts = self.src_verts_cam
+        p = project_points(verts, self.K_src_crop)  # [1,V,2]
+        grid = (2 * p + 1) / S - 1
+        colors = F.grid_sample(self.src_crop, grid[:, None], mode="bilinear", align_corners=False)
+        colors = colors[0, :, 0].T.contiguous()  # [V,3]
+        depth = F.grid_sample(self.src_depth, grid[:, None], mode="nearest", align_corners=False)
+        depth = depth[0, 0, 0]
+        z = verts[0, :, 2]
+        inside = (grid.abs() <= 1).all(-1)[0]
+        visible = inside & (depth > 0) & ((z - depth).abs() <= 0.01 * z) & (self.n_src_cam[:, 2] < -0.05)
+        return colors, visible
+
+    # ---- per frame ------------------------------------------------------------------------------
+
+    def process(self, frame: np.ndarray) -> FrameResult:
+        """Reenact one driving frame (uint8 ``[H,W,3]``); no-face frames give the documented fallback."""
+        t_start = _now()
+        frame = st.check_frame(frame, "frame")
+        timings = dict.fromkeys(STAGES, 0.0)
+        with torch.inference_mode():
+            t0 = _now()
+            fit = self._driving.fit(frame)
+            t1 = _now()
+            if fit is not None:
+                ft = getattr(fit, "timings", {}) or {}
+                track = sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect"))
+                track = min(track, t1 - t0)
+                timings["track"] = track
+                timings["fit"] = (t1 - t0) - track
+            else:
+                timings["track"] = t1 - t0
+            if fit is None:
+                return self._fallback(timings, t_start)
+            image = self._reenact(frame, fit, timings)
+        self._last_output = image
+        timings["total"] = _now() - t_start
+        return FrameResult(image=image, timings=timings, face_found=True, fallback="")
+
+    def _fallback(self, timings: dict[str, float], t_start: float) -> FrameResult:
+        if self._last_output is not None:
+            image, name = self._last_output, "last_output"
+        else:
+            image, name = self.bg_u8, "source"
+        timings["total"] = _now() - t_start
+        return FrameResult(image=image.copy(), timings=timings, face_found=False, fallback=name)
+
+    def target_pose(self, fit) -> tuple[Tensor, Tensor]:
+        """Pose (R, t) of the recombined head in the output camera (see the module doc)."""
+        R_d, t_d = _pose_matrix(fit.coeffs)
+        if self.options.pose_mode == "absolute":
+            K_d = fit.K.float().reshape(3, 3)
+            return st.absolute_pose(R_d, t_d, K_d, tuple(fit.image_size), self.K_out, self.out_hw)
+        if self._reference is None:
+            model = self.reenactor.model
+            lm = model.landmarks68
+            drv = model.shape(identity=fit.coeffs.identity.float())[0]
+            drv_iod = float((drv[lm[45]] - drv[lm[36]]).norm())
+            self._reference = _Reference(R_d.clone(), t_d.clone(), self.src_iod / max(drv_iod, 1e-6))
+        ref = self._reference
+        return st.relative_pose(self.R_src, self.t_src, R_d, t_d, ref.R, ref.t, ref.size_ratio)
+
+    def _reenact(self, frame: np.ndarray, fit, timings: dict[str, float]) -> np.ndarray:
+        S = self.crop
+        Ho, Wo = self.out_hw
+        t0 = _now()
+        # -- recombine: source identity + driving expression, pose per pose_mode
+        V = self.id_shape.shape[0]
+        verts = self.id_shape + (fit.coeffs.expression.float() @ self.expr_basis).view(V, 3)
+        R, t = self.target_pose(fit)
+        verts_cam = st.pose_vertices(verts, R, t)
+        normals = st.rotate_to_camera(vertex_normals(verts[None], self.faces)[0], R)
+        p = project_points(verts_cam, self.K_out[None])[0]
+        box = st.square_box(p, RENDER_BOX_SCALE, (Ho, Wo))
+        x0, y0, side = box
+        K_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
+        t1 = _now()
+        timings["recombine"] = t1 - t0
+
+        # -- rasterize the driving view in the output crop
+        rast = rasterize(verts_cam, self.faces, K_crop, (S, S), cull_backfaces=True)
+        t2 = _now()
+        timings["rasterize"] = t2 - t1
+
+        # -- relight ratio per vertex (goes through the same interpolation as the warp points)
+        light = self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
+        ratio = st.irradiance(normals, light).clamp_min(0.0) / self.E_src
+        self.attr[0, :, 6:9] = ratio.clamp_(0.4, 2.5)
+        t3 = _now()
+
+        # -- warp: source pixels moved to the target pixels (non-rigid correspondences)
+        interp = interpolate(self.attr, rast, self.faces)  # [1,S,S,9]
+        points = interp[..., 0:3].contiguous()
+        valid = (rast[..., 3] > 0).unsqueeze(1).float()
+        warped, covisible = correspondence_warp(
+            self.src_crop, points, valid, self.K_src_crop, self.src_depth, REL_EPS
+        )
+        t4 = _now()
+        timings["warp"] = t4 - t3
+
+        # -- relight
+        ratio_map = interp[..., 6:9].permute(0, 3, 1, 2)
+        relit = warped * ratio_map
+        t5 = _now()
+        timings["relight"] = (t5 - t4) + (t3 - t2)
+
+        # -- fill the non-covisible face pixels
+        fill = interp[..., 3:6].permute(0, 3, 1, 2) * ratio_map
+        cov_soft = F.avg_pool2d(covisible, 3, stride=1, padding=1, count_include_pad=False) * covisible
+        face = fill + cov_soft * (relit - fill)
+        t6 = _now()
+        timings["fill"] = t6 - t5
+
+        # -- composite into the (warped) source frame
+        image = self._composite(face, valid, points, box)
+        timings["composite"] = _now() - t6
+        return image
+
+    def _target_light(self, frame: np.ndarray, fit) -> Tensor:
+        """SH light of the driving frame with the source's ambient band (see the module doc)."""
+        model = self.reenactor.render_model
+        coeffs = fit.coeffs
+        V = self.id_shape.shape[0]
+        idx = self.reenactor.light_samples
+        verts = model.shape(identity=coeffs.identity.float()[:, : model.n_identity])[0, idx]
+        verts = verts + (coeffs.expression.float() @ self.expr_basis).view(V, 3)[idx]
+        R_d, t_d = _pose_matrix(coeffs)
+        cam = st.pose_vertices(verts, R_d, t_d)
+        n = st.rotate_to_camera(self.reenactor.render_normals[idx], R_d)
+        p = project_points(cam, fit.K.float().reshape(1, 3, 3))[0]
+        H, W = frame.shape[:2]
+        ok = (n[:, 2] < -0.3) & (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
+        if int(ok.sum()) < 50:
+            return self.light_src
+        pi = p[ok].round().long()
+        colors = torch.from_numpy(frame[pi[:, 1].numpy(), pi[:, 0].numpy()]).float() / 255.0
+        light = st.estimate_light(colors, self.albedo[idx][ok], n[ok])
+        scale = self.light_src[0] / light[0].clamp_min(1e-3)
+        return light * scale
+
+    def _composite(self, face: Tensor, valid: Tensor, points: Tensor, box: tuple[int, int, int]) -> np.ndarray:
+        """Paste the face crop (feathered) over the source background warped by the face motion."""
+        S = self.crop
+        Ho, Wo = self.out_hw
+        x0, y0, side = box
+        alpha = st.feather(valid, self.feather_radius)
+
+        # Background box: BACKGROUND_BOX_SCALE times the render box, same centre.
+        nb = self.window.shape[-1]
+        bside = int(round(side * nb * self.field_factor / S))
+        bx0 = x0 + side // 2 - bside // 2
+        by0 = y0 + side // 2 - bside // 2
+        # Visible part of the background box in the frame.
+        fx0, fy0 = max(bx0, 0), max(by0, 0)
+        fx1, fy1 = min(bx0 + bside, Wo), min(by0 + bside, Ho)
+        out = self.bg_u8.copy()
+        if fx1 <= fx0 or fy1 <= fy0:
+            return out
+        h, w = fy1 - fy0, fx1 - fx0
+        ys = torch.arange(fy0, fy1, dtype=torch.float32)
+        xs = torch.arange(fx0, fx1, dtype=torch.float32)
+        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+
+        if self.background_warp:
+            # Displacement (output px) target -> source where the face is, extrapolated outwards.
+            p_src = project_points(points.view(1, -1, 3), self.K_out[None]).view(S, S, 2)
+            p_tgt = self._crop_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])
+            disp = (p_src - p_tgt).permute(2, 0, 1).unsqueeze(0)  # [1,2,S,S]
+            f = self.field_factor
+            small_d = F.avg_pool2d(disp * valid, f)
+            small_w = F.avg_pool2d(valid, f)
+            off = (nb - small_w.shape[-1]) // 2
+            big_d = disp.new_zeros(1, 2, nb, nb)
+            big_w = disp.new_zeros(1, 1, nb, nb)
+            big_d[..., off : off + small_w.shape[-2], off : off + small_w.shape[-1]] = small_d
+            big_w[..., off : off + small_w.shape[-2], off : off + small_w.shape[-1]] = small_w
+            field, support = st.extend_field(big_d, big_w.clamp(0, 1), 1, max(2, nb // 16))
+            field = field * support * self.window
+            field = F.interpolate(field, size=(bside, bside), mode="bilinear", align_corners=False)
+            field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0]
+            sx, sy = gx + field[0], gy + field[1]
+            grid = torch.stack([(2 * sx + 1) / Wo - 1, (2 * sy + 1) / Ho - 1], dim=-1)[None]
+            region = F.grid_sample(self.bg, grid, mode="bilinear", padding_mode="border",
+                                   align_corners=False)
+        else:
+            region = self.bg[:, :, fy0:fy1, fx0:fx1]
+
+        # Face layer (crop resampled to its box in the output frame), clipped to the region.
+        layer = torch.cat([face, alpha], dim=1)
+        layer = F.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False,
+                              antialias=side < S)
+        lx0, ly0 = max(x0, fx0), max(y0, fy0)
+        lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
+        region = region.clone() if not self.background_warp else region
+        if lx1 > lx0 and ly1 > ly0:
+            part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
+            rgb, a = part[:3], part[3:4]
+            sub = region[0, :, ly0 - fy0 : ly1 - fy0, lx0 - fx0 : lx1 - fx0]
+            sub.add_(a * (rgb - sub))
+        out[fy0:fy1, fx0:fx1] = (
+            region[0].clamp_(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+        )
+        return out
+
+    def close(self) -> None:
+        """Release per-session state (buffers, tracker)."""
+        self._last_output = None
+        self._reference = None
+
+
+def _check_options(options: SessionOptions) -> None:
+    if not isinstance(options, SessionOptions):
+        raise TypeError(f"options must be a SessionOptions, got {type(options).__name__}")
+    if options.pose_mode not in ("relative", "absolute"):
+        raise ValueError(f"options.pose_mode must be 'relative' or 'absolute', got {options.pose_mode!r}")
+    if not isinstance(options.crop_size, int) or not 64 <= options.crop_size <= 1024:
+        raise ValueError(f"options.crop_size must be an int in [64, 1024], got {options.crop_size!r}")
+    for name in ("output_width", "output_height"):
+        v = getattr(options, name)
+        if not isinstance(v, int) or v < 0 or v > 8192 or (0 < v < 16):
+            raise ValueError(f"options.{name} must be 0 (source size) or an int in [16, 8192], got {v!r}")
+
+
+class GeometricReenactor:
+    """The default, weight-free reenactor: creates ``GeometricSession``s; safe to share across threads."""
+
+    name = "geometric"
+
+    def __init__(self, face_model: FaceModel | str | None = None) -> None:
+        from jr2net.face.fitting import DrivingFitter, SourceFitter
+
+        if face_model is None or isinstance(face_model, str):
+            face_model = load_face_model(face_model)
+        if not isinstance(face_model, FaceModel):
+            raise TypeError(f"face_model must be a FaceModel, a spec string or None, got {type(face_model).__name__}")
+        self.model = face_model
+        regions = [r for r in RENDER_REGIONS if r in (face_model.region_names or [])]
+        self.render_model = face_model.subset(regions) if regions else face_model
+        self._source_fitter_cls = SourceFitter
+        self._driving_fitter_cls = DrivingFitter
+        self._source_fitter = SourceFitter(face_model)
+        self._lock = threading.Lock()
+        # Vertices used to estimate a driving frame's light: subsampled face skin.
+        pm = self.render_model
+        with torch.inference_mode():
+            self.render_normals = vertex_normals(pm.vertices[None], pm.faces)[0]
+        skin = torch.ones(pm.n_vertices, dtype=torch.bool)
+        if pm.region is not None and "face" in pm.region_names:
+            skin = pm.region == pm.region_names.index("face")
+        idx = torch.nonzero(skin).squeeze(1)
+        step = max(1, math.ceil(idx.numel() / 600))
+        self.light_samples = idx[::step]
+
+    def fit_source(self, image: np.ndarray):
+        """Fit the source photo (``FitResult``); raises NoFaceError."""
+        with self._lock:
+            return self._source_fitter.fit(image)
+
+    def make_driving_fitter(self):
+        return self._driving_fitter_cls(self.model)
+
+    def start_session(self, source: np.ndarray, options: SessionOptions | None = None) -> GeometricSession:
+        """Fit the source once and precompute its crop, render and vertex colours (< 2 s)."""
+        return GeometricSession(self, source, options if options is not None else SessionOptions())
+
+    def reconstruct(self, image: np.ndarray, with_mesh: bool = False) -> Reconstruction:
+        """Coefficients (and optionally the model-space mesh) of the face in ``image``."""
+        image = st.check_frame(image, "image")
+        t0 = _now()
+        fit = self.fit_source(image)
+        coeffs = fit.coeffs
+        with torch.inference_mode():
+            vertices = faces = None
+            if with_mesh:
+                verts = self.model.shape(identity=coeffs.identity.float(), expression=coeffs.expression.float())
+                vertices = verts[0].numpy().astype(np.float32)
+                faces = self.model.faces.numpy().astype(np.int32)
+        d = coeffs.to_dict(self.model.expression_names)
+        d["K"] = fit.K.reshape(3, 3).tolist()
+        d["image_size"] = list(fit.image_size)
+        timings = dict(getattr(fit, "timings", {}) or {})
+        timings["total"] = _now() - t0
+        return Reconstruction(
+            coefficients=d,
+            landmarks=np.asarray(fit.detection.landmarks, dtype=np.float32),
+            vertices=vertices,
+            faces=faces,
+            timings=timings,
+        )
+
+

@@ -1,0 +1,225 @@
+"""The geometric reenactment pipeline's stages, each a plain function that can be tested and timed alone.
+
+Everything here works on batch-1 CPU tensors in the camera conventions of DESIGN §3. The session in
+``jr2net.pipeline.geometric`` strings them together: recombine -> rasterize -> warp -> relight ->
+fill -> composite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+R_FLIP = torch.tensor([1.0, -1.0, -1.0])
+
+# SH irradiance basis constants (DESIGN §3), in basis order.
+_SH_C = (0.886227, 1.023328, 1.023328, 1.023328, 0.858086, 0.858086, 0.247708, 0.858086, 0.429043)
+
+
+def check_frame(frame: object, name: str = "frame") -> np.ndarray:
+    """Validate a uint8 ``[H, W, 3]`` RGB image at the pipeline's edge (TypeError / ValueError)."""
+    if not isinstance(frame, np.ndarray):
+        raise TypeError(f"{name} must be a numpy uint8 array [H, W, 3], got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise TypeError(f"{name} must have dtype uint8, got {frame.dtype}")
+    if frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"{name} must have shape [H, W, 3], got {list(frame.shape)}")
+    if frame.shape[0] < 16 or frame.shape[1] < 16:
+        raise ValueError(f"{name} is too small to hold a face: shape {list(frame.shape)}")
+    return np.ascontiguousarray(frame)
+
+
+def image_to_tensor(img: np.ndarray) -> Tensor:
+    """uint8 ``[H, W, 3]`` -> float32 ``[1, 3, H, W]`` in [0, 1]."""
+    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+
+
+def project(points: Tensor, K: Tensor) -> Tensor:
+    """Pixel coordinates ``[..., 2]`` of camera-frame points ``[..., 3]`` under ``K [3,3]``."""
+    z = points[..., 2:3].clamp_min(1e-6)
+    xy = points[..., :2] / z
+    return xy @ K[:2, :2].T + K[:2, 2]
+
+
+def square_box(points2d: Tensor, scale: float, hw: tuple[int, int], min_side: int = 32) -> tuple[int, int, int]:
+    """Integer square box ``(x0, y0, side)`` around 2D points, ``scale`` times their extent.
+
+    The box may extend past the image; callers pad or clip.
+    """
+    lo = points2d.min(dim=0).values
+    hi = points2d.max(dim=0).values
+    c = (lo + hi) / 2
+    side = float((hi - lo).max()) * scale
+    side = int(math.ceil(min(max(side, min_side), 4 * max(hw))))
+    x0 = int(math.floor(float(c[0]) - side / 2))
+    y0 = int(math.floor(float(c[1]) - side / 2))
+    return x0, y0, side
+
+
+def crop_resample(image: Tensor, box: tuple[int, int, int], size: int) -> Tensor:
+    """The square ``box`` of ``image [1,C,H,W]`` resampled (antialiased) to ``size``²; zeros outside."""
+    x0, y0, side = box
+    _, _, H, W = image.shape
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x0 + side, W), min(y0 + side, H)
+    region = image.new_zeros(image.shape[0], image.shape[1], side, side)
+    if cx1 > cx0 and cy1 > cy0:
+        region[:, :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = image[:, :, cy0:cy1, cx0:cx1]
+    if side == size:
+        return region
+    return F.interpolate(region, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=side > size)
+
+
+def pose_vertices(verts: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """Model -> camera: ``R_flip · (R · X + t)`` for ``verts [V,3]`` -> ``[1,V,3]``."""
+    return ((verts @ R.T + t) * R_FLIP).unsqueeze(0).contiguous()
+
+
+def rotate_to_camera(normals: Tensor, R: Tensor) -> Tensor:
+    """Model-space vectors ``[V,3]`` -> camera frame (``R_flip · R · n``)."""
+    return (normals @ R.T) * R_FLIP
+
+
+def relative_pose(
+    R_src: Tensor, t_src: Tensor, R_drv: Tensor, t_drv: Tensor, R_ref: Tensor, t_ref: Tensor,
+    size_ratio: float,
+) -> tuple[Tensor, Tensor]:
+    """The source head moved by the driving head's motion since its reference (first) frame.
+
+    Rotation: ``R = (R_drv R_ref^T) R_src``. Translation: x/y move by the driving displacement
+    times ``size_ratio`` (source / driving head size, so the motion is the same fraction of the
+    face); depth scales by ``z_drv / z_ref`` so the face grows or shrinks by the same factor.
+    """
+    R = (R_drv @ R_ref.T) @ R_src
+    t = t_src.clone()
+    t[:2] = t_src[:2] + (t_drv[:2] - t_ref[:2]) * size_ratio
+    t[2] = t_src[2] * (t_drv[2] / t_ref[2])
+    return R, t
+
+
+def absolute_pose(
+    R_drv: Tensor, t_drv: Tensor, K_drv: Tensor, hw_drv: tuple[int, int], K_out: Tensor,
+    hw_out: tuple[int, int],
+) -> tuple[Tensor, Tensor]:
+    """The driving head's own pose, re-expressed for the output camera.
+
+    The head keeps its relative image position (origin projects to the same fraction of the frame)
+    and its size relative to the frame height.
+    """
+    Hd, Wd = hw_drv
+    Ho, Wo = hw_out
+    t_cam = t_drv * R_FLIP  # model origin in the driving camera frame
+    z = float(t_cam[2])
+    u = (float(K_drv[0, 0]) * float(t_cam[0]) / z + float(K_drv[0, 2]) + 0.5) / Wd
+    v = (float(K_drv[1, 1]) * float(t_cam[1]) / z + float(K_drv[1, 2]) + 0.5) / Hd
+    # Pixel size of 1 mm at the origin, as a fraction of the frame height, is preserved.
+    z_out = z * (float(K_out[1, 1]) / Ho) / (float(K_drv[1, 1]) / Hd)
+    x_out = (u * Wo - 0.5 - float(K_out[0, 2])) * z_out / float(K_out[0, 0])
+    y_out = (v * Ho - 0.5 - float(K_out[1, 2])) * z_out / float(K_out[1, 1])
+    t_out = torch.tensor([x_out, y_out, z_out], dtype=t_drv.dtype) * R_FLIP
+    return R_drv.clone(), t_out
+
+
+def sh_basis(normals: Tensor) -> Tensor:
+    """SH irradiance basis ``[..., 9]`` (constants folded in) of unit normals ``[..., 3]``."""
+    x, y, z = normals.unbind(-1)
+    c = _SH_C
+    return torch.stack(
+        [
+            torch.full_like(x, c[0]), c[1] * y, c[2] * z, c[3] * x, c[4] * x * y, c[5] * y * z,
+            c[6] * (3 * z * z - 1), c[7] * x * z, c[8] * (x * x - y * y),
+        ],
+        dim=-1,
+    )
+
+
+def irradiance(normals: Tensor, light: Tensor) -> Tensor:
+    """Irradiance ``[..., 3]`` of unit camera-frame normals under SH light ``[9, 3]``."""
+    return sh_basis(normals) @ light
+
+
+def estimate_light(colors: Tensor, albedo: Tensor, normals: Tensor, reg: float = 1e-3) -> Tensor:
+    """Least-squares SH light ``[9, 3]`` with ``colors ≈ albedo ⊙ (H(n) θ)`` over N samples.
+
+    Light is linear in θ given albedo and normals, so this is a 9x9 solve per channel.
+    """
+    H = sh_basis(normals)  # [N,9]
+    out = []
+    for c in range(3):
+        A = H * albedo[:, c : c + 1]
+        AtA = A.T @ A + reg * torch.eye(9, dtype=A.dtype) * len(A)
+        out.append(torch.linalg.solve(AtA, A.T @ colors[:, c]))
+    return torch.stack(out, dim=1)
+
+
+def vertex_adjacency(faces: Tensor, n_vertices: int) -> Tensor:
+    """Row-normalised vertex adjacency (sparse CSR ``[V, V]``) of a triangle mesh."""
+    f = faces.long()
+    i = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
+    j = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
+    A = torch.sparse_coo_tensor(torch.stack([i, j]), torch.ones(i.numel()), (n_vertices, n_vertices))
+    A = A.coalesce()
+    vals = torch.ones_like(A.values())  # duplicates collapse to one edge
+    deg = torch.zeros(n_vertices).index_add_(0, A.indices()[0], vals).clamp_min(1)
+    vals = vals / deg[A.indices()[0]]
+    return torch.sparse_coo_tensor(A.indices(), vals, (n_vertices, n_vertices)).to_sparse_csr()
+
+
+def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int = 60) -> Tensor:
+    """Fill unknown per-vertex colours ``[V,3]`` by repeated neighbour averaging (harmonic fill)."""
+    out = colors.clone()
+    if bool(known.all()):
+        return out
+    if known.any():
+        out[~known] = colors[known].mean(0)
+    for _ in range(iters):
+        out = torch.where(known[:, None], colors, adjacency @ out)
+    return out
+
+
+def feather(mask: Tensor, radius: int) -> Tensor:
+    """A soft version of a binary mask ``[1,1,H,W]``: eroded by ``radius`` then box-blurred twice.
+
+    The result is 0 outside the mask and ramps to 1 over ~2·radius pixels inside it.
+    """
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    eroded = -F.max_pool2d(-mask, k, stride=1, padding=radius)
+    soft = F.avg_pool2d(eroded, k, stride=1, padding=radius, count_include_pad=False)
+    soft = F.avg_pool2d(soft, k, stride=1, padding=radius, count_include_pad=False)
+    return soft * mask
+
+
+def extend_field(field: Tensor, weight: Tensor, factor: int, blur: int) -> tuple[Tensor, Tensor]:
+    """Extrapolate a sparse 2D field ``[1,C,H,W]`` known where ``weight`` > 0 (normalised convolution).
+
+    Works at 1/``factor`` resolution with a ``blur``-pixel box filter applied three times; returns
+    the smooth field and its support (0..1, how much known data is nearby), both at full size.
+    """
+    H, W = field.shape[-2:]
+    fw = F.avg_pool2d(field * weight, factor)
+    w = F.avg_pool2d(weight, factor)
+    k = 2 * blur + 1
+    for _ in range(3):
+        fw = F.avg_pool2d(fw, k, stride=1, padding=blur, count_include_pad=False)
+        w = F.avg_pool2d(w, k, stride=1, padding=blur, count_include_pad=False)
+    smooth = fw / w.clamp_min(1e-4)
+    support = (w * 8).clamp(max=1.0)
+    smooth = F.interpolate(smooth, size=(H, W), mode="bilinear", align_corners=False)
+    support = F.interpolate(support, size=(H, W), mode="bilinear", align_corners=False)
+    return smooth, support
+
+
+def border_window(size: int, margin: float) -> Tensor:
+    """``[1,1,size,size]`` window that is 1 inside and falls smoothly to 0 over the outer ``margin``."""
+    x = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    edge = torch.minimum(x, 1 - x) / margin
+    ramp = edge.clamp(0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
+    return (ramp[:, None] * ramp[None, :])[None, None]

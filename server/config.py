@@ -1,0 +1,266 @@
+"""Server settings and the reenactor factory.
+
+Every setting comes from, in order of precedence: a command-line flag, an environment variable
+``JR2NET_<NAME>`` (e.g. ``JR2NET_MAX_SESSIONS=4``), a YAML file (``--config``; keys are the setting
+names, e.g. ``max_sessions: 4``), then the default below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+MODES = ("geometric", "learned")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting's flag help; its type and default come from the ServerConfig field."""
+
+    help: str
+    metavar: str | None = None
+
+
+@dataclass
+class ServerConfig:
+    """All server settings (see the module docstring for where they come from)."""
+
+    host: str = "0.0.0.0"
+    port: int = 50051
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 9090
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    token: str | None = None
+    token_file: str | None = None
+    max_sessions: int = 8
+    max_in_flight: int = 4
+    max_concurrent_rpcs: int = 64
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_frame_pixels: int = 4096 * 4096
+    idle_timeout: float = 30.0
+    drain_timeout: float = 20.0
+    workers: int = 0
+    default_mode: str = "geometric"
+    face_model: str | None = None
+    checkpoint: str | None = None
+    preload: bool = True
+    log_level: str = "INFO"
+
+    def validate(self) -> ServerConfig:
+        """Raise ValueError naming the first bad setting; returns self."""
+        for name in ("max_sessions", "max_in_flight", "max_concurrent_rpcs", "max_message_bytes",
+                     "max_frame_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("idle_timeout", "drain_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in -1..65535 (-1 disables), got {self.metrics_port}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0: one per CPU), got {self.workers}")
+        if self.default_mode not in MODES:
+            raise ValueError(f"default_mode must be one of {MODES}, got {self.default_mode!r}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        for name in ("tls_cert", "tls_key", "token_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or max(1, os.cpu_count() or 1)
+
+    def resolved_token(self) -> str | None:
+        """The bearer token from ``token`` or the first line of ``token_file``; None = no auth."""
+        if self.token:
+            return self.token
+        if self.token_file:
+            token = Path(self.token_file).read_text().strip()
+            if not token:
+                raise ValueError(f"token_file {self.token_file} is empty")
+            return token
+        return None
+
+
+SETTINGS: dict[str, Setting] = {
+    "host": Setting("address to listen on", "ADDR"),
+    "port": Setting("gRPC port (0: pick a free one)", "PORT"),
+    "metrics_host": Setting("address of the Prometheus /metrics HTTP endpoint", "ADDR"),
+    "metrics_port": Setting("Prometheus HTTP port (0: pick a free one, -1: disabled)", "PORT"),
+    "tls_cert": Setting("PEM certificate chain file; with --tls-key enables TLS", "FILE"),
+    "tls_key": Setting("PEM private key file for --tls-cert", "FILE"),
+    "token": Setting("require 'authorization: Bearer TOKEN' on every call but health checks", "TOKEN"),
+    "token_file": Setting("read the bearer token from this file (first line)", "FILE"),
+    "max_sessions": Setting("concurrent streaming sessions; more get RESOURCE_EXHAUSTED", "N"),
+    "max_in_flight": Setting(
+        "unanswered frames admitted per stream; when full the oldest queued frame is answered "
+        "FrameError DROPPED", "N"),
+    "max_concurrent_rpcs": Setting("gRPC-level cap on concurrent calls (RESOURCE_EXHAUSTED)", "N"),
+    "max_message_bytes": Setting("largest request/response message in bytes", "BYTES"),
+    "max_frame_pixels": Setting("largest accepted image (width*height), source or frame", "PIXELS"),
+    "idle_timeout": Setting(
+        "end a stream with DEADLINE_EXCEEDED after this many seconds without a message while no "
+        "frame is in flight", "SECONDS"),
+    "drain_timeout": Setting(
+        "on SIGTERM/SIGINT: health NOT_SERVING, refuse new sessions (UNAVAILABLE), finish in-flight "
+        "frames, stop after at most this many seconds", "SECONDS"),
+    "workers": Setting("threads running model work off the event loop (0: one per CPU)", "N"),
+    "default_mode": Setting("mode for sessions that do not choose one (geometric|learned)", "MODE"),
+    "face_model": Setting("face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"),
+    "checkpoint": Setting("DCNet/RecAugNet checkpoint enabling mode 'learned'", "FILE"),
+    "preload": Setting("build the default reenactor at start-up so the first session is fast"),
+    "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
+}
+
+_FIELDS = {f.name: f for f in fields(ServerConfig)}
+
+
+def _field_type(name: str) -> type:
+    default = _FIELDS[name].default
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return int
+    if isinstance(default, float):
+        return float
+    return str
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    """Convert a YAML/env value to the setting's type, or raise ValueError naming it and its origin."""
+    if value is None:
+        return None
+    kind = _field_type(name)
+    try:
+        if kind is bool:
+            return value if isinstance(value, bool) else _parse_bool(str(value))
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError("not an integer")
+        return kind(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{origin}: bad value {value!r} for {name} ({exc})") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per setting; defaults are SUPPRESSed so precedence can apply."""
+    parser.add_argument(
+        "--config", metavar="YAML", default=argparse.SUPPRESS,
+        help="YAML file of settings (keys as the flag names with underscores, e.g. max_sessions: 4)",
+    )
+    for name, setting in SETTINGS.items():
+        flag = "--" + name.replace("_", "-")
+        default = _FIELDS[name].default
+        env = f"JR2NET_{name.upper()}"
+        help_text = f"{setting.help} [env {env}; default {default}]"
+        if _field_type(name) is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, type=_field_type(name), metavar=setting.metavar,
+                                default=argparse.SUPPRESS, help=help_text)
+
+
+def load_config(
+    args: argparse.Namespace | dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    yaml_path: str | os.PathLike | None = None,
+) -> ServerConfig:
+    """Merge defaults < YAML < environment < flags into a validated ServerConfig.
+
+    ``args`` holds only the flags actually given (see :func:`add_arguments`); ``yaml_path`` defaults
+    to ``args.config``; ``env`` defaults to ``os.environ``.
+    """
+    flags = dict(vars(args)) if isinstance(args, argparse.Namespace) else dict(args or {})
+    env = os.environ if env is None else env
+    yaml_path = yaml_path or flags.pop("config", None) or env.get("JR2NET_CONFIG")
+    flags.pop("config", None)
+    values: dict[str, Any] = {}
+    if yaml_path:
+        import yaml
+
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise ValueError(f"--config: no such file: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in _FIELDS:
+                raise ValueError(f"--config {path}: unknown setting {key!r}")
+            values[name] = _coerce(name, value, f"--config {path}")
+    for name in _FIELDS:
+        key = f"JR2NET_{name.upper()}"
+        if key in env and env[key] != "":
+            values[name] = _coerce(name, env[key], f"${key}")
+    for name, value in flags.items():
+        if name in _FIELDS and value is not None:
+            values[name] = value
+    return ServerConfig(**values).validate()
+
+
+class ReenactorFactory:
+    """Builds (once, thread-safely) and caches the reenactor of each mode."""
+
+    def __init__(self, config: ServerConfig, overrides: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self._cache: dict[str, Any] = dict(overrides or {})
+        self._lock = threading.Lock()
+
+    def available_modes(self) -> list[str]:
+        modes = ["geometric"]
+        if self.config.checkpoint or "learned" in self._cache:
+            modes.append("learned")
+        return modes
+
+    def get(self, mode: str) -> Any:
+        """The reenactor for ``mode``; ValueError (-> INVALID_ARGUMENT) if it cannot be served."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        with self._lock:
+            if mode not in self._cache:
+                self._cache[mode] = self._build(mode)
+            return self._cache[mode]
+
+    def loaded(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._cache)
+
+    def _build(self, mode: str) -> Any:
+        if mode == "geometric":
+            from jr2net.pipeline.geometric import GeometricReenactor
+
+            return GeometricReenactor(face_model=self.config.face_model)
+        if not self.config.checkpoint:
+            raise ValueError(
+                "mode 'learned' needs a DCNet/RecAugNet checkpoint: start the server with "
+                "--checkpoint FILE (or JR2NET_CHECKPOINT); this server only serves 'geometric'"
+            )
+        from jr2net.pipeline.learned import LearnedReenactor  # type: ignore[import-not-found]
+
+        return LearnedReenactor(checkpoint=self.config.checkpoint, face_model=self.config.face_model)
+
+
+def replace(config: ServerConfig, **changes: Any) -> ServerConfig:
+    """A validated copy of ``config`` with ``changes`` applied (for tests and embedding)."""
+    return dataclasses.replace(config, **changes).validate()

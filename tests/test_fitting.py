@@ -1,0 +1,201 @@
+"""Fitting: landmark solver on exact synthetic projections, then source / driving fits on real media."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jr2net.errors import NoFaceError
+from jr2net.face.camera import default_intrinsics, euler_rotation
+from jr2net.face.fitting import (
+    DrivingFitter,
+    LandmarkSolver,
+    SourceFitter,
+    euler_to_matrix,
+    matrix_to_euler,
+)
+from jr2net.face.model import FaceModel
+
+
+@pytest.fixture(scope="module")
+def ict(ict_model_path) -> FaceModel:
+    return FaceModel.from_npz(ict_model_path)
+
+
+@pytest.fixture(scope="module")
+def solver(ict) -> LandmarkSolver:
+    return LandmarkSolver.from_model(ict, n_identity=80)
+
+
+@pytest.fixture(scope="module")
+def source_fitter(ict) -> SourceFitter:
+    return SourceFitter(ict)
+
+
+def _random_params(solver: LandmarkSolver, rng: np.random.Generator, yaw_max: float = 0.5):
+    p = solver.zero_params()
+    angles = np.array(
+        [rng.uniform(-0.2, 0.2), rng.uniform(-yaw_max, yaw_max), rng.uniform(-0.15, 0.15)]
+    )
+    p.R = euler_to_matrix(angles)
+    p.t = np.array([rng.uniform(-20, 20), rng.uniform(-20, 20), -rng.uniform(450, 700)])
+    p.alpha = rng.normal(size=solver.n_identity)
+    p.beta = np.zeros(solver.n_expression)
+    on = rng.choice(solver.n_expression, 6, replace=False)
+    p.beta[on] = rng.uniform(0.3, 1.0, size=6)
+    return p, angles
+
+
+def test_numpy_euler_matches_camera_convention():
+    a = np.array([0.3, -0.5, 0.2])
+    R_torch = euler_rotation(torch.tensor(a)[None])[0].numpy()
+    np.testing.assert_allclose(euler_to_matrix(a), R_torch, atol=1e-12)
+    np.testing.assert_allclose(matrix_to_euler(euler_to_matrix(a)), a, atol=1e-12)
+
+
+def test_landmark_solver_recovers_pose_and_expression_with_known_identity(solver):
+    rng = np.random.default_rng(0)
+    K = default_intrinsics((512, 512))[0].double().numpy()
+    for _ in range(3):
+        gt, angles = _random_params(solver, rng)
+        target, _ = solver.project(gt, K, solver.select_contour(gt, K))
+        start = solver.init_pose(target, K)
+        start.alpha = gt.alpha.copy()
+        fit, info = solver.solve(target, K, start, fit_identity=False, w_expression=1e-6)
+        assert info.residual_px < 0.3
+        assert np.degrees(np.abs(matrix_to_euler(fit.R) - angles)).max() < 1.0
+        assert np.abs(fit.t - gt.t).max() < 10.0
+        # The expressions that move landmarks are recovered (gaze shapes do not move any).
+        assert np.abs(fit.beta - gt.beta).mean() < 0.05
+        assert np.all((fit.beta >= 0) & (fit.beta <= 1))
+
+
+def test_landmark_solver_fits_identity_and_pose_jointly(solver):
+    rng = np.random.default_rng(1)
+    K = default_intrinsics((512, 512))[0].double().numpy()
+    gt, angles = _random_params(solver, rng, yaw_max=0.4)
+    gt.beta[:] = 0
+    target, _ = solver.project(gt, K, solver.select_contour(gt, K))
+    fit, info = solver.solve(target, K, w_identity=1e-5, w_expression=1e-4)
+    assert info.residual_px < 1.0
+    assert np.degrees(np.abs(matrix_to_euler(fit.R) - angles)).max() < 3.0
+    # The dominant identity modes point the right way.
+    assert np.corrcoef(fit.alpha[:10], gt.alpha[:10])[0, 1] > 0.5
+
+
+def test_jaw_landmarks_slide_to_the_silhouette_when_the_head_turns(solver):
+    K = default_intrinsics((512, 512))[0].double().numpy()
+    p = solver.zero_params()
+    p.t = np.array([0.0, 0.0, -550.0])
+    frontal = solver.select_contour(p, K)
+    p.R = euler_to_matrix(np.array([0.0, 0.6, 0.0]))  # head turned to its left (image right)
+    turned = solver.select_contour(p, K)
+    uv, _ = solver.project(p, K, np.arange(len(solver.rows)))
+    # Subject's right side (landmarks 0-7) now faces the camera: its silhouette moves back, so the
+    # chosen vertices differ from the frontal ones and lie further out (image left) than them.
+    changed = [i for i in range(8) if turned[i] != frontal[i]]
+    assert len(changed) >= 4
+    for i in changed:
+        assert uv[turned[i], 0] <= uv[frontal[i], 0] + 1e-6
+    # The chin never slides.
+    assert turned[8] == 8
+
+
+def test_source_fit_raises_no_face_on_a_dog(source_fitter, images_dir):
+    from jr2net.io.images import load_image
+
+    with pytest.raises(NoFaceError):
+        source_fitter.fit(load_image(images_dir / "s31.jpg"))
+
+
+def test_source_fit_on_obama_matches_landmarks_within_3_percent_iod(source_fitter, images_dir):
+    from jr2net.io.images import load_image
+
+    image = load_image(images_dir / "obama.jpg")
+    result = source_fitter.fit(image)
+    assert result.residual_iod < 0.03
+    assert result.K.shape == (1, 3, 3)
+    assert result.image_size == image.shape[:2]
+    assert result.coeffs.identity.shape == (1, 80)
+    assert result.coeffs.albedo.shape[1] == source_fitter.n_albedo
+    assert torch.isfinite(result.coeffs.light).all()
+    assert {"detect", "landmarks", "photometric", "total"} <= set(result.timings)
+    # The light explains a lit face: positive ambient term in every channel.
+    assert (result.coeffs.light[0, 0] > 0).all()
+
+
+def test_source_fit_uses_the_largest_of_two_faces(ict, images_dir, caplog):
+    from jr2net.face.landmarks import detect_faces
+    from jr2net.io.images import load_image
+
+    image = load_image(images_dir / "two_people.jpg")
+    faces = detect_faces(image)
+    assert len(faces) >= 2
+    with caplog.at_level(logging.INFO, logger="jr2net.face"):
+        result = SourceFitter(ict, photometric=False).fit(image)
+    np.testing.assert_allclose(result.detection.box, faces[0].box)
+    assert "largest" in caplog.text
+    assert result.residual_iod < 0.03
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA"])
+def test_grayscale_and_rgba_photos_fit_through_load_image(ict, images_dir, tmp_path, mode):
+    from jr2net.io.images import load_image
+
+    path = tmp_path / f"obama_{mode}.png"
+    Image.open(images_dir / "obama.jpg").convert(mode).save(path)
+    image = load_image(path)
+    assert image.dtype == np.uint8 and image.shape[2] == 3
+    result = SourceFitter(ict, photometric=False).fit(image)
+    assert result.residual_iod < 0.03
+
+
+def test_source_fit_rejects_bad_arrays(source_fitter):
+    with pytest.raises(ValueError, match="image"):
+        source_fitter.fit(np.zeros((64, 64), dtype=np.uint8))
+    with pytest.raises(ValueError, match="image"):
+        source_fitter.fit(np.zeros((64, 64, 3), dtype=np.float32))
+    with pytest.raises(TypeError, match="image"):
+        source_fitter.fit([[0, 0, 0]])
+
+
+def test_driving_fitter_warm_starts_across_frames(ict, videos_dir):
+    from jr2net.io.video import VideoReader
+
+    frames = VideoReader(videos_dir / "d0.mp4").read_all(max_frames=6)
+    fitter = DrivingFitter(ict)
+    results = [fitter.fit(f) for f in frames]
+    assert all(r is not None for r in results)
+    identity = fitter.identity
+    assert identity is not None and identity.shape == (1, 80)
+    for r in results:
+        assert torch.equal(r.coeffs.identity, identity)  # identity frozen after the first frame
+        assert r.residual_iod < 0.05
+        assert r.coeffs.expression.min() >= 0 and r.coeffs.expression.max() <= 1
+    # Consecutive frames of a talking head: poses close, but not identical (the fit follows the video).
+    a = torch.cat([r.coeffs.angles for r in results])
+    assert (a[1:] - a[:-1]).abs().max() < 0.1
+    assert (a[1:] - a[:-1]).abs().sum() > 0
+    # No face (black frames): None once the tracker has verified the loss (it re-checks with the
+    # detector every `verify_every` frames), and the next face frame is fitted again from scratch.
+    black = np.zeros_like(frames[0])
+    outs = [fitter.fit(black) for _ in range(fitter.tracker.verify_every + 1)]
+    assert outs[-1] is None
+    again = fitter.fit(frames[0])
+    assert again is not None and again.residual_iod < 0.05
+
+
+def test_driving_fitter_keeps_a_given_identity(ict, videos_dir):
+    from jr2net.io.video import VideoReader
+
+    frames = VideoReader(videos_dir / "d0.mp4").read_all(max_frames=2)
+    given = torch.randn(1, 40) * 0.5
+    fitter = DrivingFitter(ict, identity=given)
+    r = fitter.fit(frames[0])
+    assert r is not None and torch.equal(r.coeffs.identity, given)
+    with pytest.raises(ValueError, match="identity"):
+        DrivingFitter(ict, identity=torch.zeros(1, ict.n_identity + 1))
