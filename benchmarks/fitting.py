@@ -72,7 +72,9 @@ def _random_coeffs(model, rng: np.random.Generator):
     for nm in ("eyeBlink_L", "eyeBlink_R"):
         beta[names.index(nm)] = min(beta[names.index(nm)], 0.6)
     c.expression = torch.as_tensor(beta[None], dtype=torch.float32)
-    c.albedo = torch.as_tensor(rng.normal(size=(1, model.n_albedo)) * 0.5, dtype=torch.float32)
+    # Albedo: mostly the low-frequency modes (skin tone, gradients), mild detail.
+    scale = 0.35 / np.sqrt(1.0 + np.arange(model.n_albedo) // 3)
+    c.albedo = torch.as_tensor(rng.normal(size=(1, model.n_albedo)) * scale, dtype=torch.float32)
     angles = np.radians(
         [rng.uniform(-15, 15), rng.uniform(-YAW_MAX_DEG, YAW_MAX_DEG), rng.uniform(-10, 10)]
     )
@@ -82,11 +84,30 @@ def _random_coeffs(model, rng: np.random.Generator):
         dtype=torch.float32,
     )
     light = np.zeros((9, 3))
-    light[0] = rng.uniform(0.8, 1.15) * np.array([1.0, 1.0, 1.0]) + rng.normal(size=3) * 0.05
-    light[1:4] = rng.normal(size=(3, 1)) * 0.25 + rng.normal(size=(3, 3)) * 0.03
+    light[0] = rng.uniform(0.9, 1.2) + rng.normal(size=3) * 0.03
+    light[1:4] = rng.normal(size=(3, 1)) * 0.3 + rng.normal(size=(3, 3)) * 0.02
+    light[2] -= 0.3  # more light from the camera side (n_z < 0 faces the camera)
     light[4:] = rng.normal(size=(5, 1)) * 0.08
     c.light = torch.as_tensor(light[None], dtype=torch.float32)
     return c
+
+
+def _render_model(model):
+    """The model with irises painted on the eyeballs (dlib needs eyes), for rendering only."""
+    from jr2net.face.model import FaceModel
+
+    arrays = model.to_arrays()
+    mean = model.albedo.mean.cpu().numpy().copy()
+    v = arrays["vertices"]
+    for name in ("eyeball_left", "eyeball_right"):
+        ids = np.flatnonzero(arrays["region"] == model.region_names.index(name))
+        front = v[ids, 2].max()
+        depth = front - v[ids, 2]
+        mean[ids[depth < 4.0]] = (0.22, 0.13, 0.07)  # iris
+        mean[ids[depth < 1.2]] = (0.02, 0.02, 0.02)  # pupil
+    arrays["albedo_mean"] = mean
+    arrays["albedo_basis"] = model.albedo.basis.cpu().numpy()
+    return FaceModel.from_arrays(arrays, name="ict-render")
 
 
 def _render_synthetic(model, renderer, c, K, background: np.ndarray) -> np.ndarray:
@@ -94,32 +115,34 @@ def _render_synthetic(model, renderer, c, K, background: np.ndarray) -> np.ndarr
         out = renderer.render(c, K, (SIZE, SIZE))
         img = out.image[0].clamp(0, 1)
         mask = out.mask[0]
-        bg = torch.from_numpy(background).permute(2, 0, 1).float() / 255.0
+        bg = torch.from_numpy(np.array(background)).permute(2, 0, 1).float() / 255.0
         comp = img * mask + bg * (1 - mask)
     return (comp.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def synthetic(n: int, seed: int = 0) -> tuple[dict, list[dict]]:
-    from jr2net.eval.geometry import reconstruction_errors
-    from jr2net.face.renderer import FaceRenderer
-
+def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple[dict, list[dict]]:
     from jr2net.errors import NoFaceError
+    from jr2net.eval.geometry import reconstruction_errors
     from jr2net.face.camera import default_intrinsics, model_to_camera, project
     from jr2net.face.fitting import LandmarkParams, SourceFitter, euler_to_matrix
     from jr2net.face.landmarks import detect_largest_face
     from jr2net.face.model import FaceModel
+    from jr2net.face.renderer import FaceRenderer
     from jr2net.paths import shared_path
 
     model = FaceModel.from_npz(shared_path("assets", "ict_face_model.npz"))
-    renderer = FaceRenderer(model)
-    fitter = SourceFitter(model)
+    renderer = FaceRenderer(_render_model(model))
+    fitter = SourceFitter(model, **(fitter_kwargs or {}))
     solver = fitter.solver
     rng = np.random.default_rng(seed)
     backgrounds = _backgrounds(rng, n)
     K = default_intrinsics((SIZE, SIZE))
     Kn = K[0].double().numpy()
-    faces = model.faces.cpu().numpy()
-    lmk = model.landmarks68.cpu().numpy()
+    # Errors on the face surface only (no eyeballs, mouth socket, back of the head).
+    face = model.subset(["face"])
+    keep = face.parent_vertex_index.cpu().numpy()
+    faces = face.faces.cpu().numpy()
+    lmk = face.landmarks68.cpu().numpy()
     nose_tip = int(lmk[30])
     rows = []
     for i in range(n):
@@ -154,25 +177,25 @@ def synthetic(n: int, seed: int = 0) -> tuple[dict, list[dict]]:
         res = fitter.fit(image, det)
         row["fit_s"] = time.perf_counter() - t0
         fc = res.coeffs
-        pred_verts = model.shape(fc.identity, fc.expression)[0].numpy()
+        pred_verts = model.shape(fc.identity, fc.expression)[0].numpy()[keep]
         row["lmk_err_iod"] = float(np.linalg.norm(res.landmarks_fit - gt_lm, axis=1).mean() / iod)
+        gt_face = gt_verts[keep]
         e = reconstruction_errors(
-            pred_verts, faces, gt_verts, faces, lmk, lmk, gt_verts[nose_tip], crop_radius=85.0
+            pred_verts, faces, gt_face, faces, lmk, lmk, nose_tip, crop_radius=85.0
         )
         row["rmse_mm"] = float(e["rmse"])
         row["expr_mae"] = float((fc.expression - c.expression).abs().mean())
         # Baseline: mean shape, neutral expression, pose-only landmark fit.
         bp, binfo = solver.solve(det.landmarks, Kn, fit_identity=False, fit_expression=False)
         base_verts = model.vertices.numpy()
-        b_sel_vid = binfo.vertex_ids
-        bX = torch.as_tensor(base_verts[b_sel_vid][None], dtype=torch.float64)
+        bX = torch.as_tensor(base_verts[binfo.vertex_ids][None], dtype=torch.float64)
         bR = torch.as_tensor(bp.R)
         bt = torch.as_tensor(bp.t)
         bXc = (bX @ bR.T + bt) * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
         buv = project(bXc, K.double())[0].numpy()
         row["base_lmk_err_iod"] = float(np.linalg.norm(buv - gt_lm, axis=1).mean() / iod)
         eb = reconstruction_errors(
-            base_verts, faces, gt_verts, faces, lmk, lmk, gt_verts[nose_tip], crop_radius=85.0
+            base_verts[keep], faces, gt_face, faces, lmk, lmk, nose_tip, crop_radius=85.0
         )
         row["base_rmse_mm"] = float(eb["rmse"])
         row["base_expr_mae"] = float(c.expression.abs().mean())

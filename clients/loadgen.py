@@ -36,6 +36,12 @@ class StreamStats:
     failure: str = ""
 
 
+def _describe(exc: BaseException) -> str:
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
+    return f"{code}: {details}"
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -70,7 +76,7 @@ async def _one_stream(
     try:
         session = await client.open_session(config)
     except Exception as exc:  # a refused session is a measured outcome, not a crash
-        stats.failure = f"{type(exc).__name__}: {getattr(exc, 'details', lambda: exc)()}"
+        stats.failure = _describe(exc)
         return stats
     stats.rpc_open_s = time.perf_counter() - t0
     stats.setup_s = session.ready.setup_seconds
@@ -84,7 +90,7 @@ async def _one_stream(
                 for stage, seconds in r.timings.items():
                     stats.stages.setdefault(stage, []).append(seconds)
     except Exception as exc:
-        stats.failure = f"{type(exc).__name__}: {getattr(exc, 'details', lambda: exc)()}"
+        stats.failure = _describe(exc)
     stats.wall_s = time.perf_counter() - t1
     return stats
 

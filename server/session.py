@@ -194,6 +194,9 @@ class StreamSession:
         if frame.width * frame.height > self.max_frame_pixels:
             return (f"declared size {frame.width}x{frame.height} exceeds the server limit of "
                     f"{self.max_frame_pixels} pixels")
+        if frame.format == pb2.RAW_RGB24 and len(frame.data) != frame.width * frame.height * 3:
+            return (f"RAW_RGB24 frame: got {len(frame.data)} bytes, expected width*height*3 = "
+                    f"{frame.width * frame.height * 3}")
         return ""
 
     def begin_drain(self) -> None:

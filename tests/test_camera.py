@@ -43,7 +43,7 @@ def test_euler_rotation_is_orthonormal_and_composes_rz_ry_rx() -> None:
     eye = torch.eye(3).expand(16, 3, 3)
     assert torch.allclose(rot @ rot.transpose(1, 2), eye, atol=1e-5)
     assert torch.allclose(torch.linalg.det(rot), torch.ones(16), atol=1e-5)
-    for (p, y, r), R in zip(angles.tolist(), rot):
+    for (p, y, r), R in zip(angles.tolist(), rot, strict=True):
         assert torch.allclose(R, _rz(r) @ _ry(y) @ _rx(p), atol=1e-5)
     assert torch.allclose(rotation_to_euler(rot), angles, atol=1e-5)
 

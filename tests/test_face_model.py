@@ -130,6 +130,7 @@ def test_landmarks_follow_ibug_layout(ict: FaceModel) -> None:
 
 def test_subset_keeps_region_and_remaps_indices(ict: FaceModel) -> None:
     sub = ict.subset(["face"])
+    assert ict.subset(["face"]) is sub  # memoised: sessions share it
     keep = sub.parent_vertex_index
     assert sub.n_vertices == int((ict.region == 0).sum()) == keep.numel()
     assert sub.region_names == ["face"]
@@ -144,9 +145,14 @@ def test_subset_keeps_region_and_remaps_indices(ict: FaceModel) -> None:
     mapped = keep[sub.faces.long()].tolist()
     assert all(tuple(f) in parent_faces for f in mapped[:: max(1, len(mapped) // 500)])
     assert sub.faces.max() < sub.n_vertices
-    # Albedo of the subset is the parent's restricted (same coefficients).
-    g = torch.randn(1, sub.n_albedo) * 0.5
-    assert torch.allclose(sub.albedo.colors(g), ict.albedo.colors(g)[:, keep])
+
+
+def test_subset_albedo_is_the_parents_restricted() -> None:
+    model = FaceModel.from_arrays(grid_model_arrays())
+    sub = model.subset(["left"])
+    g = torch.randn(2, sub.n_albedo) * 0.5
+    assert sub.n_albedo == model.n_albedo
+    assert torch.allclose(sub.albedo.colors(g), model.albedo.colors(g)[:, sub.parent_vertex_index])
 
 
 def test_subset_that_drops_landmarks_is_an_error(ict: FaceModel) -> None:
@@ -226,6 +232,12 @@ def test_lookup_order_explicit_env_cache_then_generic(
     monkeypatch.setenv("JR2NET_FACE_MODEL", str(tmp_path / "missing.npz"))
     with pytest.raises(FaceModelError, match="JR2NET_FACE_MODEL"):
         resolve_face_model(None)
+
+
+def test_generic_fallback_loads_the_embedded_model() -> None:
+    model = load_face_model(None)  # empty cache, no env var
+    assert model.name == "generic" and model is load_face_model("generic")
+    assert model.n_expression == 53 and model.landmarks68.shape == (68,)
 
 
 def test_load_face_model_caches_per_path_and_mtime(tmp_path: Path) -> None:

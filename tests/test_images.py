@@ -251,3 +251,51 @@ def test_tensor_conversions_validate():
 
 def test_module_limit_is_below_pillow_warning_threshold():
     assert images.MAX_PIXELS < Image.MAX_IMAGE_PIXELS
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` but carries (almost) no pixel data: a bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_png_claiming_a_huge_size_is_refused_before_decoding():
+    with pytest.raises(InvalidImageError, match="too large|exceeds"):
+        load_image(_png_header_only(30000, 30000))
+    with pytest.raises(InvalidImageError, match="exceeds"):
+        load_image(_png_header_only(8000, 7000))  # 56 MP: under Pillow's guard, over ours
+    with pytest.raises(InvalidImageError):
+        decode_frame(_png_header_only(30000, 30000), "PNG")
+
+
+def test_max_side_lets_a_big_jpeg_under_the_pixel_limit_via_draft():
+    big = np.random.default_rng(2).integers(0, 255, (1200, 1600, 3), np.uint8)
+    jpg = encode_image(big, "JPEG")
+    with pytest.raises(InvalidImageError, match="exceeds"):
+        load_image(jpg, max_pixels=1_000_000)
+    # DCT scaling decodes at 1/4 (400x300) before the limit is checked.
+    assert load_image(jpg, max_side=400, max_pixels=1_000_000).shape == (300, 400, 3)
+
+
+def test_decoded_arrays_are_writable(images_dir):
+    for img in (
+        load_image(images_dir / "obama.jpg"),
+        load_image(images_dir / "alex-lacamoire.png"),
+        decode_frame(encode_image(_gradient(), "JPEG"), "JPEG"),
+        decode_frame(encode_image(_gradient(), "RAW_RGB24"), "RAW_RGB24", 32, 24),
+    ):
+        assert img.flags.writeable and img.flags.c_contiguous
+        img[0, 0] = 0

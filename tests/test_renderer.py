@@ -73,8 +73,8 @@ def test_landmarks_project_inside_the_rendered_face(renderer: FaceRenderer) -> N
     assert lm.shape == (68, 2)
     ij = lm.round().long()
     inside = out.mask[0, 0, ij[:, 1].clamp(0, SIZE[0] - 1), ij[:, 0].clamp(0, SIZE[1] - 1)]
-    assert inside[17:].all()  # brows, nose, eyes, mouth
-    assert inside[:17].sum() >= 14  # the jaw line on the turned-away side may leave the silhouette
+    assert inside[27:].all()  # nose, eyes, mouth
+    assert inside.sum() >= 62  # jaw and brow ends on the turned-away side may leave the silhouette
     assert lm[8, 1] > lm[30, 1] > lm[27, 1]  # chin below nose tip below nose bridge
     # The visible landmark vertex depths agree with the depth buffer (no hidden offset).
     z = out.verts_cam[0, model.landmarks68, 2]
@@ -120,21 +120,25 @@ def test_gradients_match_finite_differences(renderer: FaceRenderer) -> None:
     model = renderer.model
     base = _coeffs(model)
     out = renderer.render(base, default_intrinsics(SIZE), SIZE)
-    # Weight only pixels well inside the face, so silhouettes (where rasterisation is
-    # discontinuous) do not enter the comparison.
+    # Weight only pixels well inside the face and away from depth discontinuities (silhouettes,
+    # nose/cheek occlusion), where rasterisation is discontinuous and has no gradient by design.
     inner = -F.max_pool2d(-out.face_mask, 9, stride=1, padding=4)
+    d = out.depth
+    jump = (F.max_pool2d(d, 3, 1, 1) + F.max_pool2d(-d, 3, 1, 1)) > 3.0
+    inner = inner * (1 - F.max_pool2d(jump.float(), 5, 1, 2))
+    assert inner.sum() > 200
     g = torch.Generator().manual_seed(2)
     weight = inner * torch.rand(out.image.shape, generator=g)
     c = base.clone().requires_grad_()
     _interior_loss(renderer, c, weight).backward()
-    checks = [("light", (0, 2, 1), 0.1), ("albedo", (0, 0), 0.1), ("translation", (0, 0), 0.05),
-              ("angles", (0, 1), 2e-4)]  # fmt: skip
+    checks = [("light", (0, 2, 1), 0.1), ("albedo", (0, 0), 0.1), ("translation", (0, 0), 0.1),
+              ("angles", (0, 1), 2e-3), ("angles", (0, 0), 2e-3)]  # fmt: skip
     for name, index, eps in checks:
         plus, minus = base.clone(), base.clone()
         getattr(plus, name)[index] += eps
         getattr(minus, name)[index] -= eps
         with torch.no_grad():
             fd = (_interior_loss(renderer, plus, weight) - _interior_loss(renderer, minus, weight)) / (2 * eps)
-        analytic = getattr(c, name).grad[index]
+        analytic = getattr(c, name).grad[index].double()
         assert analytic.abs() > 1e-3, name
         assert torch.allclose(analytic, fd, rtol=0.05, atol=1e-3 * fd.abs().item() + 1e-4), (name, analytic, fd)

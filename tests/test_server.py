@@ -174,17 +174,6 @@ def test_d0_round_trip_every_frame_answered_in_order(server, source_bytes, d0_fr
     assert wait_until(lambda: metric(scrape(server), "jr2net_sessions_active") == 0)
 
 
-def test_corrupt_frame_mid_stream_gets_frame_error_and_stream_continues(loop, server, source_bytes, d0_frames):
-    frames = [d0_frames[0], d0_frames[1],
-              pb2.Frame(frame_id=2, format=pb2.JPEG, data=encode_image(d0_frames[2])[:500]),
-              d0_frames[3]]
-    _, results = run_stream(loop, server.address, source_bytes, frames, output_size=OUT_SIZE)
-    assert [r.frame_id for r in results] == [0, 1, 2, 3]
-    assert [r.ok for r in results] == [True, True, False, True]
-    assert results[2].error_code == "INVALID_ARGUMENT"
-    assert "JPEG" in results[2].error_message
-
-
 def _png_header_claiming(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
@@ -192,9 +181,13 @@ def _png_header_claiming(width: int, height: int) -> bytes:
             + struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64)
 
 
-def test_hostile_client_gets_frame_errors_and_server_keeps_serving(loop, server, source_bytes, d0_frames):
+def test_corrupt_and_hostile_frames_get_frame_errors_and_the_stream_continues(
+        loop, server, source_bytes, d0_frames):
     good = make_frame(9, d0_frames[0])
+    truncated = encode_image(d0_frames[1])[:500]  # a corrupt JPEG mid-stream
     hostile = [
+        pb2.StreamRequest(frame=make_frame(0, d0_frames[0])),
+        pb2.StreamRequest(frame=pb2.Frame(frame_id=1, format=pb2.JPEG, data=truncated)),
         pb2.StreamRequest(frame=pb2.Frame(frame_id=-7, format=pb2.JPEG, data=good.data)),
         pb2.StreamRequest(frame=pb2.Frame(frame_id=1, data=np.random.default_rng(0).bytes(3000))),
         pb2.StreamRequest(frame=pb2.Frame(frame_id=2, format=pb2.RAW_RGB24, data=b"\x00" * 30,
@@ -215,24 +208,26 @@ def test_hostile_client_gets_frame_errors_and_server_keeps_serving(loop, server,
             call = pb2_grpc.ReenactmentStub(channel).Stream()
             await call.write(pb2.StreamRequest(config=session_config(source_bytes, output_size=OUT_SIZE)))
             assert (await call.read()).WhichOneof("kind") == "ready"
-            for request in hostile:
-                await call.write(request)
-            await call.done_writing()
             replies = []
-            while (r := await call.read()) is not grpc.aio.EOF:
-                replies.append(r)
+            for request in hostile:  # lock-step, so the drop policy stays out of this test
+                await call.write(request)
+                replies.append(await call.read())
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
             return replies, await call.code()
 
     replies, code = loop.run(go())
     assert code == grpc.StatusCode.OK
     assert len(replies) == len(hostile)  # exactly one reply per request, in order
-    errors = [r.error for r in replies[:-1]]
-    assert all(r.WhichOneof("kind") == "error" for r in replies[:-1])
-    assert [e.frame_id for e in errors[:8]] == [-7, 1, 2, 3, 4, 5, 6, 7]
-    assert {e.code for e in errors} == {"INVALID_ARGUMENT"}
-    assert "frame_id" in errors[0].message and "exceeds" in errors[2].message
-    assert "SessionConfig" in errors[8].message
+    assert replies[0].WhichOneof("kind") == "output" and replies[0].output.frame_id == 0
     assert replies[-1].WhichOneof("kind") == "output" and replies[-1].output.frame_id == 9
+    assert all(r.WhichOneof("kind") == "error" for r in replies[1:-1])
+    errors = [r.error for r in replies[1:-1]]
+    assert [e.frame_id for e in errors[:9]] == [1, -7, 1, 2, 3, 4, 5, 6, 7]
+    assert {e.code for e in errors} == {"INVALID_ARGUMENT"}
+    assert "JPEG" in errors[0].message
+    assert "frame_id" in errors[1].message and "exceeds" in errors[3].message
+    assert "SessionConfig" in errors[9].message
     with ReenactClient(server.address) as client:
         assert client.server_info().version
 
@@ -367,54 +362,52 @@ def test_missing_or_bad_token_is_unauthenticated(loop, guarded, source_bytes, to
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_sessions_over_the_limit_get_resource_exhausted(loop, guarded, source_bytes):
+def test_session_limit_then_idle_timeout(loop, guarded, source_bytes):
+    """One slot: a second session gets RESOURCE_EXHAUSTED; the first, left silent, DEADLINE_EXCEEDED."""
+
     async def go():
         async with AsyncReenactClient(guarded.address, token=TOKEN) as client:
             first = await client.open_session(session_config(source_bytes, output_size=OUT_SIZE))
             try:
                 await client.open_session(session_config(source_bytes))
+                second = None
             except grpc.aio.AioRpcError as exc:
-                return exc
-            finally:
-                first.call.cancel()
-            raise AssertionError("second session was accepted")
+                second = exc
+            t0 = time.monotonic()
+            try:
+                await first.call.read()
+                await first.call
+                idle = None
+            except grpc.aio.AioRpcError as exc:
+                idle = exc
+            return second, idle, time.monotonic() - t0
 
-    err = loop.run(go())
-    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    second, idle, waited = loop.run(go())
+    assert second is not None and second.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert idle is not None and idle.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert "idle" in idle.details() and 0.9 <= waited < 5
     assert wait_until(lambda: guarded.servicer.slots_used == 0)
 
 
-def test_idle_stream_gets_deadline_exceeded(loop, guarded, source_bytes):
-    async def silent_before_config():
+def test_idle_before_config_gets_deadline_exceeded(loop, guarded):
+    async def silent():
         async with grpc.aio.insecure_channel(guarded.address) as channel:
             call = pb2_grpc.ReenactmentStub(channel).Stream(metadata=(("authorization", f"Bearer {TOKEN}"),))
             await call.read()
             await call
 
-    async def silent_after_ready():
-        async with AsyncReenactClient(guarded.address, token=TOKEN) as client:
-            session = await client.open_session(session_config(source_bytes, output_size=OUT_SIZE))
-            t0 = time.monotonic()
-            try:
-                await session.call.read()
-                await session.call
-            finally:
-                assert time.monotonic() - t0 < 5
-
-    assert rpc_error(loop, silent_before_config).code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    err = rpc_error(loop, silent_after_ready)
-    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and "idle" in err.details()
-    assert wait_until(lambda: guarded.servicer.slots_used == 0)
+    assert rpc_error(loop, silent).code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def test_oversize_message_is_rejected(loop, guarded, source_bytes):
-    big = pb2.Frame(frame_id=0, format=pb2.RAW_RGB24, data=b"\x80" * (500 * 500 * 3), width=500, height=500)
+    big_source = np.full((500, 500, 3), 128, np.uint8)  # 750 kB RAW > the 512 kB limit
 
     async def go():
         async with AsyncReenactClient(guarded.address, token=TOKEN) as client:
-            session = await client.open_session(session_config(source_bytes, output_size=OUT_SIZE))
-            async for _ in session.run([big], decode=False):
-                pass
+            config = session_config(source_bytes)
+            config.source.CopyFrom(pb2.Image(format=pb2.RAW_RGB24, data=big_source.tobytes(),
+                                             width=500, height=500))
+            await client.open_session(config)
 
     assert rpc_error(loop, go).code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert wait_until(lambda: guarded.servicer.slots_used == 0)

@@ -1,16 +1,17 @@
 // CPU kernels of depth_warp / correspondence_warp.
 //
-// Target pixels are processed in tiles: the footprint (tap index + 4 weights) of every pixel of a
+// Target pixels are processed in tiles: the footprint (tap index, 4 weights) of every pixel of a
 // tile is computed once into a small buffer, then each channel plane is gathered from it, so the
-// [B,C,H,W] planes are walked contiguously. The backward w.r.t. src scatters per channel plane:
-// threads own disjoint planes (no atomics, no partial buffers); each thread recomputes the
-// footprints of its batch's tiles, which costs little next to the channel loop.
+// [B,C,H,W] planes are walked contiguously. The backward is one fused pass per channel plane that
+// scatters dL/dsrc and accumulates dL/d(position); threads own disjoint channel ranges, so the
+// scatter needs no atomics, and the per-pixel position grads are summed over the ranges after.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "warp.h"
@@ -51,9 +52,15 @@ WarpParams<T> make_params(const WarpInputs& in) {
 template <typename T>
 struct TileTaps {
   std::vector<int64_t> idx;  // -1: not covisible
-  std::vector<T> w0, w1, w2, w3;
-  explicit TileTaps(int64_t n) : idx(n), w0(n), w1(n), w2(n), w3(n) {}
+  std::vector<T> w0, w1, w2, w3, fx, fy;
+  explicit TileTaps(int64_t n) : idx(n), w0(n), w1(n), w2(n), w3(n), fx(n), fy(n) {}
 };
+
+template <typename T>
+DepthWarpFrame<T> frame_of(const WarpParams<T>& P, bool depth, int64_t b) {
+  if (depth) return depth_warp_frame(P.K_dst + b * 9, P.src_T_dst + b * 16);
+  return DepthWarpFrame<T>{};
+}
 
 template <typename T, bool kDepth>
 void tile_taps(const WarpParams<T>& P, const DepthWarpFrame<T>& F, int64_t b, int64_t p0,
@@ -77,13 +84,9 @@ void tile_taps(const WarpParams<T>& P, const DepthWarpFrame<T>& F, int64_t b, in
     tt.w1[k] = w[1];
     tt.w2[k] = w[2];
     tt.w3[k] = w[3];
+    tt.fx[k] = s.fx;
+    tt.fy[k] = s.fy;
   }
-}
-
-template <typename T>
-DepthWarpFrame<T> frame_of(const WarpParams<T>& P, bool depth, int64_t b) {
-  if (depth) return depth_warp_frame(P.K_dst + b * 9, P.src_T_dst + b * 16);
-  return DepthWarpFrame<T>{};
 }
 
 // Tap offsets of the right and lower neighbours (0 for a 1-pixel-wide/high source).
@@ -105,50 +108,81 @@ void gather_channel(const WarpParams<T>& P, const TileTaps<T>& tt, int64_t b, in
   const T* __restrict s = P.src + (b * P.C + c) * HWs;
   T* __restrict o = P.warped + (b * P.C + c) * HWt + p0;
   const int64_t* __restrict idx = tt.idx.data();
-  const T *__restrict w0 = tt.w0.data(), *__restrict w1 = tt.w1.data();
-  const T *__restrict w2 = tt.w2.data(), *__restrict w3 = tt.w3.data();
+  const T *__restrict fx = tt.fx.data(), *__restrict fy = tt.fy.data();
   for (int64_t k = 0; k < n; ++k) {
     const int64_t i = idx[k];
-    o[k] = i < 0 ? T(0)
-                 : w0[k] * s[i] + w1[k] * s[i + dx] + w2[k] * s[i + dy] + w3[k] * s[i + dy + dx];
+    if (i < 0) {
+      o[k] = T(0);
+      continue;
+    }
+    const T s00 = s[i], s01 = s[i + dx], s10 = s[i + dy], s11 = s[i + dy + dx];
+    const T top = s00 + fx[k] * (s01 - s00), bot = s10 + fx[k] * (s11 - s10);
+    o[k] = top + fy[k] * (bot - top);  // fewer loads than the 4-weight form
   }
 }
 
-// grad_src[b, c] += bilinear scatter of grad_warped[b, c] over the tile.
-template <typename T>
-void scatter_channel(const WarpParams<T>& P, const TileTaps<T>& tt, int64_t b, int64_t c,
-                     int64_t p0, int64_t n) {
+// Backward of one channel plane over a tile: grad_src[b, c] += bilinear scatter of the incoming
+// grad (kSrc), and gx/gy += dL/dx, dL/dy of the projected positions (kGeo).
+// The scatter keeps the two tap columns of the previous pixel in registers and flushes a column
+// only when the footprint moves past it: consecutive target pixels usually share a column, and
+// read-modify-writing it through memory would serialise on store-to-load forwarding.
+template <typename T, bool kSrc, bool kGeo>
+void backward_channel(const WarpParams<T>& P, const TileTaps<T>& tt, int64_t b, int64_t c,
+                      int64_t p0, int64_t n, T* __restrict gx, T* __restrict gy) {
   const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws, dx = tap_dx(P), dy = tap_dy(P);
   const T* __restrict g = P.grad_warped + (b * P.C + c) * HWt + p0;
-  T* __restrict gs = P.grad_src + (b * P.C + c) * HWs;
+  const T* __restrict s = P.src + (b * P.C + c) * HWs;
+  T* __restrict gs = kSrc ? P.grad_src + (b * P.C + c) * HWs : nullptr;
   const int64_t* __restrict idx = tt.idx.data();
   const T *__restrict w0 = tt.w0.data(), *__restrict w1 = tt.w1.data();
   const T *__restrict w2 = tt.w2.data(), *__restrict w3 = tt.w3.data();
+  const T *__restrict fx = tt.fx.data(), *__restrict fy = tt.fy.data();
+  int64_t ip = -1;                               // top-left tap of the pending footprint
+  T a00 = T(0), a01 = T(0), a10 = T(0), a11 = T(0);  // its pending contributions
   for (int64_t k = 0; k < n; ++k) {
     const int64_t i = idx[k];
     if (i < 0) continue;
     const T gk = g[k];
-    gs[i] += w0[k] * gk;
-    gs[i + dx] += w1[k] * gk;
-    gs[i + dy] += w2[k] * gk;
-    gs[i + dy + dx] += w3[k] * gk;
+    if (kSrc) {
+      const T b00 = w0[k] * gk, b01 = w1[k] * gk, b10 = w2[k] * gk, b11 = w3[k] * gk;
+      if (i == ip) {
+        a00 += b00;
+        a01 += b01;
+        a10 += b10;
+        a11 += b11;
+      } else if (i == ip + 1 && dx == 1) {  // moved one column right: flush the left column
+        gs[ip] += a00;
+        gs[ip + dy] += a10;
+        a00 = a01 + b00;
+        a10 = a11 + b10;
+        a01 = b01;
+        a11 = b11;
+        ip = i;
+      } else {
+        if (ip >= 0) {
+          gs[ip] += a00;
+          gs[ip + dx] += a01;
+          gs[ip + dy] += a10;
+          gs[ip + dy + dx] += a11;
+        }
+        ip = i;
+        a00 = b00;
+        a01 = b01;
+        a10 = b10;
+        a11 = b11;
+      }
+    }
+    if (kGeo) {
+      const T s00 = s[i], s01 = s[i + dx], s10 = s[i + dy], s11 = s[i + dy + dx];
+      gx[k] += gk * ((T(1) - fy[k]) * (s01 - s00) + fy[k] * (s11 - s10));
+      gy[k] += gk * ((T(1) - fx[k]) * (s10 - s00) + fx[k] * (s11 - s01));
+    }
   }
-}
-
-// Accumulate dL/dx, dL/dy of the projected positions of the tile over channel c.
-template <typename T>
-void position_grad_channel(const WarpParams<T>& P, const WarpSample<T>* samples, const char* ok,
-                           int64_t b, int64_t c, int64_t p0, int64_t n, T* gxs, T* gys) {
-  const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws, dx = tap_dx(P), dy = tap_dy(P);
-  const T* __restrict s = P.src + (b * P.C + c) * HWs;
-  const T* __restrict g = P.grad_warped + (b * P.C + c) * HWt + p0;
-  for (int64_t k = 0; k < n; ++k) {
-    if (!ok[k]) continue;
-    const WarpSample<T>& sm = samples[k];
-    const int64_t i = sm.i00;
-    const T s00 = s[i], s01 = s[i + dx], s10 = s[i + dy], s11 = s[i + dy + dx];
-    gxs[k] += g[k] * ((T(1) - sm.fy) * (s01 - s00) + sm.fy * (s11 - s10));
-    gys[k] += g[k] * ((T(1) - sm.fx) * (s10 - s00) + sm.fx * (s11 - s01));
+  if (kSrc && ip >= 0) {
+    gs[ip] += a00;
+    gs[ip + dx] += a01;
+    gs[ip + dy] += a10;
+    gs[ip + dy + dx] += a11;
   }
 }
 
@@ -168,57 +202,62 @@ void fwd_impl(const WarpParams<T>& P) {
   });
 }
 
-// dL/dsrc: threads own disjoint (b, c) planes, so the scatter needs no atomics.
-template <typename T, bool kDepth>
-void bwd_src_impl(const WarpParams<T>& P) {
-  const int64_t HWt = P.Ht * P.Wt;
-  at::parallel_for(0, P.B * P.C, 1, [&](int64_t begin, int64_t end) {
+template <typename T, bool kDepth, bool kSrc, bool kGeo>
+void bwd_impl(const WarpParams<T>& P) {
+  const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws;
+  const int64_t ntiles = (HWt + kTile - 1) / kTile;
+  // Channels of a batch are split into nchunk ranges, one work unit each; position grads are
+  // accumulated per unit in partial[b][chunk][2][HWt] and summed below.
+  const int64_t nchunk =
+      std::max<int64_t>(1, std::min<int64_t>(P.C, static_cast<int64_t>(at::get_num_threads())));
+  std::vector<T> partial(kGeo ? static_cast<size_t>(P.B * nchunk * 2 * HWt) : 0);
+  at::parallel_for(0, P.B * nchunk, 1, [&](int64_t begin, int64_t end) {
     TileTaps<T> tt(kTile);
-    for (int64_t b = begin / P.C; b * P.C < end; ++b) {
-      const int64_t c0 = begin > b * P.C ? begin - b * P.C : 0;
-      const int64_t c1 = end < (b + 1) * P.C ? end - b * P.C : P.C;
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t b = u / nchunk, chunk = u % nchunk;
+      const int64_t c0 = chunk * P.C / nchunk, c1 = (chunk + 1) * P.C / nchunk;
       const DepthWarpFrame<T> F = frame_of(P, kDepth, b);
+      T* gx_all = kGeo ? partial.data() + u * 2 * HWt : nullptr;
       for (int64_t p0 = 0; p0 < HWt; p0 += kTile) {
         const int64_t n = p0 + kTile < HWt ? kTile : HWt - p0;
         tile_taps<T, kDepth>(P, F, b, p0, n, tt, nullptr);
-        for (int64_t c = c0; c < c1; ++c) scatter_channel(P, tt, b, c, p0, n);
+        T* gx = kGeo ? gx_all + p0 : nullptr;
+        T* gy = kGeo ? gx_all + HWt + p0 : nullptr;
+        if (kGeo) {
+          std::fill(gx, gx + n, T(0));
+          std::fill(gy, gy + n, T(0));
+        }
+        for (int64_t c = c0; c < c1; ++c) {
+          backward_channel<T, kSrc, kGeo>(P, tt, b, c, p0, n, gx, gy);
+        }
       }
     }
   });
-}
-
-// dL/d(dst_depth) or dL/d(points_src): per target pixel, through the projected position.
-template <typename T, bool kDepth>
-void bwd_geometry_impl(const WarpParams<T>& P) {
-  const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws;
-  const int64_t ntiles = (HWt + kTile - 1) / kTile;
+  if (!kGeo) return;
+  // dL/d(dst_depth) or dL/d(points_src) from the summed position grads.
   at::parallel_for(0, P.B * ntiles, 1, [&](int64_t begin, int64_t end) {
-    std::vector<WarpSample<T>> samples(kTile);
-    std::vector<T> rays(3 * kTile), gxs(kTile), gys(kTile);
-    std::vector<char> ok(kTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / ntiles, p0 = (t % ntiles) * kTile;
-      const int64_t n = p0 + kTile < HWt ? kTile : HWt - p0;
+      const int64_t p1 = p0 + kTile < HWt ? p0 + kTile : HWt;
       const DepthWarpFrame<T> F = frame_of(P, kDepth, b);
       const T* K = P.K_src + b * 9;
       const T* sd = P.src_depth ? P.src_depth + b * HWs : nullptr;
-      for (int64_t k = 0; k < n; ++k) {
-        T X[3];
-        ok[k] = warp_point<T, kDepth>(P, F, b, p0 + k, X, &rays[3 * k]) &&
-                warp_sample(K, X, P.Hs, P.Ws, sd, P.rel_eps, samples[k]);
-        gxs[k] = T(0);
-        gys[k] = T(0);
-      }
-      for (int64_t c = 0; c < P.C; ++c) {
-        position_grad_channel(P, samples.data(), ok.data(), b, c, p0, n, gxs.data(), gys.data());
-      }
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t p = p0 + k;
-        T gP[3] = {T(0), T(0), T(0)};
-        if (ok[k]) warp_project_backward(K, samples[k], gxs[k], gys[k], gP);
+      const T* part = partial.data() + b * nchunk * 2 * HWt;
+      for (int64_t p = p0; p < p1; ++p) {
+        T X[3], ray[3], gP[3] = {T(0), T(0), T(0)};
+        WarpSample<T> sm;
+        const bool ok = warp_point<T, kDepth>(P, F, b, p, X, ray) &&
+                        warp_sample(K, X, P.Hs, P.Ws, sd, P.rel_eps, sm);
+        if (ok) {
+          T gx = T(0), gy = T(0);
+          for (int64_t ch = 0; ch < nchunk; ++ch) {
+            gx += part[ch * 2 * HWt + p];
+            gy += part[ch * 2 * HWt + HWt + p];
+          }
+          warp_project_backward(K, sm, gx, gy, gP);
+        }
         if (kDepth) {
-          const T* r = &rays[3 * k];
-          P.grad_dst_depth[b * HWt + p] = ok[k] ? gP[0] * r[0] + gP[1] * r[1] + gP[2] * r[2] : T(0);
+          P.grad_dst_depth[b * HWt + p] = ok ? gP[0] * ray[0] + gP[1] * ray[1] + gP[2] * ray[2] : T(0);
         } else {
           T* gp = P.grad_points + (b * HWt + p) * 3;
           gp[0] = gP[0];
@@ -228,6 +267,17 @@ void bwd_geometry_impl(const WarpParams<T>& P) {
       }
     }
   });
+}
+
+template <typename T, bool kDepth>
+void bwd_dispatch(const WarpParams<T>& P, bool need_src, bool need_geo) {
+  if (need_src && need_geo) {
+    bwd_impl<T, kDepth, true, true>(P);
+  } else if (need_src) {
+    bwd_impl<T, kDepth, true, false>(P);
+  } else if (need_geo) {
+    bwd_impl<T, kDepth, false, true>(P);
+  }
 }
 
 }  // namespace
@@ -262,22 +312,13 @@ std::tuple<at::Tensor, at::Tensor> warp_bwd_cpu(const WarpInputs& in, const at::
   AT_DISPATCH_FLOATING_TYPES(in.src.scalar_type(), "warp_bwd_cpu", [&] {
     WarpParams<scalar_t> P = make_params<scalar_t>(in);
     P.grad_warped = grad_warped.data_ptr<scalar_t>();
-    if (need_src) {
-      P.grad_src = grad_src.data_ptr<scalar_t>();
-      if (in.depth) {
-        bwd_src_impl<scalar_t, true>(P);
-      } else {
-        bwd_src_impl<scalar_t, false>(P);
-      }
-    }
-    if (need_geometry) {
-      if (in.depth) {
-        P.grad_dst_depth = grad_geo.data_ptr<scalar_t>();
-        bwd_geometry_impl<scalar_t, true>(P);
-      } else {
-        P.grad_points = grad_geo.data_ptr<scalar_t>();
-        bwd_geometry_impl<scalar_t, false>(P);
-      }
+    if (need_src) P.grad_src = grad_src.data_ptr<scalar_t>();
+    if (need_geometry && in.depth) P.grad_dst_depth = grad_geo.data_ptr<scalar_t>();
+    if (need_geometry && !in.depth) P.grad_points = grad_geo.data_ptr<scalar_t>();
+    if (in.depth) {
+      bwd_dispatch<scalar_t, true>(P, need_src, need_geometry);
+    } else {
+      bwd_dispatch<scalar_t, false>(P, need_src, need_geometry);
     }
   });
   return {grad_src, grad_geo};

@@ -57,3 +57,20 @@ JR2_HD void interp_pixel_grad_uv(const scalar_t* a0, const scalar_t* a1, const s
 
 }  // namespace interp
 }  // namespace jr2net
+
+#if defined(__CUDACC__) || defined(WITH_CUDA)
+#include <cuda_runtime_api.h>
+
+namespace jr2net {
+namespace interp {
+
+// CUDA launchers (csrc/cuda/interpolate.cu), instantiated for float and double. The backward
+// accumulates into a zeroed grad_attr and writes every element of grad_rast.
+template <typename scalar_t>
+void launch_interpolate_fwd(const InterpParams<scalar_t>& p, cudaStream_t stream);
+template <typename scalar_t>
+void launch_interpolate_bwd(const InterpParams<scalar_t>& p, cudaStream_t stream);
+
+}  // namespace interp
+}  // namespace jr2net
+#endif

@@ -283,3 +283,20 @@ JR2_HD void resolve_uvz_backward(const T* X0, const T* X1, const T* X2, const T*
 
 }  // namespace raster
 }  // namespace jr2net
+
+#if defined(__CUDACC__) || defined(WITH_CUDA)
+#include <cuda_runtime_api.h>
+
+namespace jr2net {
+namespace raster {
+
+// CUDA launchers (csrc/cuda/rasterize.cu), instantiated for float and double. The caller
+// provides zeroed grad_verts for the backward pass; the forward fills every workspace itself.
+template <typename scalar_t>
+void launch_rasterize_fwd(const RasterFwdParams<scalar_t, double>& p, cudaStream_t stream);
+template <typename scalar_t>
+void launch_rasterize_bwd(const RasterBwdParams<scalar_t>& p, cudaStream_t stream);
+
+}  // namespace raster
+}  // namespace jr2net
+#endif

@@ -582,6 +582,9 @@ class SourceFitter:
         photometric: bool = True,
         crop_size: int = 160,
         photo_iterations: int = 0,
+        photo_lr: float = 1.0,
+        photo_landmark_weight: float = 20.0,
+        photo_expression_l1: float = 0.0,
         max_pixels: int = 4000,
         w_identity: float = 2e-4,
         w_expression: float = 1e-5,
@@ -594,6 +597,9 @@ class SourceFitter:
         self.crop_size = int(crop_size)
         self.photo_iterations = int(photo_iterations)
         self.max_pixels = int(max_pixels)
+        self.photo_lr = float(photo_lr)
+        self.photo_landmark_weight = float(photo_landmark_weight)
+        self.photo_expression_l1 = float(photo_expression_l1)
         self.w_identity = float(w_identity)
         self.w_expression = float(w_expression)
         self.time_budget_s = time_budget_s
@@ -758,7 +764,9 @@ class SourceFitter:
             "translation": 0.5,
             "light": 0.02,
         }
-        opt = torch.optim.Adam([{"params": [v], "lr": lrs[k]} for k, v in params.items()])
+        opt = torch.optim.Adam(
+            [{"params": [v], "lr": lrs[k] * self.photo_lr} for k, v in params.items()]
+        )
         iod_c = _iod(lm_c)
         budget = self.time_budget_s
         start = time.perf_counter()
@@ -775,8 +783,9 @@ class SourceFitter:
                 self.w_identity * (params["identity"] ** 2).sum()
                 + self.w_expression * (params["expression"] ** 2).sum()
                 + 1e-3 * (params["albedo"] ** 2).sum()
+                + self.photo_expression_l1 * params["expression"].sum()  # sparse (beta >= 0)
             )
-            loss = l_photo + 20.0 * l_lm + l_reg
+            loss = l_photo + self.photo_landmark_weight * l_lm + l_reg
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -68,7 +68,8 @@ _EYE_INNER = (18.5, 33.0)
 _EYE_OUTER = (44.0, 34.5)
 _EYE_UP, _EYE_LOW = 5.8, 3.0  # lid heights above / below the canthal line
 _EYE_N = 18  # contour intervals (multiple of 3: landmarks sit at 1/3 and 2/3)
-_GLOBE_R = 13.0
+_GLOBE_R = 13.0  # eyeball depth / vertical semi-axis
+_GLOBE_RX = 16.0  # horizontal semi-axis: wider than a real globe so it backs both canthi
 _LID_T = 0.8  # lid thickness in front of the globe
 # Mouth: slit y(x) = _MOUTH_Y - droop (x / half-width)^2, corners at ±_MOUTH_HALF.
 _MOUTH_Y, _MOUTH_DROOP, _MOUTH_HALF, _MOUTH_STEP = -33.0, 2.0, 25.0, 2.5
@@ -209,12 +210,17 @@ def _face_dz(x: np.ndarray, y: np.ndarray, zbase: np.ndarray) -> np.ndarray:
         c = _eye_center(side)
         z = z - 11.0 * _gauss(x, y, c[0], c[1] + 1.0, 13.0, 9.5)
         zg = _globe_z(side, zbase_center=_eye_base_z())
-        rho2 = (x - c[0]) ** 2 + (y - c[1]) ** 2
-        inside = np.sqrt(np.maximum(_GLOBE_R**2 - rho2, 0.0))
-        outside = np.maximum(np.sqrt(rho2) - _GLOBE_R, 0.0)
+        q2 = _globe_q2(x - c[0], y - c[1])
+        inside = _GLOBE_R * np.sqrt(np.maximum(1.0 - q2, 0.0))
+        outside = _GLOBE_R * np.maximum(np.sqrt(q2) - 1.0, 0.0)
         globe = zg + inside + _LID_T - 3.0 * outside
         z = _smax(z, globe, 2.5)
     return z - zbase
+
+
+def _globe_q2(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Squared normalised radius of (dx, dy) on the eyeball's frontal ellipse (<1: in front)."""
+    return (dx / _GLOBE_RX) ** 2 + (dy / _GLOBE_R) ** 2
 
 
 @functools.lru_cache(maxsize=1)
@@ -475,34 +481,47 @@ def _build() -> dict[str, np.ndarray]:
     for side, name, reg, u0 in ((1.0, "L", 3, 0.0), (-1.0, "R", 4, 0.25)):
         c = _eye_center(side)
         centre = np.array([c[0], c[1], zg])
-        nr, ns = 10, 28
-        psi = np.deg2rad(np.linspace(0.0, 120.0, nr + 1))[1:]
+        # Globe front (ellipsoid cap down to its equator), then a flat flange around the equator
+        # that backs the lid opening, so no line of sight passes beside the eyeball.
+        nr, ns = 9, 28
+        psi = np.deg2rad(np.linspace(0.0, 90.0, nr))[1:]
         phi = np.linspace(0, 2 * np.pi, ns, endpoint=False)
         P, F = np.meshgrid(psi, phi, indexing="ij")
         dirs = np.stack([np.sin(P) * np.cos(F), np.sin(P) * np.sin(F), np.cos(P)], -1).reshape(-1, 3)
         dirs = np.concatenate([[[0.0, 0.0, 1.0]], dirs], 0)
-        v = centre + _GLOBE_R * dirs
+        flange = np.concatenate([dirs[-ns:] * [k, k, 0.0] for k in (1.3, 1.65)], 0)
+        flange[:, 2] = -0.5 / _GLOBE_R
+        n_globe = len(dirs)
+        dirs = np.concatenate([dirs, flange], 0)
+        v = centre + np.array([_GLOBE_RX, _GLOBE_R, _GLOBE_R]) * dirs
         f = []
         for j in range(ns):  # pole fan
             f.append([0, 1 + j, 1 + (j + 1) % ns])
-        for i in range(nr - 1):
+        n_rings = (len(dirs) - 1) // ns
+        for i in range(n_rings - 1):
             for j in range(ns):
                 p00 = 1 + i * ns + j
                 p01 = 1 + i * ns + (j + 1) % ns
                 p10, p11 = p00 + ns, p01 + ns
-                f += [[p00, p10, p11], [p00, p11, p01]]
+                f += [[p00, p10, p11], [p00, p11, p01]]  # outward on the globe, +z on the flange
         f = np.array(f) + offset
         parts_v.append(v)
         parts_f.append(f)
         parts_r.append(np.full(len(v), reg, np.uint8))
-        parts_uv.append(np.stack([u0 + 0.1 + 0.09 * dirs[:, 0], 0.9 + 0.09 * dirs[:, 1]], 1))
-        eyeball[name] = (np.arange(offset, offset + len(v)), centre)
+        uv_d = dirs[:, :2] / 1.65
+        parts_uv.append(np.stack([u0 + 0.1 + 0.09 * uv_d[:, 0], 0.9 + 0.09 * uv_d[:, 1]], 1))
+        eyeball[name] = (np.arange(offset, offset + len(v)), centre, np.arange(offset, offset + n_globe))
         offset += len(v)
     # Mouth socket: a curved wall ~14 mm behind the lips.
-    gx, gy = np.arange(-27.0, 27.01, 3.0), np.arange(-48.0, -19.9, 3.0)
+    # It curves forward at the sides, staying 3.5 mm inside the skin, so that an open mouth seen
+    # from an angle shows the socket rather than the back of the cheeks.
+    gx, gy = np.linspace(-33.0, 33.0, 23), np.linspace(-50.0, -20.0, 11)
     SX, SY = np.meshgrid(gx, gy, indexing="xy")
     zlip = float(verts[slit[len(slit) // 2], 2])
-    SZ = zlip - 16.0 - 0.012 * SX**2 - 0.01 * (SY + 34.0) ** 2
+    sa, se = _invert_xy(np.stack([SX.ravel(), SY.ravel()], 1))
+    sb = _base_point(sa, se)
+    skin_z = (sb[:, 2] + _face_dz(sb[:, 0], sb[:, 1], sb[:, 2])).reshape(SX.shape)
+    SZ = np.minimum(zlip - 16.0 + 0.01 * SX**2 - 0.01 * (SY + 34.0) ** 2, skin_z - 3.5)
     sv = np.stack([SX, SY, SZ], -1).reshape(-1, 3)
     sf = _grid_faces(len(gy), len(gx), offset)
     parts_v.append(sv)
@@ -616,7 +635,7 @@ def _stack(*cols: np.ndarray) -> np.ndarray:
 def _rigid_eyes(ctx: _Ctx, disp: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> None:
     """Eyeballs translate rigidly with the field evaluated at their front pole."""
     for name in ("L", "R"):
-        ids, centre = ctx.eyeball[name]
+        ids, centre, _ = ctx.eyeball[name]
         pole = centre + np.array([0.0, 0.0, _GLOBE_R])
         disp[ids] = fn(pole[None])[0]
 
@@ -718,7 +737,7 @@ def _jaw_weight(ctx: _Ctx) -> np.ndarray:
     g = np.exp(-0.5 * (ctx.d_slit / sigma) ** 2)
     s = ctx.lip_low
     w = s * (1.0 - (1.0 - c_low) * g) + (1.0 - s) * c_up * g
-    w *= _smoothstep((ctx.z - 20.0) / 40.0)
+    w *= _smoothstep((ctx.z - 25.0) / 75.0)  # fade gently under the chin: no folds at the neck
     corner_y = float(_slit_y(np.array(_MOUTH_HALF)))
     w[ctx.socket] = 0.5 * (1.0 - np.tanh((ctx.y[ctx.socket] - corner_y) / 5.0))
     for m in ctx.eye.values():
@@ -768,18 +787,18 @@ def _lid_motion(ctx: _Ctx, name: str, up_frac: float, low_frac: float, up_mm: fl
     disp = np.zeros((ctx.n_v, 3))
     disp[:, 1] = dy
     # Slide over the globe: push z out to the lid surface of the eyeball where needed.
-    ids, centre = ctx.eyeball[name]
+    centre = ctx.eyeball[name][1]
     moved = ctx.v + disp
-    rho2 = (moved[:, 0] - centre[0]) ** 2 + (moved[:, 1] - centre[1]) ** 2
-    zs = centre[2] + np.sqrt(np.maximum(_GLOBE_R**2 - rho2, 0.0)) + _LID_T
-    push = (rho2 < _GLOBE_R**2) & (np.abs(dy) > 0)
+    q2 = _globe_q2(moved[:, 0] - centre[0], moved[:, 1] - centre[1])
+    zs = centre[2] + _GLOBE_R * np.sqrt(np.maximum(1.0 - q2, 0.0)) + _LID_T
+    push = (q2 < 1.0) & (np.abs(dy) > 0)
     disp[push, 2] = np.maximum(zs[push] - ctx.z[push], 0.0)
     return disp
 
 
 def _eye_rotation(ctx: _Ctx, name: str, rot: np.ndarray) -> np.ndarray:
     disp = np.zeros((ctx.n_v, 3))
-    ids, centre = ctx.eyeball[name]
+    _, centre, ids = ctx.eyeball[name]  # the flange stays put
     p = ctx.v[ids] - centre
     disp[ids] = p @ rot.T - p
     return disp

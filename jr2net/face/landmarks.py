@@ -12,10 +12,11 @@ rounds its shape points).
 Detection runs the HOG detector on a grayscale copy downscaled to ``max_side`` (default 400)
 pixels on its longest side, then the shape predictor on the full-resolution grayscale image. The
 HOG window is 80 px, so one pass at ``upsample=0`` finds faces whose box is >= ~20 % of the
-longest side; when it finds nothing, a second pass with ``upsample=1`` (>= ~10 %) runs. Measured
-on short_hamilton_clip.mp4 (640x360, the singer's face ~60-120 px) the cascade finds the face on
-~88 % of frames 90-210 that have one; the rest are motion-blurred or turned heads, which the
-tracker bridges.
+longest side; when it finds nothing, a second pass with ``upsample=1`` (>= ~10 %) runs. On
+short_hamilton_clip.mp4 (640x360, the singer's face ~60-120 px) the cascade finds a face on 117
+of the 121 frames 90-210 (the single ``upsample=0`` pass: 73); the misses are motion-blurred or
+turned heads, which the tracker bridges. Cost on a 512x512 frame: one pass ~5-10 ms, the
+68-point predictor ~1.5 ms (CPU, one core).
 """
 
 from __future__ import annotations
@@ -286,18 +287,17 @@ class LandmarkTracker:
     """Per-video 68-point tracker that re-runs the face detector only when the face is lost.
 
     While tracking, each frame runs only the shape predictor, started from a box derived from the
-    previous frame's rigid landmarks (``box_from_landmarks``). The face counts as lost when a
-    cheap check fails (box centre outside the frame, box smaller than ``min_size`` px, spread
-    changed by more than ``max_scale_change`` x, rigid landmarks (eyes, nose) changed shape by
-    more than ``max_shape_change`` after similarity alignment to the previous frame -- what the
-    predictor does when the face jumped away from its start box --, implausible eye distance)
-    *and* the HOG detector
-    then finds no face on a small crop around the box. That crop check also runs every
-    ``verify_every`` frames; when its box overlaps the tracked box by less than ``reanchor_iou``
-    the predictor is re-run from the detector's box. When the crop check fails the whole frame
-    is searched
-    (``detect_faces``); if that fails too the frame returns None. While lost, detection is tried
-    every ``redetect_every`` frames (1 = every frame; frames in between return None).
+    previous frame's rigid landmarks (``box_from_landmarks``). Cheap per-frame checks: rigid
+    centre inside the frame, box >= ``min_size`` px, spread changed by < ``max_scale_change`` x,
+    rigid landmarks (eyes, nose) changed shape by < ``max_shape_change`` after similarity
+    alignment to the previous frame (what the predictor shows when the face jumped away from its
+    start box), plausible eye distance. When one fails, and anyway every ``verify_every``
+    frames, the HOG detector runs on a small crop around the box (~3 ms). If it finds the face
+    there but its box overlaps the tracked box by < ``reanchor_iou``, the predictor is re-run
+    from the detector's box. If it does not, the face is lost: the whole frame is searched
+    (``detect_faces``' cascade) and, failing that, the frame returns None. While lost, detection
+    is tried every ``redetect_every`` frames (1 = every frame; frames in between return None).
+    Counters: ``frames``, ``detections`` (full-frame searches), ``verifications``, ``losses``.
     Not thread-safe: one tracker per stream.
     """
 

@@ -105,6 +105,8 @@ class FaceModel:
         self._n_albedo = n_albedo
         self._sha256: str | None = None
         self._lock = threading.Lock()
+        # Derived models are memoised: models are treated as immutable once built.
+        self._derived: dict[tuple, FaceModel] = {}
 
     # ---- construction / persistence ---------------------------------------------------------
 
@@ -270,10 +272,14 @@ class FaceModel:
     # ---- device ------------------------------------------------------------------------------
 
     def to(self, device: torch.device | str) -> FaceModel:
-        """A copy with every tensor on ``device`` (self if already there)."""
+        """A copy with every tensor on ``device`` (self if already there; memoised)."""
         device = torch.device(device)
         if device == self.device:
             return self
+        key = ("to", str(device))
+        with self._lock:
+            if key in self._derived:
+                return self._derived[key]
 
         def mv(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.to(device)
@@ -299,7 +305,8 @@ class FaceModel:
             n_albedo=self._n_albedo,
         )
         model._sha256 = self._sha256
-        return model
+        with self._lock:
+            return self._derived.setdefault(key, model)
 
     # ---- maths ---------------------------------------------------------------------------------
 
@@ -359,6 +366,10 @@ class FaceModel:
         """
         if isinstance(region_names, str):
             region_names = [region_names]
+        key = ("subset", tuple(region_names))
+        with self._lock:
+            if key in self._derived:
+                return self._derived[key]
         if self.region is None or not self.region_names:
             raise FaceModelError(f"face model {self.name!r} has no regions to take a subset of")
         ids = [self.region_index(n) for n in region_names]
@@ -420,7 +431,8 @@ class FaceModel:
             n_albedo=self.n_albedo,
         )
         model.parent_vertex_index = keep_dev  # type: ignore[attr-defined]
-        return model
+        with self._lock:
+            return self._derived.setdefault(key, model)
 
 
 def _opt_to(t: Tensor | None, device: torch.device) -> Tensor | None:

@@ -106,7 +106,7 @@ def _to_rgb_array(im: Image.Image, what: str) -> np.ndarray:
     mode = im.mode
     try:
         if mode == "RGB":
-            return np.asarray(im)
+            return np.array(im)  # a writable copy (asarray would be read-only)
         if mode.startswith("I") or mode == "F":
             gray, alpha = _gray_high_depth_to_u8(im)
             if alpha is not None:
@@ -118,7 +118,7 @@ def _to_rgb_array(im: Image.Image, what: str) -> np.ndarray:
         if mode == "L":
             gray = np.asarray(im)
             return np.repeat(gray[:, :, None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))
     except (ValueError, OSError) as exc:
         raise InvalidImageError(
             f"{what}: cannot convert image mode {mode!r} to RGB ({exc})"

@@ -118,7 +118,7 @@ def _raster_zbuffer(
         qx = pj.double()
         qy = pi.double()
         q = None
-        for (lx, ly, dx, dy, sgn, tie), ci in zip(edges, c):
+        for (lx, ly, dx, dy, sgn, tie), ci in zip(edges, c, strict=True):
             lx, ly, dx, dy, sgn, tie, ci = (t[idx, None] for t in (lx, ly, dx, dy, sgn, tie, ci))
             E = sgn * (dx * (qy - ly) - dy * (qx - lx))
             inside &= (s[idx, None] * E > 0) | ((E == 0) & tie)

@@ -49,7 +49,7 @@ from torch import Tensor
 from jr2net.errors import NoFaceError
 from jr2net.face.camera import crop_intrinsics, euler_rotation
 from jr2net.face.camera import project as project_points
-from jr2net.face.model import FaceModel, load_face_model, vertex_normals
+from jr2net.face.model import FaceModel, load_face_model
 from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 
@@ -63,9 +63,11 @@ except ImportError:  # pragma: no cover
 RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 """Model regions rendered per frame (those the model has): skin, mouth interior, eyes."""
 
+LIGHT_MODES = ("source", "driving", "none")
 STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "composite", "total")
 RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
 BACKGROUND_BOX_SCALE = 2.0  # background-warp box side / render crop side
+FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
 REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
 MOUTH_COLOR = torch.tensor([0.32, 0.16, 0.15])  # relative to the mean skin colour
 
@@ -109,8 +111,8 @@ class GeometricSession:
         self.crop = int(options.crop_size)
         extra = dict(options.extra or {})
         self.light_mode = extra.get("light", "source")
-        if self.light_mode not in ("source", "driving"):
-            raise ValueError(f"options.extra['light'] must be 'source' or 'driving', got {self.light_mode!r}")
+        if self.light_mode not in LIGHT_MODES:
+            raise ValueError(f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}")
         self.feather_radius = _option_int(extra, "feather", max(1, self.crop // 64))
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
 
@@ -148,15 +150,15 @@ class GeometricSession:
 
         # Per-vertex model parts of the render subset: identity fixed, expression per frame.
         coeffs = fit.coeffs
-        self.faces = pm.faces.to(torch.int32).contiguous()
+        self.faces = pm.faces
         identity = coeffs.identity.float()
-        self.id_shape = pm.shape(identity=identity)[0].contiguous()  # [V,3]
+        self.id_shape = pm.identity_shape(identity)  # [V,3]
         V = self.id_shape.shape[0]
         self.expr_basis = pm.expression_basis.reshape(pm.n_expression, V * 3).contiguous()
         src_verts = self.id_shape + (coeffs.expression.float() @ self.expr_basis).view(V, 3)
         self.R_src, self.t_src = _pose_matrix(coeffs)
         self.src_verts_cam = st.pose_vertices(src_verts, self.R_src, self.t_src)  # [1,V,3]
-        n_src = vertex_normals(src_verts[None], self.faces)[0]
+        n_src = st.fast_vertex_normals(src_verts, self.reenactor.faces_long, self.reenactor.normal_op)
         self.n_src_cam = st.rotate_to_camera(n_src, self.R_src)
         self.light_src = coeffs.light.float()[0]  # [9,3]
         self.E_src = st.irradiance(self.n_src_cam, self.light_src).clamp_min(0.05)
@@ -174,19 +176,17 @@ class GeometricSession:
 
         # Per-vertex colours seen in the source (fill layer) and albedo for light estimates.
         colors, visible = self._sample_vertex_colors()
-        region = pm.region
         known = visible.clone()
-        if region is not None and "mouth_socket" in pm.region_names:
-            socket = region == pm.region_names.index("mouth_socket")
+        socket = pm.region_mask("mouth_socket")
+        if socket.any():
             hidden_socket = socket & ~visible
             skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
             colors[hidden_socket] = MOUTH_COLOR * skin / skin.mean().clamp_min(1e-3) * skin.mean()
             known |= hidden_socket
-        adjacency = st.vertex_adjacency(self.faces, V)
-        self.vertex_colors = st.diffuse_colors(colors, known, adjacency)
+        self.vertex_colors = st.diffuse_colors(colors, known, self.reenactor.adjacency)
         self.src_visible = visible
         try:
-            self.albedo = pm.albedo.colors(coeffs.albedo.float())[0]
+            self.albedo = pm.albedo_colors(coeffs.albedo.float())
         except Exception:  # a model without an albedo basis: the sampled colours / irradiance
             self.albedo = (self.vertex_colors / self.E_src).clamp(0, 1)
 
@@ -195,11 +195,17 @@ class GeometricSession:
         self.attr[0, :, 0:3] = self.src_verts_cam[0]
         self.attr[0, :, 3:6] = self.vertex_colors
         self.attr[0, :, 6:9] = 1.0
-        # Low-resolution grid of the background-warp field (face crop = centre half).
-        self.field_factor = max(1, S // 32)
-        self.window = st.border_window(int(round(S / self.field_factor * BACKGROUND_BOX_SCALE)), 0.22)
-        j = (torch.arange(S, dtype=torch.float32) + 0.5) / S
-        self._crop_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [S,S,2] (x,y)
+        # Background-warp field: a FIELD_GRID² grid over a box BACKGROUND_BOX_SCALE times the render
+        # box; the render crop maps onto its centre (FIELD_GRID / BACKGROUND_BOX_SCALE cells).
+        inner = int(round(FIELD_GRID / BACKGROUND_BOX_SCALE))
+        self.field_factor = S / inner
+        self.field_inner = inner
+        self.window = st.border_window(FIELD_GRID, 0.22)
+        j = (torch.arange(inner, dtype=torch.float32) + 0.5) / inner
+        self._cell_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [n,n,2] (x,y)
+        # Normalised grid_sample coordinates of every output pixel (align_corners=False).
+        self._gx = ((2 * torch.arange(Wo, dtype=torch.float32) + 1) / Wo - 1).expand(Ho, Wo)
+        self._gy = ((2 * torch.arange(Ho, dtype=torch.float32) + 1) / Ho - 1)[:, None].expand(Ho, Wo)
 
     def _sample_vertex_colors(self) -> tuple[Tensor, Tensor]:
         """Colours ``[V,3]`` of the source crop at each vertex, and which vertices it shows."""
@@ -274,7 +280,8 @@ class GeometricSession:
         verts = self.id_shape + (fit.coeffs.expression.float() @ self.expr_basis).view(V, 3)
         R, t = self.target_pose(fit)
         verts_cam = st.pose_vertices(verts, R, t)
-        normals = st.rotate_to_camera(vertex_normals(verts[None], self.faces)[0], R)
+        normals = st.fast_vertex_normals(verts, self.reenactor.faces_long, self.reenactor.normal_op)
+        normals = st.rotate_to_camera(normals, R)
         p = project_points(verts_cam, self.K_out[None])[0]
         box = st.square_box(p, RENDER_BOX_SCALE, (Ho, Wo))
         x0, y0, side = box
@@ -288,9 +295,10 @@ class GeometricSession:
         timings["rasterize"] = t2 - t1
 
         # -- relight ratio per vertex (goes through the same interpolation as the warp points)
-        light = self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
-        ratio = st.irradiance(normals, light).clamp_min(0.0) / self.E_src
-        self.attr[0, :, 6:9] = ratio.clamp_(0.4, 2.5)
+        if self.light_mode != "none":
+            light = self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
+            ratio = st.irradiance(normals, light).clamp_min(0.0) / self.E_src
+            self.attr[0, :, 6:9] = ratio.clamp_(0.4, 2.5)
         t3 = _now()
 
         # -- warp: source pixels moved to the target pixels (non-rigid correspondences)
@@ -317,7 +325,7 @@ class GeometricSession:
         timings["fill"] = t6 - t5
 
         # -- composite into the (warped) source frame
-        image = self._composite(face, valid, points, box)
+        image = self._composite(face, valid, points, rast[..., 2], box, (R, t))
         timings["composite"] = _now() - t6
         return image
 
@@ -327,7 +335,7 @@ class GeometricSession:
         coeffs = fit.coeffs
         V = self.id_shape.shape[0]
         idx = self.reenactor.light_samples
-        verts = model.shape(identity=coeffs.identity.float()[:, : model.n_identity])[0, idx]
+        verts = model.identity_shape(coeffs.identity.float())[idx]
         verts = verts + (coeffs.expression.float() @ self.expr_basis).view(V, 3)[idx]
         R_d, t_d = _pose_matrix(coeffs)
         cam = st.pose_vertices(verts, R_d, t_d)
@@ -343,16 +351,24 @@ class GeometricSession:
         scale = self.light_src[0] / light[0].clamp_min(1e-3)
         return light * scale
 
-    def _composite(self, face: Tensor, valid: Tensor, points: Tensor, box: tuple[int, int, int]) -> np.ndarray:
-        """Paste the face crop (feathered) over the source background warped by the face motion."""
+    def _composite(
+        self, face: Tensor, valid: Tensor, points: Tensor, depth: Tensor, box: tuple[int, int, int],
+        pose: tuple[Tensor, Tensor],
+    ) -> np.ndarray:
+        """Paste the face crop (feathered) over the source background warped by the head motion.
+
+        The background moves with the head's rigid motion (extrapolated over the whole box, so hair,
+        ears and neck follow it) plus the non-rigid face motion near the face only (so the jaw
+        drags the skin just below it, not the collar).
+        """
         S = self.crop
         Ho, Wo = self.out_hw
         x0, y0, side = box
         alpha = st.feather(valid, self.feather_radius)
 
         # Background box: BACKGROUND_BOX_SCALE times the render box, same centre.
-        nb = self.window.shape[-1]
-        bside = int(round(side * nb * self.field_factor / S))
+        nb, inner = FIELD_GRID, self.field_inner
+        bside = int(round(side * nb / inner))
         bx0 = x0 + side // 2 - bside // 2
         by0 = y0 + side // 2 - bside // 2
         # Visible part of the background box in the frame.
@@ -361,49 +377,59 @@ class GeometricSession:
         out = self.bg_u8.copy()
         if fx1 <= fx0 or fy1 <= fy0:
             return out
-        h, w = fy1 - fy0, fx1 - fx0
-        ys = torch.arange(fy0, fy1, dtype=torch.float32)
-        xs = torch.arange(fx0, fx1, dtype=torch.float32)
-        gy, gx = torch.meshgrid(ys, xs, indexing="ij")
 
         if self.background_warp:
-            # Displacement (output px) target -> source where the face is, extrapolated outwards.
-            p_src = project_points(points.view(1, -1, 3), self.K_out[None]).view(S, S, 2)
-            p_tgt = self._crop_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])
-            disp = (p_src - p_tgt).permute(2, 0, 1).unsqueeze(0)  # [1,2,S,S]
-            f = self.field_factor
-            small_d = F.avg_pool2d(disp * valid, f)
-            small_w = F.avg_pool2d(valid, f)
-            off = (nb - small_w.shape[-1]) // 2
-            big_d = disp.new_zeros(1, 2, nb, nb)
-            big_w = disp.new_zeros(1, 1, nb, nb)
-            big_d[..., off : off + small_w.shape[-2], off : off + small_w.shape[-1]] = small_d
-            big_w[..., off : off + small_w.shape[-2], off : off + small_w.shape[-1]] = small_w
-            field, support = st.extend_field(big_d, big_w.clamp(0, 1), 1, max(2, nb // 16))
-            field = field * support * self.window
+            # Displacements (output px) target -> source on the coarse grid: full (non-rigid,
+            # from the warp's points) and rigid (the target point moved by the head pose only).
+            w_cell = F.adaptive_avg_pool2d(valid, inner)  # [1,1,n,n]
+            wd = w_cell.clamp_min(1e-6)
+            p_cell = F.adaptive_avg_pool2d(points.permute(0, 3, 1, 2) * valid, inner) / wd
+            z_cell = F.adaptive_avg_pool2d(depth.unsqueeze(1) * valid, inner) / wd
+            p_src = project_points(p_cell.permute(0, 2, 3, 1).reshape(1, -1, 3), self.K_out[None])
+            p_tgt = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # [n,n,2]
+            ones = torch.ones(inner, inner, 1)
+            rays = torch.cat([p_tgt, ones], -1).reshape(-1, 3) @ torch.linalg.inv(self.K_out).T
+            X_t = rays * z_cell.reshape(-1, 1)
+            R, t = pose
+            X_m = (X_t * st.R_FLIP - t) @ R  # model space (R^T applied to row vectors)
+            X_s = st.pose_vertices(X_m, self.R_src, self.t_src)
+            p_rig = project_points(X_s, self.K_out[None])
+            full = (p_src[0].view(inner, inner, 2) - p_tgt).permute(2, 0, 1).unsqueeze(0)
+            rigid = (p_rig[0].view(inner, inner, 2) - p_tgt).permute(2, 0, 1).unsqueeze(0)
+            w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
+            off = (nb - inner) // 2
+            big_d = full.new_zeros(1, 4, nb, nb)
+            big_w = full.new_zeros(1, 1, nb, nb)
+            big_d[..., off : off + inner, off : off + inner] = torch.cat([rigid, full - rigid], 1) * w_cell
+            big_w[..., off : off + inner, off : off + inner] = w_cell
+            ext, support = st.extend_field(big_d, big_w, 1, 2)
+            near, near_support = st.extend_field(big_d[:, 2:], big_w, 0, 1)
+            field = ext[:, :2] * (support * self.window) + near * near_support
+            field[:, 0] *= 2.0 / Wo  # pixels -> normalised grid units
+            field[:, 1] *= 2.0 / Ho
             field = F.interpolate(field, size=(bside, bside), mode="bilinear", align_corners=False)
             field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0]
-            sx, sy = gx + field[0], gy + field[1]
-            grid = torch.stack([(2 * sx + 1) / Wo - 1, (2 * sy + 1) / Ho - 1], dim=-1)[None]
-            region = F.grid_sample(self.bg, grid, mode="bilinear", padding_mode="border",
+            grid = torch.stack([self._gx[fy0:fy1, fx0:fx1] + field[0], self._gy[fy0:fy1, fx0:fx1] + field[1]],
+                               dim=-1)
+            region = F.grid_sample(self.bg, grid[None], mode="bilinear", padding_mode="border",
                                    align_corners=False)
         else:
-            region = self.bg[:, :, fy0:fy1, fx0:fx1]
+            region = self.bg[:, :, fy0:fy1, fx0:fx1].clone()
 
         # Face layer (crop resampled to its box in the output frame), clipped to the region.
         layer = torch.cat([face, alpha], dim=1)
-        layer = F.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False,
-                              antialias=side < S)
+        if side != S:
+            layer = F.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False,
+                                  antialias=side < S)
         lx0, ly0 = max(x0, fx0), max(y0, fy0)
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
-        region = region.clone() if not self.background_warp else region
         if lx1 > lx0 and ly1 > ly0:
             part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
             rgb, a = part[:3], part[3:4]
             sub = region[0, :, ly0 - fy0 : ly1 - fy0, lx0 - fx0 : lx1 - fx0]
             sub.add_(a * (rgb - sub))
         out[fy0:fy1, fx0:fx1] = (
-            region[0].clamp_(0, 1).mul_(255).add_(0.5).to(torch.uint8).permute(1, 2, 0).numpy()
+            region[0].mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         )
         return out
 
@@ -439,19 +465,21 @@ class GeometricReenactor:
         if not isinstance(face_model, FaceModel):
             raise TypeError(f"face_model must be a FaceModel, a spec string or None, got {type(face_model).__name__}")
         self.model = face_model
-        regions = [r for r in RENDER_REGIONS if r in (face_model.region_names or [])]
-        self.render_model = face_model.subset(regions) if regions else face_model
+        self.render_model = st.RenderMesh(face_model, st.render_vertex_mask(face_model, RENDER_REGIONS))
         self._source_fitter_cls = SourceFitter
         self._driving_fitter_cls = DrivingFitter
         self._source_fitter = SourceFitter(face_model)
         self._lock = threading.Lock()
         # Vertices used to estimate a driving frame's light: subsampled face skin.
         pm = self.render_model
+        self.faces_long = pm.faces_long
+        self.normal_op = st.normal_operator(pm.faces, pm.n_vertices)
+        self.adjacency = st.vertex_adjacency(pm.faces, pm.n_vertices)
         with torch.inference_mode():
-            self.render_normals = vertex_normals(pm.vertices[None], pm.faces)[0]
-        skin = torch.ones(pm.n_vertices, dtype=torch.bool)
-        if pm.region is not None and "face" in pm.region_names:
-            skin = pm.region == pm.region_names.index("face")
+            self.render_normals = st.fast_vertex_normals(pm.vertices, self.faces_long, self.normal_op)
+        skin = pm.region_mask("face")
+        if not skin.any():
+            skin = torch.ones(pm.n_vertices, dtype=torch.bool)
         idx = torch.nonzero(skin).squeeze(1)
         step = max(1, math.ceil(idx.numel() / 600))
         self.light_samples = idx[::step]

@@ -8,6 +8,7 @@ fill -> composite.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ def check_frame(frame: object, name: str = "frame") -> np.ndarray:
 
 def image_to_tensor(img: np.ndarray) -> Tensor:
     """uint8 ``[H, W, 3]`` -> float32 ``[1, 3, H, W]`` in [0, 1]."""
-    return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
 
 
 def project(points: Tensor, K: Tensor) -> Tensor:
@@ -157,17 +158,44 @@ def estimate_light(colors: Tensor, albedo: Tensor, normals: Tensor, reg: float =
     return torch.stack(out, dim=1)
 
 
+def normal_operator(faces: Tensor, n_vertices: int) -> Tensor:
+    """Sparse vertex-face incidence ``[V, F]`` (CSR): ``op @ face_normals`` sums incident faces."""
+    f = faces.long()
+    rows = f.reshape(-1)
+    cols = torch.arange(f.shape[0]).repeat_interleave(3)
+    op = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()),
+                                 (n_vertices, f.shape[0]), check_invariants=True)
+    return _to_csr(op)
+
+
+def _to_csr(op: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": it is fine for spmm
+        warnings.simplefilter("ignore", UserWarning)
+        return op.coalesce().to_sparse_csr()
+
+
+def fast_vertex_normals(verts: Tensor, faces: Tensor, op: Tensor) -> Tensor:
+    """Unit area-weighted vertex normals ``[V,3]`` of ``verts [V,3]`` via ``normal_operator``.
+
+    Same result as ``jr2net.face.model.vertex_normals``, several times faster per frame.
+    """
+    f = faces.long()
+    v0, v1, v2 = verts[f[:, 0]], verts[f[:, 1]], verts[f[:, 2]]
+    fn = torch.linalg.cross(v1 - v0, v2 - v0)
+    return F.normalize(op @ fn, dim=-1, eps=1e-12)
+
+
 def vertex_adjacency(faces: Tensor, n_vertices: int) -> Tensor:
     """Row-normalised vertex adjacency (sparse CSR ``[V, V]``) of a triangle mesh."""
     f = faces.long()
     i = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
     j = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    A = torch.sparse_coo_tensor(torch.stack([i, j]), torch.ones(i.numel()), (n_vertices, n_vertices))
-    A = A.coalesce()
+    A = torch.sparse_coo_tensor(torch.stack([i, j]), torch.ones(i.numel()), (n_vertices, n_vertices),
+                                check_invariants=True).coalesce()
     vals = torch.ones_like(A.values())  # duplicates collapse to one edge
     deg = torch.zeros(n_vertices).index_add_(0, A.indices()[0], vals).clamp_min(1)
     vals = vals / deg[A.indices()[0]]
-    return torch.sparse_coo_tensor(A.indices(), vals, (n_vertices, n_vertices)).to_sparse_csr()
+    return _to_csr(torch.sparse_coo_tensor(A.indices(), vals, (n_vertices, n_vertices), check_invariants=True))
 
 
 def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int = 60) -> Tensor:
@@ -183,36 +211,37 @@ def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int 
 
 
 def feather(mask: Tensor, radius: int) -> Tensor:
-    """A soft version of a binary mask ``[1,1,H,W]``: eroded by ``radius`` then box-blurred twice.
+    """A soft version of a binary mask ``[1,1,H,W]`` that is 0 outside and ramps up inside.
 
-    The result is 0 outside the mask and ramps to 1 over ~2·radius pixels inside it.
+    Computed at 1/``radius`` resolution (coverage, erode one cell, blur twice, upsample), so the
+    ramp is ~2·radius pixels wide and the cost does not grow with the radius.
     """
-    if radius <= 0:
+    if radius <= 1:
         return mask
-    k = 2 * radius + 1
-    eroded = -F.max_pool2d(-mask, k, stride=1, padding=radius)
-    soft = F.avg_pool2d(eroded, k, stride=1, padding=radius, count_include_pad=False)
-    soft = F.avg_pool2d(soft, k, stride=1, padding=radius, count_include_pad=False)
+    H, W = mask.shape[-2:]
+    small = F.avg_pool2d(mask, radius, ceil_mode=True)
+    small = -F.max_pool2d(-small, 3, stride=1, padding=1)
+    small = F.avg_pool2d(small, 3, stride=1, padding=1, count_include_pad=False)
+    small = F.avg_pool2d(small, 3, stride=1, padding=1, count_include_pad=False)
+    soft = F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)
     return soft * mask
 
 
-def extend_field(field: Tensor, weight: Tensor, factor: int, blur: int) -> tuple[Tensor, Tensor]:
-    """Extrapolate a sparse 2D field ``[1,C,H,W]`` known where ``weight`` > 0 (normalised convolution).
+def extend_field(field: Tensor, weight: Tensor, passes: int, radius: int) -> tuple[Tensor, Tensor]:
+    """Extrapolate a field ``[1,C,H,W]`` known where ``weight`` > 0 (normalised convolution).
 
-    Works at 1/``factor`` resolution with a ``blur``-pixel box filter applied three times; returns
-    the smooth field and its support (0..1, how much known data is nearby), both at full size.
+    ``passes`` box blurs of ``radius`` spread the known values outwards; returns the smooth field
+    and its support (0..1: how much known data is nearby). Known cells keep their own values.
     """
-    H, W = field.shape[-2:]
-    fw = F.avg_pool2d(field * weight, factor)
-    w = F.avg_pool2d(weight, factor)
-    k = 2 * blur + 1
-    for _ in range(3):
-        fw = F.avg_pool2d(fw, k, stride=1, padding=blur, count_include_pad=False)
-        w = F.avg_pool2d(w, k, stride=1, padding=blur, count_include_pad=False)
-    smooth = fw / w.clamp_min(1e-4)
-    support = (w * 8).clamp(max=1.0)
-    smooth = F.interpolate(smooth, size=(H, W), mode="bilinear", align_corners=False)
-    support = F.interpolate(support, size=(H, W), mode="bilinear", align_corners=False)
+    k = 2 * radius + 1
+    fw, w = field * weight, weight
+    for _ in range(max(1, passes) + 2):
+        fw = F.avg_pool2d(fw, k, stride=1, padding=radius, count_include_pad=False)
+        w = F.avg_pool2d(w, k, stride=1, padding=radius, count_include_pad=False)
+    smooth = fw / w.clamp_min(1e-6)
+    smooth = weight * field + (1 - weight) * smooth
+    support = (w * 6).clamp(max=1.0)
+    support = torch.maximum(support, weight)
     return smooth, support
 
 
@@ -223,3 +252,81 @@ def border_window(size: int, margin: float) -> Tensor:
     ramp = edge.clamp(0, 1)
     ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep
     return (ramp[:, None] * ramp[None, :])[None, None]
+
+
+class RenderMesh:
+    """The part of a face model rendered per frame: a vertex subset with its bases and faces.
+
+    Like ``FaceModel.subset`` but cut by geometry too (the neck below the jaw is dropped, so it
+    stays with the background instead of turning with the head).
+    """
+
+    def __init__(self, model, keep: Tensor) -> None:
+        keep_idx = torch.nonzero(keep).squeeze(1)
+        remap = torch.full((keep.numel(),), -1, dtype=torch.long)
+        remap[keep_idx] = torch.arange(keep_idx.numel())
+        faces = model.faces.long()
+        fkeep = keep[faces].all(dim=1)
+        self.model = model
+        self.index = keep_idx
+        self.faces = remap[faces[fkeep]].to(torch.int32).contiguous()
+        self.faces_long = self.faces.long()
+        self.vertices = model.vertices[keep_idx].contiguous()
+        self.identity_basis = model.identity_basis[:, keep_idx].contiguous()
+        self.expression_basis = model.expression_basis[:, keep_idx].contiguous()
+        self.region = None if model.region is None else model.region[keep_idx]
+        self.region_names = list(model.region_names)
+        self._albedo = None
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.index.numel())
+
+    @property
+    def n_expression(self) -> int:
+        return int(self.expression_basis.shape[0])
+
+    def region_mask(self, name: str) -> Tensor:
+        """Vertices of a named region (all False when the model has no such region)."""
+        if self.region is None or name not in self.region_names:
+            return torch.zeros(self.n_vertices, dtype=torch.bool)
+        return self.region == self.region_names.index(name)
+
+    def identity_shape(self, identity: Tensor) -> Tensor:
+        """Mean + identity offsets ``[V,3]`` for ``identity [1,k]`` (first k modes)."""
+        k = identity.shape[1]
+        V = self.n_vertices
+        basis = self.identity_basis[:k].reshape(k, V * 3)
+        return self.vertices + (identity.float() @ basis).view(V, 3)
+
+    def albedo_colors(self, gamma: Tensor) -> Tensor:
+        """Per-vertex albedo ``[V,3]`` of the model's albedo model for coefficients ``[1,G]``."""
+        if self._albedo is None:
+            self._albedo = self.model.albedo.subset(self.index)
+        return self._albedo.colors(gamma)[0]
+
+
+def render_vertex_mask(model, regions: tuple[str, ...], neck_margin_mm: float = 10.0) -> Tensor:
+    """Vertices to render per frame: the listed regions, minus the neck below the jaw line.
+
+    The jaw line is the model's jaw landmarks 2-14 in the frontal (x, y) plane of the mean
+    shape; face vertices more than ``neck_margin_mm`` below it are dropped.
+    """
+    V = model.n_vertices
+    if model.region is None or not model.region_names:
+        keep = torch.ones(V, dtype=torch.bool)
+        face = keep.clone()
+    else:
+        keep = torch.zeros(V, dtype=torch.bool)
+        for name in regions:
+            if name in model.region_names:
+                keep |= model.region == model.region_names.index(name)
+        face = model.region == model.region_names.index("face") if "face" in model.region_names else keep
+    verts = model.vertices.float()
+    jaw = verts[model.landmarks68[2:15].long()]
+    order = torch.argsort(jaw[:, 0])
+    jx = jaw[order, 0].numpy()
+    jy = jaw[order, 1].numpy()
+    line = torch.from_numpy(np.interp(verts[:, 0].numpy(), jx, jy)).float()
+    neck = face & (verts[:, 1] < line - neck_margin_mm)
+    return keep & ~neck
