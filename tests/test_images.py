@@ -290,12 +290,16 @@ def test_max_side_lets_a_big_jpeg_under_the_pixel_limit_via_draft():
     assert load_image(jpg, max_side=400, max_pixels=1_000_000).shape == (300, 400, 3)
 
 
-def test_decoded_arrays_are_writable(images_dir):
+def test_load_image_arrays_are_writable_and_frames_are_valid_arrays(images_dir):
     for img in (
         load_image(images_dir / "obama.jpg"),
         load_image(images_dir / "alex-lacamoire.png"),
-        decode_frame(encode_image(_gradient(), "JPEG"), "JPEG"),
-        decode_frame(encode_image(_gradient(), "RAW_RGB24"), "RAW_RGB24", 32, 24),
     ):
         assert img.flags.writeable and img.flags.c_contiguous
         img[0, 0] = 0
+    for frame in (
+        decode_frame(encode_image(_gradient(), "JPEG"), "JPEG"),
+        decode_frame(encode_image(_gradient(), "RAW_RGB24"), "RAW_RGB24", 32, 24),
+    ):
+        assert frame.flags.c_contiguous and frame.shape == (24, 32, 3)
+        assert frame.copy().flags.writeable  # documented: may be read-only, copy to modify

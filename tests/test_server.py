@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import subprocess
 import threading
 import time
 import urllib.request
@@ -456,3 +457,21 @@ def test_drain_finishes_in_flight_frames_then_refuses_new_work(loop, reenactor, 
     assert all(r.WhichOneof("kind") == "output" for r in replies)
     assert final == grpc.StatusCode.UNAVAILABLE
     assert clean and srv.server is None
+
+
+def test_tls_server_answers_a_client_that_trusts_its_certificate(loop, reenactor, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    srv = start_server(loop, reenactor, tls_cert=str(cert), tls_key=str(key))
+    try:
+        with ReenactClient(srv.address, root_certificates=cert) as client:
+            assert client.server_info().tls
+        with ReenactClient(srv.address) as plain, pytest.raises(grpc.RpcError) as refused:
+            plain.server_info(timeout=5)  # a plaintext client cannot talk to it
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        loop.run(srv.stop(0))

@@ -175,6 +175,40 @@ JR2_HD RowTerms<T> row_terms(const TriSetup<T>& t, T py) {
   return {t.e0.dx * (py - t.e0.ly), t.e1.dx * (py - t.e1.ly), t.e2.dx * (py - t.e2.ly)};
 }
 
+// Narrows the bbox columns [t.j0, t.j1] of a row to a conservative span [ja, jb] that contains
+// every pixel the exact test (pixel_key) can accept: each edge function is linear along the row,
+// so its zero crossing bounds the span; the bound is widened by far more than its rounding
+// error, so pruning never changes the result. Returns false for an empty span.
+template <typename T>
+JR2_HD bool row_span(const TriSetup<T>& t, const RowTerms<T>& r, int& ja, int& jb) {
+  T lo = static_cast<T>(t.j0), hi = static_cast<T>(t.j1);
+  const Edge<T>* es[3] = {&t.e0, &t.e1, &t.e2};
+  const T rs[3] = {r.r0, r.r1, r.r2};
+  for (int k = 0; k < 3; ++k) {
+    const Edge<T>& e = *es[k];
+    // inside needs ss*raw >= 0 with raw(px) = r - dy*(px - lx)
+    if (e.dy == T(0)) {
+      if (e.ss * rs[k] < T(0)) return false;
+      continue;
+    }
+    const T cross = e.lx + rs[k] / e.dy;
+    const T a = cross < T(0) ? -cross : cross;
+    const T l = e.lx < T(0) ? -e.lx : e.lx;
+    const T eps = T(1e-9) + T(1e-12) * (a + l + hi);
+    if (e.ss * e.dy > T(0)) {
+      const T c = cross + eps;  // px <= cross
+      if (c < hi) hi = c;
+    } else {
+      const T c = cross - eps;  // px >= cross
+      if (c > lo) lo = c;
+    }
+  }
+  if (!(lo <= hi)) return false;
+  ja = ceil_pos(lo);
+  jb = static_cast<int>(hi);
+  return ja <= jb;
+}
+
 // Packed z-buffer key of pixel (px, row) for triangle `face`, or kEmptyKey if not covered.
 template <typename T>
 JR2_HD unsigned long long pixel_key(const TriSetup<T>& t, const RowTerms<T>& r, T px, int face) {

@@ -58,6 +58,25 @@ JR2_HD void sh_basis(T x, T y, T z, T* H) {
   H[8] = T(kShC4) * (x * x - y * y);
 }
 
+// Σ_k sh[k,c] · H_k(n) for one colour channel (shc points at sh[0,c], stride 3).
+template <typename T>
+JR2_HD T sh_irradiance(const T* shc, const T* H) {
+  T irr = T(0);
+#pragma unroll
+  for (int k = 0; k < 9; ++k) irr += shc[k * 3] * H[k];
+  return irr;
+}
+
+// Gradient of Σ_k sh[k,c] · H_k(n) w.r.t. n = (x, y, z), for one colour channel.
+template <typename T>
+JR2_HD void sh_irradiance_dn(const T* shc, T x, T y, T z, T& dx, T& dy, T& dz) {
+  const T s1 = shc[1 * 3], s2 = shc[2 * 3], s3 = shc[3 * 3], s4 = shc[4 * 3];
+  const T s5 = shc[5 * 3], s6 = shc[6 * 3], s7 = shc[7 * 3], s8 = shc[8 * 3];
+  dx = T(kShC1) * s3 + T(kShC2) * (s4 * y + s7 * z) + T(2 * kShC4) * s8 * x;
+  dy = T(kShC1) * s1 + T(kShC2) * (s4 * x + s5 * z) - T(2 * kShC4) * s8 * y;
+  dz = T(kShC1) * s2 + T(kShC2) * (s5 * y + s7 * x) + T(6 * kShC3) * s6 * z;
+}
+
 // Forward of one pixel p of batch b (sh points at this batch's [9,3] block).
 template <typename T>
 JR2_HD void sh_shading_pixel(const ShShadingParams<T>& P, const T* sh, int64_t b, int64_t p) {
@@ -68,10 +87,7 @@ JR2_HD void sh_shading_pixel(const ShShadingParams<T>& P, const T* sh, int64_t b
   sh_basis(x, y, z, H);
 #pragma unroll
   for (int c = 0; c < 3; ++c) {
-    T irr = T(0);
-#pragma unroll
-    for (int k = 0; k < 9; ++k) irr += sh[k * 3 + c] * H[k];
-    irr *= m;
+    const T irr = sh_irradiance(sh + c, H) * m;
     P.irradiance[base + c * P.HW] = irr;
     P.image[base + c * P.HW] = P.albedo[base + c * P.HW] * irr;
   }
@@ -90,24 +106,17 @@ JR2_HD void sh_shading_pixel_backward(const ShShadingBackwardParams<T>& P, const
 #pragma unroll
   for (int c = 0; c < 3; ++c) {
     const int64_t i = base + c * P.HW;
-    T raw = T(0);  // unmasked irradiance
-#pragma unroll
-    for (int k = 0; k < 9; ++k) raw += sh[k * 3 + c] * H[k];
+    const T raw = sh_irradiance(sh + c, H);  // unmasked irradiance
     const T gi = P.grad_image ? P.grad_image[i] : T(0);
     const T gr = P.grad_irr ? P.grad_irr[i] : T(0);
-    const T a = P.albedo[i];
-    const T g_irr = gi * a + gr;  // dL/d(masked irradiance)
+    const T g_irr = gi * P.albedo[i] + gr;  // dL/d(masked irradiance)
     if (P.grad_albedo) P.grad_albedo[i] = gi * raw * m;
     gm += g_irr * raw;
     const T g_raw = g_irr * m;  // dL/d(unmasked irradiance)
 #pragma unroll
     for (int k = 0; k < 9; ++k) gsh[k * 3 + c] += Acc(g_raw * H[k]);
-    // d raw / d n = Σ_k sh[k,c] dH_k/dn
-    const T s1 = sh[1 * 3 + c], s2 = sh[2 * 3 + c], s3 = sh[3 * 3 + c], s4 = sh[4 * 3 + c];
-    const T s5 = sh[5 * 3 + c], s6 = sh[6 * 3 + c], s7 = sh[7 * 3 + c], s8 = sh[8 * 3 + c];
-    const T dx = T(kShC1) * s3 + T(kShC2) * (s4 * y + s7 * z) + T(2 * kShC4) * s8 * x;
-    const T dy = T(kShC1) * s1 + T(kShC2) * (s4 * x + s5 * z) - T(2 * kShC4) * s8 * y;
-    const T dz = T(kShC1) * s2 + T(kShC2) * (s5 * y + s7 * x) + T(6 * kShC3) * s6 * z;
+    T dx, dy, dz;
+    sh_irradiance_dn(sh + c, x, y, z, dx, dy, dz);
     gx += g_raw * dx;
     gy += g_raw * dy;
     gz += g_raw * dz;

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pose-mode", choices=("relative", "absolute"), default="relative")
     parser.add_argument("--face-model", default=None,
                         help="face model (path, 'ict', 'generic'; default: the standard lookup)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--synthetic", action="store_true",
                         help="use the generated inputs even when shared media is present")
 
@@ -56,28 +57,40 @@ def pick_inputs(args: argparse.Namespace, out: Path) -> tuple[Path, Path, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jr2net.commands.reenact import reenact_files
+    import json
+    import sys
+
+    from jr2net.clients.reenact import reenact_video
+    from jr2net.errors import JR2NetError
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    source, driving, origin = pick_inputs(args, out)
-    print(f"demo: source {source}\n      driving {driving}  ({origin})")
+    try:
+        source, driving, origin = pick_inputs(args, out)
+    except JR2NetError as exc:
+        print(f"jr2net demo: cannot prepare inputs: {exc}", file=sys.stderr)
+        return 2
+    print(f"demo: source  {source}\ndemo: driving {driving}  ({origin})")
     outputs = {
         "video": out / "reenacted.mp4",
         "side_by_side": out / "side_by_side.mp4",
         "contact_sheet": out / "contact_sheet.png",
     }
-    summary = reenact_files(
-        source=source,
-        driving=driving,
-        out=outputs["video"],
-        side_by_side=outputs["side_by_side"],
-        contact_sheet=outputs["contact_sheet"],
-        max_frames=args.max_frames or None,
-        pose_mode=args.pose_mode,
-        face_model=args.face_model,
-    )
-    print("demo: done" + (f" ({summary})" if summary else ""))
-    for label, path in outputs.items():
+    try:
+        summary = reenact_video(
+            source, driving, outputs["video"],
+            side_by_side=outputs["side_by_side"],
+            contact_sheet_path=outputs["contact_sheet"],
+            max_frames=args.max_frames or None,
+            pose_mode=args.pose_mode,
+            face_model=args.face_model,
+            progress=not args.no_progress,
+        )
+    except (FileNotFoundError, ValueError, JR2NetError) as exc:
+        print(f"jr2net demo: {exc}", file=sys.stderr)
+        return 2
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    print("demo: done; outputs:")
+    for label, path in {**outputs, "summary": out / "summary.json"}.items():
         print(f"  {label:14s} {path.resolve()}")
-    return 0
+    return 0 if not summary.errors else 1

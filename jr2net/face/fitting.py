@@ -580,14 +580,18 @@ class SourceFitter:
         n_identity: int = 80,
         n_albedo: int | None = None,
         photometric: bool = True,
-        crop_size: int = 160,
-        photo_iterations: int = 0,
-        photo_lr: float = 1.0,
-        photo_landmark_weight: float = 20.0,
-        photo_expression_l1: float = 0.0,
+        crop_size: int = 128,
+        photo_iterations: int = 20,
+        photo_lr: float = 1.5,
+        photo_landmark_weight: float = 8e-3,
+        photo_expression_l1: float = 5e-3,
+        photo_prior_identity: float = 2e-3,
+        photo_prior_expression: float = 1e-3,
         max_pixels: int = 4000,
         w_identity: float = 2e-4,
         w_expression: float = 1e-5,
+        prior_scale_identity: float = 1.0,
+        prior_scale_expression: float = 0.3,
         time_budget_s: float | None = None,
     ) -> None:
         self.model = model
@@ -600,8 +604,12 @@ class SourceFitter:
         self.photo_lr = float(photo_lr)
         self.photo_landmark_weight = float(photo_landmark_weight)
         self.photo_expression_l1 = float(photo_expression_l1)
+        self.photo_prior_identity = float(photo_prior_identity)
+        self.photo_prior_expression = float(photo_prior_expression)
         self.w_identity = float(w_identity)
         self.w_expression = float(w_expression)
+        self.prior_scale_identity = float(prior_scale_identity)
+        self.prior_scale_expression = float(prior_scale_expression)
         self.time_budget_s = time_budget_s
         self._n_albedo = n_albedo
         self._render_model: FaceModel | None = None
@@ -644,11 +652,25 @@ class SourceFitter:
         p, info = self.solver.solve(
             target, Kn, w_identity=self.w_identity, w_expression=self.w_expression
         )
+        # MAP priors: the weight of a unit-variance prior against squared residuals is the landmark
+        # noise variance, estimated from this loose first fit; a short second pass uses it.
+        d2 = np.sum((info.projected - target) ** 2, axis=1) / _iod(target) ** 2
+        sigma2 = float(np.clip(d2.mean() / 2.0, 5e-5, 1e-2))
+        if self.prior_scale_identity > 0 or self.prior_scale_expression > 0:
+            p, info = self.solver.solve(
+                target,
+                Kn,
+                p,
+                iterations=8,
+                pose_iterations=0,
+                w_identity=max(self.w_identity, self.prior_scale_identity * sigma2),
+                w_expression=max(self.w_expression, self.prior_scale_expression * sigma2),
+            )
         t0 = timer.add("landmarks", t0)
         coeffs = _params_to_coeffs(p, self.model, self.n_albedo)
         vid = info.vertex_ids
         if self.photometric:
-            coeffs, vid = self._photometric(image, K, target, coeffs, p, timer)
+            coeffs, vid = self._photometric(image, K, target, coeffs, p, timer, sigma2)
             t0 = time.perf_counter()
         lm_fit = self._project_vertices(coeffs, K, vid)
         res = float(np.linalg.norm(lm_fit - target, axis=1).mean())
@@ -696,6 +718,7 @@ class SourceFitter:
         coeffs: FaceCoefficients,
         p: LandmarkParams,
         timer: _Timer,
+        sigma2: float,
     ) -> tuple[FaceCoefficients, np.ndarray]:
         import torch.nn.functional as F
         from PIL import Image, ImageDraw
@@ -780,12 +803,12 @@ class SourceFitter:
             uv = project(model_to_camera(X, params["angles"], params["translation"]), Kc)
             l_lm = (((uv - tgt_c) / iod_c) ** 2 * lw).sum() / 68.0
             l_reg = (
-                self.w_identity * (params["identity"] ** 2).sum()
-                + self.w_expression * (params["expression"] ** 2).sum()
+                self.photo_prior_identity * (params["identity"] ** 2).sum()
+                + self.photo_prior_expression * (params["expression"] ** 2).sum()
                 + 1e-3 * (params["albedo"] ** 2).sum()
                 + self.photo_expression_l1 * params["expression"].sum()  # sparse (beta >= 0)
             )
-            loss = l_photo + self.photo_landmark_weight * l_lm + l_reg
+            loss = l_photo + (self.photo_landmark_weight / sigma2) * l_lm + l_reg
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -58,7 +58,7 @@ _CORONAL = np.array([
     (77, 60), (73, 85), (64, 108), (52, 125), (38, 138),
 ], dtype=np.float64)  # fmt: skip
 _BACK_RADIUS = 95.0  # horizontal radius straight back (only |a| > 90° uses it)
-_SUPER_N = 2.6  # superellipse exponent of horizontal cross-sections (flat face, round sides)
+_SUPER_N = 2.4  # superellipse exponent of horizontal cross-sections (flat face, round sides)
 _A_MAX = np.deg2rad(100.0)
 _E_MIN, _E_MAX = np.deg2rad(-74.0), np.deg2rad(62.0)
 _DOMAIN_R = 90.0  # mm per radian in the (U, W) Delaunay domain
@@ -243,7 +243,7 @@ def _warp(s: np.ndarray, k: float) -> np.ndarray:
 
 def _background_ae() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Background grid in (a, e), denser at the face centre; returns a, e, local spacing (mm)."""
-    na, ne, k = 63, 61, 1.1
+    na, ne, k = 67, 65, 1.1
     s = np.linspace(-1, 1, na)
     a = _A_MAX * _warp(s, k)
     t = np.linspace(-1, 1, ne)
@@ -348,7 +348,7 @@ def _build() -> dict[str, np.ndarray]:
     # Landmarks first (exact vertices), then contours, rings, the dense nose patch, background.
     lm_xy = {}
     jaw_y = np.array([37.0, 15.0, -5.0, -24.0, -43.0, -58.0, -68.0, -73.5, -76.0])
-    jaw_x = np.array([71.0, 70.5, 68.5, 64.5, 57.0, 46.0, 32.0, 16.0, 0.0])
+    jaw_x = np.array([74.5, 74.0, 71.0, 66.0, 57.5, 46.0, 32.0, 16.0, 0.0])
     for k in range(17):
         j = 8 - abs(k - 8)
         lm_xy[k] = (jaw_x[j] * (1 if k > 8 else -1), jaw_y[j])
@@ -440,6 +440,16 @@ def _build() -> dict[str, np.ndarray]:
         cen = base[tri, :2].mean(1)
         inside = _point_in_polygon(cen, poly)
         tri = tri[~inside]
+
+    # Drop vertices no triangle uses (inside the eye holes, hull slivers).
+    used = np.zeros(len(a), bool)
+    used[tri.ravel()] = True
+    remap = np.cumsum(used) - 1
+    for k, idx in tags.items():
+        if not used[idx].all():
+            raise AssertionError(f"generic model: tagged points {k} lost their triangles")
+        tags[k] = remap[idx]
+    tri, a, e, base = remap[tri], a[used], e[used], base[used]
 
     # Frontal features.
     front = _smoothstep((np.cos(a) - 0.05) / 0.45)

@@ -16,6 +16,8 @@ Decoding rules (every path returns 3-channel 8-bit RGB):
 - Images larger than ``MAX_PIXELS`` decoded pixels are refused (decompression bombs); Pillow's
   ``DecompressionBombWarning``/``Error`` also become ``InvalidImageError``.
 - Corrupt, truncated, empty or non-image input raises ``InvalidImageError`` (a ``ValueError``).
+- ``load_image`` returns a writable array; ``decode_frame`` (per-frame hot path) may return a
+  read-only one, saving a copy.
 """
 
 from __future__ import annotations
@@ -101,12 +103,16 @@ def _gray_high_depth_to_u8(im: Image.Image) -> tuple[np.ndarray, np.ndarray | No
     return u8, alpha
 
 
-def _to_rgb_array(im: Image.Image, what: str) -> np.ndarray:
-    """A loaded Pillow image of any mode -> uint8 ``[H, W, 3]`` RGB (rules in the module doc)."""
+def _to_rgb_array(im: Image.Image, what: str, writable: bool = True) -> np.ndarray:
+    """A loaded Pillow image of any mode -> uint8 ``[H, W, 3]`` RGB (rules in the module doc).
+
+    ``writable=False`` may return a read-only array (saves a copy on the frame hot path).
+    """
     mode = im.mode
     try:
         if mode == "RGB":
-            return np.array(im)  # a writable copy (asarray would be read-only)
+            arr = np.asarray(im)  # read-only, over a packed copy of Pillow's buffer
+            return arr.copy() if writable else arr
         if mode.startswith("I") or mode == "F":
             gray, alpha = _gray_high_depth_to_u8(im)
             if alpha is not None:
@@ -118,7 +124,8 @@ def _to_rgb_array(im: Image.Image, what: str) -> np.ndarray:
         if mode == "L":
             gray = np.asarray(im)
             return np.repeat(gray[:, :, None], 3, axis=2)
-        return np.array(im.convert("RGB"))
+        arr = np.asarray(im.convert("RGB"))
+        return arr.copy() if writable else arr
     except (ValueError, OSError) as exc:
         raise InvalidImageError(
             f"{what}: cannot convert image mode {mode!r} to RGB ({exc})"
@@ -189,7 +196,9 @@ def decode_frame(
     """Decode one streamed frame (``fmt`` JPEG, PNG or RAW_RGB24) to uint8 ``[H, W, 3]`` RGB.
 
     RAW_RGB24 needs ``width``/``height`` and exactly ``width*height*3`` bytes. For JPEG/PNG a
-    non-zero ``width``/``height`` must match the decoded size; 0 means "not given".
+    non-zero ``width``/``height`` must match the decoded size; 0 means "not given". This is the
+    per-frame hot path, so the result may be a read-only view (RAW_RGB24: over ``data`` itself);
+    copy it before modifying it in place.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"data must be bytes, got {type(data).__name__}")
@@ -216,7 +225,7 @@ def decode_frame(
                 f"RAW_RGB24 frame: got {len(data)} bytes, expected width*height*3 = "
                 f"{width}*{height}*3 = {expected}"
             )
-        return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3).copy()
+        return np.frombuffer(data, dtype=np.uint8).reshape(height, width, 3)
     what = f"{f} frame"
     im = _open(io.BytesIO(data), what)
     try:
@@ -228,7 +237,7 @@ def decode_frame(
                 f"{what}: decoded size {im.width}x{im.height} != declared {width}x{height}"
             )
         _load(im, what)
-        return _to_rgb_array(im, what)
+        return _to_rgb_array(im, what, writable=False)
     finally:
         im.close()
 
