@@ -89,8 +89,9 @@ def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], cell_height: int =
         bottom = _resize_to_height(output, cell_height)
         width = max(top.shape[1], bottom.shape[1])
         col = np.full((2 * cell_height, width, 3), 255, np.uint8)
-        col[:cell_height, : top.shape[1]] = top
-        col[cell_height:, : bottom.shape[1]] = bottom
+        for row, img in ((0, top), (1, bottom)):
+            x = (width - img.shape[1]) // 2
+            col[row * cell_height:(row + 1) * cell_height, x:x + img.shape[1]] = img
         columns.append(col)
         columns.append(np.full((2 * cell_height, 4, 3), 255, np.uint8))
     return np.concatenate(columns[:-1], axis=1)
@@ -154,8 +155,7 @@ async def reenact_video_async(
     driving_frames: dict[int, np.ndarray] = {}
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     latencies: list[float] = []
-    writer = sbs_writer = None
-    bar = tqdm(total=total or None, unit="frame", desc="reenact", disable=not progress)
+    writer = sbs_writer = bar = None
     try:
         async with AsyncReenactClient(server, token=token, root_certificates=root_certificates) as client:
             config = session_config(
@@ -163,6 +163,8 @@ async def reenact_video_async(
                 crop_size=crop_size, quality=quality, options=options)
             session = await client.open_session(config)
             summary.setup_s = session.ready.setup_seconds
+            # After the source fit, so the rate shown is the streaming rate.
+            bar = tqdm(total=total or None, unit="frame", desc="reenact", disable=not progress)
             out.parent.mkdir(parents=True, exist_ok=True)
             writer = VideoWriter(out, reader.fps, audio_from=driving)
             if side_by_side:
@@ -205,7 +207,8 @@ async def reenact_video_async(
                     bar.set_postfix(latency_ms=f"{1000 * latencies[-1]:.0f}", refresh=False)
             summary.wall_s = time.perf_counter() - t0
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         for w in (writer, sbs_writer):
             if w is not None:
                 await asyncio.to_thread(w.close)

@@ -98,7 +98,7 @@ class ReenactmentServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if c.metrics_port >= 0:
             self.metrics_port = self.metrics.serve_http(c.metrics_host, c.metrics_port)
-        log.info("serving on %s (metrics on %s)", self.address,
+        log.info("serving on %s:%d (metrics on %s)", c.host, self.port,
                  f"{c.metrics_host}:{self.metrics_port}" if self.metrics_port >= 0 else "off")
         return self
 

@@ -256,8 +256,10 @@ class ReenactorFactory:
                 "mode 'learned' needs a DCNet/RecAugNet checkpoint: start the server with "
                 "--checkpoint FILE (or JR2NET_CHECKPOINT); this server only serves 'geometric'"
             )
-        from jr2net.pipeline.learned import LearnedReenactor  # type: ignore[import-not-found]
-
+        try:
+            from jr2net.pipeline.learned import LearnedReenactor  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise ValueError(f"mode 'learned' is not available in this installation ({exc})") from exc
         return LearnedReenactor(checkpoint=self.config.checkpoint, face_model=self.config.face_model)
 
 

@@ -158,6 +158,9 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
                                f"no SessionConfig within {self.config.idle_timeout:g} s")
         if first is grpc.aio.EOF:
             return
+        if self.draining:
+            await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "draining",
+                               "server is draining; not accepting new sessions")
         if first.WhichOneof("kind") != "config":
             await self._refuse(context, grpc.StatusCode.FAILED_PRECONDITION, "no_config",
                                "the first message of a stream must be a SessionConfig")

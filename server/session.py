@@ -299,7 +299,10 @@ class StreamSession:
             t0 = time.perf_counter()
             image = decode_image(frame, self.max_frame_pixels)
             t1 = time.perf_counter()
-            result = self.pipeline.process(image)
+            try:
+                result = self.pipeline.process(image)
+            except (ValueError, TypeError) as exc:  # the contract's "unusable frame" errors
+                raise InvalidImageError(str(exc)) from exc
             t2 = time.perf_counter()
             fmt = self.output.format
             data = encode_image(result.image, FORMAT_NAMES[fmt], quality=self.output.quality)

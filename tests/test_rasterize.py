@@ -155,7 +155,9 @@ def test_pixel_centre_convention_and_full_intrinsics():
     ids = rast[0, ..., 3]
     # Vertex 0 is a pixel centre: u = 1 there; the interior pixel (4, 5) is covered.
     assert ids[3, 2] == 1 and ids[5, 4] == 1
-    torch.testing.assert_close(rast[0, 3, 2, :3], torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(
+        rast[0, 3, 2, :3], torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64)
+    )
     assert ids[10, 2] == 0 and ids[3, 14] == 0 and ids[8, 12] == 0
 
 
@@ -197,7 +199,9 @@ def test_shared_edges_are_drawn_exactly_once():
 
 def _one_triangle(z0=2.0, z1=2.0, z2=2.0, ccw_on_screen=True):
     # Screen-space counter-clockwise (as displayed, y down) when ccw_on_screen.
-    X = torch.tensor([[[-0.5 * z0, -0.5 * z0, z0], [-0.5 * z1, 0.5 * z1, z1], [0.5 * z2, 0.4 * z2, z2]]])
+    X = torch.tensor(
+        [[[-0.5 * z0, -0.5 * z0, z0], [-0.5 * z1, 0.5 * z1, z1], [0.5 * z2, 0.4 * z2, z2]]]
+    )
     if not ccw_on_screen:
         X = X[:, [0, 2, 1]]
     return X.contiguous(), torch.tensor([[0, 1, 2]], dtype=torch.int32), intrinsics(16, 16, 12.0)
@@ -288,7 +292,9 @@ def test_batch_items_are_independent(ict_mesh):
     rast = rasterize(X, faces, K, (H, W))
     assert not torch.equal(rast[0, ..., 3], rast[1, ..., 3])
     for b in range(3):
-        torch.testing.assert_close(rast[b : b + 1], rasterize(X[b : b + 1], faces, K[b : b + 1], (H, W)))
+        torch.testing.assert_close(
+            rast[b : b + 1], rasterize(X[b : b + 1], faces, K[b : b + 1], (H, W))
+        )
 
 
 def test_non_square_image_orientation():

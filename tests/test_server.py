@@ -199,6 +199,8 @@ def test_corrupt_and_hostile_frames_get_frame_errors_and_the_stream_continues(
         pb2.StreamRequest(frame=pb2.Frame(frame_id=5, format=99, data=good.data)),
         pb2.StreamRequest(frame=pb2.Frame(frame_id=6, format=pb2.JPEG, data=b"")),
         pb2.StreamRequest(frame=pb2.Frame(frame_id=7, format=pb2.JPEG, data=good.data, width=5000, height=5000)),
+        pb2.StreamRequest(frame=pb2.Frame(frame_id=8, format=pb2.RAW_RGB24, data=b"\x00" * 48,
+                                          width=4, height=4)),  # decodes, but too small for a face
         pb2.StreamRequest(config=session_config(source_bytes)),
         pb2.StreamRequest(),
         pb2.StreamRequest(frame=good),
@@ -224,11 +226,12 @@ def test_corrupt_and_hostile_frames_get_frame_errors_and_the_stream_continues(
     assert replies[-1].WhichOneof("kind") == "output" and replies[-1].output.frame_id == 9
     assert all(r.WhichOneof("kind") == "error" for r in replies[1:-1])
     errors = [r.error for r in replies[1:-1]]
-    assert [e.frame_id for e in errors[:9]] == [1, -7, 1, 2, 3, 4, 5, 6, 7]
+    assert [e.frame_id for e in errors[:10]] == [1, -7, 1, 2, 3, 4, 5, 6, 7, 8]
     assert {e.code for e in errors} == {"INVALID_ARGUMENT"}
     assert "JPEG" in errors[0].message
     assert "frame_id" in errors[1].message and "exceeds" in errors[3].message
-    assert "SessionConfig" in errors[9].message
+    assert "small" in errors[9].message
+    assert "SessionConfig" in errors[10].message
     with ReenactClient(server.address) as client:
         assert client.server_info().version
 
@@ -236,13 +239,38 @@ def test_corrupt_and_hostile_frames_get_frame_errors_and_the_stream_continues(
 def test_drop_policy_answers_every_frame_and_drops_only_queued_ones(loop, server, source_bytes, d0_frames):
     frames = [make_frame(i, f) for i, f in enumerate(d0_frames[:16])]  # pre-encoded: sent in a burst
     ready, results = run_stream(loop, server.address, source_bytes, frames, window=len(frames),
-                                output_size=OUT_SIZE, max_in_flight=2)
-    assert ready.max_in_flight == 2
+                                output_size=OUT_SIZE, max_in_flight=3)
+    assert ready.max_in_flight == 3
     assert [r.frame_id for r in results] == list(range(16))
     codes = [r.error_code for r in results]
     assert set(codes) <= {"", "DROPPED"}
     assert codes[0] == "" and codes[-1] == ""  # the first starts at once; the newest is never dropped
     assert codes.count("DROPPED") >= 1
+
+
+def test_drop_policy_drops_the_oldest_queued_frame():
+    """Admission alone (no worker running): with a window of 3, frames 3..5 push out 0..2 in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jr2net.server.metrics import ServerMetrics
+    from jr2net.server.session import OutputSpec, StreamSession
+
+    async def go():
+        async def write(_):
+            pass
+
+        with ThreadPoolExecutor(1) as pool:
+            session = StreamSession("t", None, output=OutputSpec(), max_in_flight=3,
+                                    max_frame_pixels=1 << 20, idle_timeout=30, pool=pool,
+                                    metrics=ServerMetrics(), write=write)
+            for i in range(6):
+                session.admit(pb2.Frame(frame_id=i, format=pb2.JPEG, data=b"x"))
+            dropped = [s.frame_id for s in session.replies if s.future.done()]
+            return dropped, [s.frame_id for s in session.pending]
+
+    dropped, queued = asyncio.run(go())
+    assert dropped == [0, 1, 2]
+    assert queued == [3, 4, 5]
 
 
 def test_no_face_source_is_invalid_argument(loop, server, images_dir):

@@ -10,9 +10,6 @@
 
 #include <algorithm>
 #include <vector>
-#include <chrono>
-#include <cstdio>
-#include <cstdlib>
 
 #include "ops/rasterize.h"
 #include "rasterize.h"
@@ -33,9 +30,6 @@ template <typename scalar_t>
 void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
   const int64_t B = p.B, V = p.V, F = p.F, H = p.H, W = p.W;
   const int64_t HW = H * W;
-  static const bool prof = std::getenv("JR2_PROF") != nullptr;
-  auto T0 = std::chrono::steady_clock::now();
-  auto lap = [&](const char* n) { if (!prof) return; auto T1 = std::chrono::steady_clock::now(); std::fprintf(stderr, "%s %.3f ms\n", n, std::chrono::duration<double, std::milli>(T1 - T0).count()); T0 = T1; };
 
   at::parallel_for(0, B * V, 4096, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
@@ -46,7 +40,6 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
     std::fill(p.zbuf + begin, p.zbuf + end, kEmptyKey);
   });
 
-  lap("proj+fill");
   at::parallel_for(0, B * F, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / F;
@@ -62,7 +55,9 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
       for (int i = ts.i0; i <= ts.i1; ++i) {
         const raster::RowTerms<double> rt = raster::row_terms(ts, static_cast<double>(i));
         unsigned long long* zrow = zb + int64_t(i) * W;
-        for (int j = ts.j0; j <= ts.j1; ++j) {
+        int ja, jb;
+        if (!raster::row_span(ts, rt, ja, jb)) continue;
+        for (int j = ja; j <= jb; ++j) {
           const unsigned long long key = raster::pixel_key(ts, rt, static_cast<double>(j), f);
           if (key != kEmptyKey) atomic_min_u64(zrow + j, key);
         }
@@ -70,7 +65,6 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
     }
   });
 
-  lap("tris");
   at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / H;
@@ -96,7 +90,6 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
       }
     }
   });
-  lap("resolve");
 }
 
 template <typename scalar_t>
@@ -113,7 +106,6 @@ void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
       const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t b = row / H;
-        const scalar_t py = static_cast<scalar_t>(row - b * H);
         const scalar_t* vb = p.verts + b * V * 3;
         scalar_t* gb = g + b * V * 3;
         const scalar_t* Kb = p.K + b * 9;
@@ -121,22 +113,18 @@ void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
           const int64_t pix = row * W + j;
           const scalar_t* r = p.rast + pix * 4;
           const scalar_t* gr = p.grad_rast + pix * 4;
-          if (r[3] == scalar_t(0)) continue;
+          if (!(r[3] >= scalar_t(1) && r[3] <= scalar_t(p.F))) continue;  // background / bad id
           if (gr[0] == scalar_t(0) && gr[1] == scalar_t(0) && gr[2] == scalar_t(0)) continue;
           const int f = static_cast<int>(r[3]) - 1;
-          if (f < 0 || f >= p.F) continue;
           const int32_t* fv = p.faces + int64_t(f) * 3;
-          scalar_t g0[3] = {0, 0, 0}, g1[3] = {0, 0, 0}, g2[3] = {0, 0, 0};
-          raster::resolve_uvz_backward(vb + int64_t(fv[0]) * 3, vb + int64_t(fv[1]) * 3,
-                                       vb + int64_t(fv[2]) * 3, Kb, static_cast<scalar_t>(j), py,
-                                       gr[0], gr[1], gr[2], g0, g1, g2);
-          scalar_t* d0 = gb + int64_t(fv[0]) * 3;
-          scalar_t* d1 = gb + int64_t(fv[1]) * 3;
-          scalar_t* d2 = gb + int64_t(fv[2]) * 3;
+          double g[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
+          raster::pixel_backward(vb, fv, Kb, static_cast<int>(row - b * H), static_cast<int>(j), gr,
+                                 g);
           for (int k = 0; k < 3; ++k) {
-            d0[k] += g0[k];
-            d1[k] += g1[k];
-            d2[k] += g2[k];
+            scalar_t* d = gb + int64_t(fv[k]) * 3;
+            d[0] += static_cast<scalar_t>(g[k][0]);
+            d[1] += static_cast<scalar_t>(g[k][1]);
+            d[2] += static_cast<scalar_t>(g[k][2]);
           }
         }
       }

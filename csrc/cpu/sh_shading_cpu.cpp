@@ -16,47 +16,32 @@ namespace {
 
 constexpr int64_t kShChunk = 8192;  // pixels per partial sum of dL/dsh
 
-// Planar views of one batch element; the pixel loops below are `omp simd` (no loop-carried
-// dependencies except the dL/dsh reduction) so the compiler vectorises them across pixels.
-template <typename T>
-struct Planes {
-  const T* n[3];
-  const T* a[3];
-  const T* m;
-};
-
-template <typename T>
-Planes<T> planes(const T* normals, const T* albedo, const T* mask, int64_t b, int64_t HW) {
-  Planes<T> v;
-  for (int c = 0; c < 3; ++c) {
-    v.n[c] = normals + (b * 3 + c) * HW;
-    v.a[c] = albedo + (b * 3 + c) * HW;
-  }
-  v.m = mask ? mask + b * HW : nullptr;
-  return v;
-}
-
+// The pixel loops below are `omp simd` with loop-invariant plane pointers held in scalars (not
+// arrays), so the compiler vectorises them across pixels.
 template <typename T, bool kMask>
 void fwd_range(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
-  const Planes<T> v = planes(P.normals, P.albedo, P.mask, b, P.HW);
+  const int64_t HW = P.HW, o = b * 3 * HW;
+  const T *nx = P.normals + o, *ny = nx + HW, *nz = ny + HW;
+  const T *a0 = P.albedo + o, *a1 = a0 + HW, *a2 = a1 + HW;
+  const T* mk = kMask ? P.mask + b * HW : nullptr;
+  T *i0 = P.image + o, *i1 = i0 + HW, *i2 = i1 + HW;
+  T *r0 = P.irradiance + o, *r1 = r0 + HW, *r2 = r1 + HW;
   T sh[27];
   for (int k = 0; k < 27; ++k) sh[k] = P.sh[b * 27 + k];
-  T* img[3];
-  T* irr[3];
-  for (int c = 0; c < 3; ++c) {
-    img[c] = P.image + (b * 3 + c) * P.HW;
-    irr[c] = P.irradiance + (b * 3 + c) * P.HW;
-  }
 #pragma omp simd
   for (int64_t p = p0; p < p1; ++p) {
-    T H[9];
-    sh_basis(v.n[0][p], v.n[1][p], v.n[2][p], H);
-    const T m = kMask ? v.m[p] : T(1);
-    for (int c = 0; c < 3; ++c) {
-      const T r = sh_irradiance(sh + c, H) * m;
-      irr[c][p] = r;
-      img[c][p] = v.a[c][p] * r;
-    }
+    const T m = kMask ? mk[p] : T(1);
+    T e0, e1, e2;
+    sh_irradiance_rgb(sh, nx[p], ny[p], nz[p], e0, e1, e2);
+    e0 *= m;
+    e1 *= m;
+    e2 *= m;
+    r0[p] = e0;
+    r1[p] = e1;
+    r2[p] = e2;
+    i0[p] = a0[p] * e0;
+    i1[p] = a1[p] * e1;
+    i2[p] = a2[p] * e2;
   }
 }
 
@@ -76,56 +61,60 @@ void fwd_impl(const ShShadingParams<T>& P) {
   });
 }
 
-// Backward over pixels [p0, p1) of batch b; returns dL/dsh of the range in acc (27 values).
-// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given.
+// Backward over pixels [p0, p1) of batch b; returns dL/dsh of the range in out (27 values).
+// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given. Per-pixel grads are written
+// only where requested (the pointers are null otherwise; the branches are loop-invariant).
 template <typename T, bool kGi, bool kGr, bool kMask>
 void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                double* out) {
-  const Planes<T> v = planes(P.normals, P.albedo, P.mask, b, P.HW);
+  const int64_t HW = P.HW, o = b * 3 * HW;
+  const T *nx = P.normals + o, *ny = nx + HW, *nz = ny + HW;
+  const T *a0 = P.albedo + o, *a1 = a0 + HW, *a2 = a1 + HW;
+  const T* mk = kMask ? P.mask + b * HW : nullptr;
+  const T *gi0 = kGi ? P.grad_image + o : nullptr, *gi1 = gi0 + HW, *gi2 = gi1 + HW;
+  const T *gr0 = kGr ? P.grad_irr + o : nullptr, *gr1 = gr0 + HW, *gr2 = gr1 + HW;
+  T *ga0 = P.grad_albedo ? P.grad_albedo + o : nullptr, *ga1 = ga0 + HW, *ga2 = ga1 + HW;
+  T *gn0 = P.grad_normals ? P.grad_normals + o : nullptr, *gn1 = gn0 + HW, *gn2 = gn1 + HW;
+  T* gmk = P.grad_mask ? P.grad_mask + b * HW : nullptr;
+  const bool want_a = ga0 != nullptr, want_n = gn0 != nullptr, want_m = gmk != nullptr;
   T sh[27];
   for (int k = 0; k < 27; ++k) sh[k] = P.sh[b * 27 + k];
-  const T* gi[3];
-  const T* gr[3];
-  T* ga[3];
-  T* gn[3];
-  for (int c = 0; c < 3; ++c) {
-    const int64_t off = (b * 3 + c) * P.HW;
-    gi[c] = kGi ? P.grad_image + off : nullptr;
-    gr[c] = kGr ? P.grad_irr + off : nullptr;
-    ga[c] = P.grad_albedo ? P.grad_albedo + off : nullptr;
-    gn[c] = P.grad_normals ? P.grad_normals + off : nullptr;
-  }
-  T* gm_out = P.grad_mask ? P.grad_mask + b * P.HW : nullptr;
-  const bool want_a = ga[0] != nullptr, want_n = gn[0] != nullptr, want_m = gm_out != nullptr;
-  T acc[27];
-  for (int k = 0; k < 27; ++k) acc[k] = T(0);
+  T acc[27] = {};
 #pragma omp simd reduction(+ : acc[:27])
   for (int64_t p = p0; p < p1; ++p) {
-    const T x = v.n[0][p], y = v.n[1][p], z = v.n[2][p];
-    const T m = kMask ? v.m[p] : T(1);
+    const T x = nx[p], y = ny[p], z = nz[p];
+    const T m = kMask ? mk[p] : T(1);
     T H[9];
     sh_basis(x, y, z, H);
-    T gx = T(0), gy = T(0), gz = T(0), gm = T(0);
-    for (int c = 0; c < 3; ++c) {
-      const T raw = sh_irradiance(sh + c, H);
-      const T g_img = kGi ? gi[c][p] : T(0);
-      const T g_irr = g_img * v.a[c][p] + (kGr ? gr[c][p] : T(0));
-      if (want_a) ga[c][p] = g_img * raw * m;
-      gm += g_irr * raw;
-      const T g_raw = g_irr * m;
-      for (int k = 0; k < 9; ++k) acc[k * 3 + c] += g_raw * H[k];
-      T dx, dy, dz;
-      sh_irradiance_dn(sh + c, x, y, z, dx, dy, dz);
-      gx += g_raw * dx;
-      gy += g_raw * dy;
-      gz += g_raw * dz;
+    const T e0 = sh_irradiance(sh + 0, H), e1 = sh_irradiance(sh + 1, H);
+    const T e2 = sh_irradiance(sh + 2, H);
+    const T g_img0 = kGi ? gi0[p] : T(0), g_img1 = kGi ? gi1[p] : T(0);
+    const T g_img2 = kGi ? gi2[p] : T(0);
+    // dL/d(masked irradiance) per channel
+    const T q0 = g_img0 * a0[p] + (kGr ? gr0[p] : T(0));
+    const T q1 = g_img1 * a1[p] + (kGr ? gr1[p] : T(0));
+    const T q2 = g_img2 * a2[p] + (kGr ? gr2[p] : T(0));
+    if (want_a) {
+      ga0[p] = g_img0 * e0 * m;
+      ga1[p] = g_img1 * e1 * m;
+      ga2[p] = g_img2 * e2 * m;
+    }
+    if (want_m) gmk[p] = q0 * e0 + q1 * e1 + q2 * e2;
+    const T u0 = q0 * m, u1 = q1 * m, u2 = q2 * m;  // dL/d(unmasked irradiance)
+    for (int k = 0; k < 9; ++k) {
+      acc[k * 3 + 0] += u0 * H[k];
+      acc[k * 3 + 1] += u1 * H[k];
+      acc[k * 3 + 2] += u2 * H[k];
     }
     if (want_n) {
-      gn[0][p] = gx;
-      gn[1][p] = gy;
-      gn[2][p] = gz;
+      T dx0, dy0, dz0, dx1, dy1, dz1, dx2, dy2, dz2;
+      sh_irradiance_dn(sh + 0, x, y, z, dx0, dy0, dz0);
+      sh_irradiance_dn(sh + 1, x, y, z, dx1, dy1, dz1);
+      sh_irradiance_dn(sh + 2, x, y, z, dx2, dy2, dz2);
+      gn0[p] = u0 * dx0 + u1 * dx1 + u2 * dx2;
+      gn1[p] = u0 * dy0 + u1 * dy1 + u2 * dy2;
+      gn2[p] = u0 * dz0 + u1 * dz1 + u2 * dz2;
     }
-    if (want_m) gm_out[p] = gm;
   }
   for (int k = 0; k < 27; ++k) out[k] = static_cast<double>(acc[k]);
 }

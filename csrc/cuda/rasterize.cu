@@ -40,7 +40,9 @@ __global__ void triangle_kernel(RasterFwdParams<scalar_t, double> p) {
   for (int i = ts.i0; i <= ts.i1; ++i) {
     const RowTerms<double> rt = row_terms(ts, static_cast<double>(i));
     unsigned long long* zrow = zb + static_cast<long long>(i) * p.W;
-    for (int j = ts.j0; j <= ts.j1; ++j) {
+    int ja, jb;
+    if (!row_span(ts, rt, ja, jb)) continue;
+    for (int j = ja; j <= jb; ++j) {
       const unsigned long long key = pixel_key(ts, rt, static_cast<double>(j), f);
       if (key != kEmptyKey && key < zrow[j]) atomicMin(zrow + j, key);
     }
@@ -81,26 +83,22 @@ __global__ void backward_kernel(RasterBwdParams<scalar_t> p) {
   if (pix >= p.B * HW) return;
   const scalar_t* r = p.rast + pix * 4;
   const scalar_t* gr = p.grad_rast + pix * 4;
-  if (r[3] == scalar_t(0)) return;
+  if (!(r[3] >= scalar_t(1) && r[3] <= scalar_t(p.F))) return;  // background / bad id
   if (gr[0] == scalar_t(0) && gr[1] == scalar_t(0) && gr[2] == scalar_t(0)) return;
   const int f = static_cast<int>(r[3]) - 1;
-  if (f < 0 || f >= p.F) return;
   const long long b = pix / HW;
   const int i = static_cast<int>((pix - b * HW) / p.W);
   const int j = static_cast<int>(pix - b * HW - static_cast<long long>(i) * p.W);
   const int32_t* fv = p.faces + static_cast<long long>(f) * 3;
   const scalar_t* vb = p.verts + b * p.V * 3;
-  scalar_t g[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
-  resolve_uvz_backward(vb + static_cast<long long>(fv[0]) * 3, vb + static_cast<long long>(fv[1]) * 3,
-                       vb + static_cast<long long>(fv[2]) * 3, p.K + b * 9,
-                       static_cast<scalar_t>(j), static_cast<scalar_t>(i), gr[0], gr[1], gr[2],
-                       g[0], g[1], g[2]);
+  double g[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
+  pixel_backward(vb, fv, p.K + b * 9, i, j, gr, g);
   scalar_t* gb = p.grad_verts + b * p.V * 3;
   for (int k = 0; k < 3; ++k) {
     scalar_t* d = gb + static_cast<long long>(fv[k]) * 3;
-    atomicAdd(d + 0, g[k][0]);
-    atomicAdd(d + 1, g[k][1]);
-    atomicAdd(d + 2, g[k][2]);
+    atomicAdd(d + 0, static_cast<scalar_t>(g[k][0]));
+    atomicAdd(d + 1, static_cast<scalar_t>(g[k][1]));
+    atomicAdd(d + 2, static_cast<scalar_t>(g[k][2]));
   }
 }
 

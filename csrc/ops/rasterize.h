@@ -6,8 +6,12 @@
 // [0,0,1]). Output rast[b,i,j] = (u, v, z, face_id+1) with perspective-correct barycentrics
 // u, v of vertices 0 and 1.
 //
-// Two precisions: coverage and depth testing run in `cov_t` (double on the CPU), the
-// differentiable (u, v, z) resolve runs in the tensor's scalar type.
+// Algorithm: project vertices (cov_t = double on CPU and CUDA); one pass over triangles tests
+// pixel centres inside each triangle's bbox (watertight canonical edge functions, top-left tie
+// rule, conservative per-row spans) and keeps the nearest with an atomic min on a packed
+// (float32 depth bits << 32 | face id) key, so equal depths go to the lower face id; one pass
+// over pixels resolves (u, v, z) in double. The backward (resolve_uvz_backward) differentiates
+// the same resolve formula in the tensor's scalar type.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +34,7 @@ struct RasterFwdParams {
   int B, V, F, H, W;
   bool cull_backfaces;
   double near_z;              // vertices with z <= near_z invalidate their triangles
-  cov_t* proj;                // workspace [B,V,3]: projected x, y and z (NaN x when invalid)
+  cov_t* proj;                // workspace [B,V,3]: projected x, y and 1/z (x NaN when invalid)
   unsigned long long* zbuf;   // workspace [B,H,W] packed depth keys
   scalar_t* rast;             // output [B,H,W,4]
 };
@@ -89,6 +93,7 @@ template <typename T>
 struct Edge {
   T lx, ly, dx, dy;  // raw(p) = dx*(py-ly) - dy*(px-lx)
   T ss;              // s * sgn: inside means ss*raw > 0 (s = sign of the triangle's area)
+  T inv_dy;          // 1/dy (row-span bounds only)
   bool tie;          // whether a pixel centre exactly on the edge (raw == 0) is inside
 };
 
@@ -101,6 +106,7 @@ JR2_HD Edge<T> make_edge(T ax, T ay, T bx, T by, T s) {
   e.dx = a_lo ? bx - ax : ax - bx;
   e.dy = a_lo ? by - ay : ay - by;
   e.ss = a_lo ? s : -s;
+  e.inv_dy = e.dy != T(0) ? T(1) / e.dy : T(0);
   // Top-left style rule on the inward normal n = s*(-(by-ay), bx-ax): the two triangles on
   // either side of an edge have opposite inward normals, so exactly one owns the tie.
   const T nx = -(by - ay) * s;
@@ -191,7 +197,7 @@ JR2_HD bool row_span(const TriSetup<T>& t, const RowTerms<T>& r, int& ja, int& j
       if (e.ss * rs[k] < T(0)) return false;
       continue;
     }
-    const T cross = e.lx + rs[k] / e.dy;
+    const T cross = e.lx + rs[k] * e.inv_dy;
     const T a = cross < T(0) ? -cross : cross;
     const T l = e.lx < T(0) ? -e.lx : e.lx;
     const T eps = T(1e-9) + T(1e-12) * (a + l + hi);
@@ -226,8 +232,8 @@ JR2_HD unsigned long long pixel_key(const TriSetup<T>& t, const RowTerms<T>& r, 
 }
 
 // Perspective-correct (u, v, z) at pixel centre (px, py) from projected vertices (x, y, 1/z):
-// r_k = E_k / Z_k, S = sum r_k, u = r0/S, v = r1/S, z = (E0+E1+E2)/S. Same function as
-// resolve_uvz below, evaluated in the coverage precision for the forward pass.
+// r_k = E_k / Z_k, S = sum r_k, u = r0/S, v = r1/S, z = (E0+E1+E2)/S (E_k: screen-space edge
+// functions; the A of the barycentrics E_k/A cancels).
 template <typename T>
 JR2_HD void resolve_uvz_proj(const T* p0, const T* p1, const T* p2, T px, T py, T& u, T& v,
                              T& z) {
@@ -242,7 +248,7 @@ JR2_HD void resolve_uvz_proj(const T* p0, const T* p1, const T* p2, T px, T py, 
   z = (E0 + E1 + E2) * invS;
 }
 
-// Screen projection of a vertex in the resolve precision (differentiable path).
+// Screen projection of a vertex in the tensor's precision (backward pass).
 template <typename T>
 JR2_HD void project_xy(const T* X, const T* K, T& x, T& y) {
   const T xn = X[0] / X[2];
@@ -251,26 +257,8 @@ JR2_HD void project_xy(const T* X, const T* K, T& x, T& y) {
   y = K[3] * xn + K[4] * yn + K[5];
 }
 
-// Perspective-correct (u, v, z) at pixel centre (px, py) of the triangle with camera-space
-// vertices X0, X1, X2: r_i = E_i / Z_i, S = sum r_i, u = r0/S, v = r1/S, z = (E0+E1+E2)/S.
-template <typename T>
-JR2_HD void resolve_uvz(const T* X0, const T* X1, const T* X2, const T* K, T px, T py, T& u,
-                        T& v, T& z) {
-  T x0, y0, x1, y1, x2, y2;
-  project_xy(X0, K, x0, y0);
-  project_xy(X1, K, x1, y1);
-  project_xy(X2, K, x2, y2);
-  const T E0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1);
-  const T E1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2);
-  const T E2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0);
-  const T r0 = E0 / X0[2], r1 = E1 / X1[2], r2 = E2 / X2[2];
-  const T S = r0 + r1 + r2;
-  u = r0 / S;
-  v = r1 / S;
-  z = (E0 + E1 + E2) / S;
-}
-
-// Adds d(loss)/d(vertex) of one pixel to g0, g1, g2 (each [3]) given grads gu, gv, gz.
+// Adds d(loss)/d(vertex) of one pixel to g0, g1, g2 (each [3]) given grads gu, gv, gz of the
+// resolve_uvz_proj formula, differentiated through the projection of camera-space X0, X1, X2.
 template <typename T>
 JR2_HD void resolve_uvz_backward(const T* X0, const T* X1, const T* X2, const T* K, T px, T py,
                                  T gu, T gv, T gz, T* g0, T* g1, T* g2) {
@@ -313,6 +301,22 @@ JR2_HD void resolve_uvz_backward(const T* X0, const T* X1, const T* X2, const T*
     gs[k][1] += gyn * invZ;
     gs[k][2] += gZ[k] - (gxn * Xs[k][0] + gyn * Xs[k][1]) * invZ * invZ;
   }
+}
+
+// Vertex gradients g[k][:] (zeroed by the caller) of pixel (i, j) whose face has vertex ids fv,
+// from grad_rast channels gr[0..2]; evaluated in double whatever the tensor type.
+template <typename scalar_t>
+JR2_HD void pixel_backward(const scalar_t* vb, const int32_t* fv, const scalar_t* K, int i, int j,
+                           const scalar_t* gr, double g[3][3]) {
+  double X[3][3], Kd[6];
+  for (int k = 0; k < 3; ++k) {
+    for (int c = 0; c < 3; ++c) X[k][c] = static_cast<double>(vb[static_cast<long long>(fv[k]) * 3 + c]);
+  }
+  for (int c = 0; c < 6; ++c) Kd[c] = static_cast<double>(K[c]);
+  resolve_uvz_backward<double>(X[0], X[1], X[2], Kd, static_cast<double>(j),
+                               static_cast<double>(i), static_cast<double>(gr[0]),
+                               static_cast<double>(gr[1]), static_cast<double>(gr[2]), g[0], g[1],
+                               g[2]);
 }
 
 }  // namespace raster

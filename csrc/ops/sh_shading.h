@@ -67,6 +67,16 @@ JR2_HD T sh_irradiance(const T* shc, const T* H) {
   return irr;
 }
 
+// The three (unmasked) irradiances at normal n; sh is one batch's [9,3] block.
+template <typename T>
+JR2_HD void sh_irradiance_rgb(const T* sh, T x, T y, T z, T& e0, T& e1, T& e2) {
+  T H[9];
+  sh_basis(x, y, z, H);
+  e0 = sh_irradiance(sh + 0, H);
+  e1 = sh_irradiance(sh + 1, H);
+  e2 = sh_irradiance(sh + 2, H);
+}
+
 // Gradient of Σ_k sh[k,c] · H_k(n) w.r.t. n = (x, y, z), for one colour channel.
 template <typename T>
 JR2_HD void sh_irradiance_dn(const T* shc, T x, T y, T z, T& dx, T& dy, T& dz) {

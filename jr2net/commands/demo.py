@@ -15,7 +15,7 @@ from pathlib import Path
 NAME = "demo"
 HELP = "reenact a sample video end to end through an in-process gRPC server (offline)"
 
-DEFAULT_SOURCES = ("obama.jpg", "lin-manuel-miranda.png")
+DEFAULT_SOURCES = ("s42.jpg", "obama.jpg", "lin-manuel-miranda.png")
 DEFAULT_DRIVING = "d0.mp4"
 
 

@@ -345,12 +345,15 @@ class LandmarkSolver:
         w_expression: float = 1e-5,
         beta_ref: np.ndarray | None = None,
         w_smooth: float = 0.0,
+        alpha_ref: np.ndarray | None = None,
+        w_alpha_ref: float = 0.0,
         contour: bool = True,
     ) -> tuple[LandmarkParams, LandmarkFitInfo]:
         """Levenberg-Marquardt on the weighted landmark error (residuals in units of the inter-ocular distance).
 
         ``w_identity`` / ``w_expression`` weight the L2 priors on alpha / beta against the squared residual
-        in IOD units; ``beta_ref`` with ``w_smooth`` pulls beta towards a reference (temporal smoothing).
+        in IOD units; ``beta_ref`` with ``w_smooth`` pulls beta towards a reference (temporal smoothing),
+        ``alpha_ref`` with ``w_alpha_ref`` alpha (keeping a photometric estimate).
         """
         target = np.asarray(target, dtype=np.float64)
         K = np.asarray(K, dtype=np.float64)
@@ -378,6 +381,9 @@ class LandmarkSolver:
             if do_shape:
                 if fit_identity:
                     e += w_identity * float(pp.alpha @ pp.alpha)
+                    if alpha_ref is not None and w_alpha_ref > 0:
+                        d = pp.alpha - alpha_ref
+                        e += w_alpha_ref * float(d @ d)
                 if fit_expression:
                     e += w_expression * float(pp.beta @ pp.beta)
                     if beta_ref is not None and w_smooth > 0:
@@ -425,8 +431,13 @@ class LandmarkSolver:
             if do_shape:
                 parts, diag = [], []
                 if fit_identity:
-                    parts.append(w_identity * p.alpha)
-                    diag.append(np.full(Kn, w_identity))
+                    ga = w_identity * p.alpha
+                    da = np.full(Kn, w_identity)
+                    if alpha_ref is not None and w_alpha_ref > 0:
+                        ga = ga + w_alpha_ref * (p.alpha - alpha_ref)
+                        da = da + w_alpha_ref
+                    parts.append(ga)
+                    diag.append(da)
                 if fit_expression:
                     gb = w_expression * p.beta
                     db = np.full(En, w_expression)
@@ -586,6 +597,8 @@ class SourceFitter:
         photo_landmark_weight: float = 8e-3,
         photo_expression_l1: float = 5e-3,
         photo_prior_identity: float = 2e-3,
+        photo_pose_lr: float = 1.0,
+        final_landmark_weight: float = 3.0,
         photo_prior_expression: float = 1e-3,
         max_pixels: int = 4000,
         w_identity: float = 2e-4,
@@ -605,6 +618,8 @@ class SourceFitter:
         self.photo_landmark_weight = float(photo_landmark_weight)
         self.photo_expression_l1 = float(photo_expression_l1)
         self.photo_prior_identity = float(photo_prior_identity)
+        self.photo_pose_lr = float(photo_pose_lr)
+        self.final_landmark_weight = float(final_landmark_weight)
         self.photo_prior_expression = float(photo_prior_expression)
         self.w_identity = float(w_identity)
         self.w_expression = float(w_expression)
@@ -672,6 +687,34 @@ class SourceFitter:
         if self.photometric:
             coeffs, vid = self._photometric(image, K, target, coeffs, p, timer, sigma2)
             t0 = time.perf_counter()
+            if self.final_landmark_weight > 0:
+                # Back to the landmarks, staying close to the photometric shape where they are silent.
+                q = LandmarkParams(
+                    euler_to_matrix(coeffs.angles[0].double().numpy()),
+                    coeffs.translation[0].double().numpy(),
+                    coeffs.identity[0].double().numpy(),
+                    coeffs.expression[0].double().numpy(),
+                )
+                w_ref = self.final_landmark_weight * sigma2
+                q, info = self.solver.solve(
+                    target,
+                    Kn,
+                    q,
+                    iterations=6,
+                    pose_iterations=0,
+                    w_identity=max(self.w_identity, self.prior_scale_identity * sigma2),
+                    w_expression=max(self.w_expression, self.prior_scale_expression * sigma2),
+                    alpha_ref=q.alpha.copy(),
+                    w_alpha_ref=w_ref,
+                    beta_ref=q.beta.copy(),
+                    w_smooth=w_ref,
+                )
+                coeffs.identity = torch.as_tensor(q.alpha, dtype=torch.float32)[None]
+                coeffs.expression = torch.as_tensor(q.beta, dtype=torch.float32)[None]
+                coeffs.angles = torch.as_tensor(matrix_to_euler(q.R), dtype=torch.float32)[None]
+                coeffs.translation = torch.as_tensor(q.t, dtype=torch.float32)[None]
+                vid = info.vertex_ids
+                t0 = timer.add("landmarks_final", t0)
         lm_fit = self._project_vertices(coeffs, K, vid)
         res = float(np.linalg.norm(lm_fit - target, axis=1).mean())
         timer.timings["total"] = sum(timer.timings.values())
@@ -783,12 +826,12 @@ class SourceFitter:
             "identity": 0.05,
             "expression": 0.02,
             "albedo": 0.05,
-            "angles": 0.003,
-            "translation": 0.5,
+            "angles": 0.003 * self.photo_pose_lr,
+            "translation": 0.5 * self.photo_pose_lr,
             "light": 0.02,
         }
         opt = torch.optim.Adam(
-            [{"params": [v], "lr": lrs[k] * self.photo_lr} for k, v in params.items()]
+            [{"params": [v], "lr": lrs[k] * self.photo_lr} for k, v in params.items() if lrs[k] > 0]
         )
         iod_c = _iod(lm_c)
         budget = self.time_budget_s

@@ -69,8 +69,8 @@ _EYE_OUTER = (44.0, 34.5)
 _EYE_UP, _EYE_LOW = 5.8, 3.0  # lid heights above / below the canthal line
 _EYE_N = 18  # contour intervals (multiple of 3: landmarks sit at 1/3 and 2/3)
 _GLOBE_R = 13.0  # eyeball depth / vertical semi-axis
-_GLOBE_RX = 16.0  # horizontal semi-axis: wider than a real globe so it backs both canthi
-_LID_T = 0.8  # lid thickness in front of the globe
+_GLOBE_RX = 14.5  # horizontal semi-axis: wider than a real globe so it backs both canthi
+_LID_T = 1.5  # lid thickness in front of the globe
 # Mouth: slit y(x) = _MOUTH_Y - droop (x / half-width)^2, corners at ±_MOUTH_HALF.
 _MOUTH_Y, _MOUTH_DROOP, _MOUTH_HALF, _MOUTH_STEP = -33.0, 2.0, 25.0, 2.5
 
@@ -144,8 +144,8 @@ def _eye_contour(side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     ymid = _EYE_INNER[1] + (_EYE_OUTER[1] - _EYE_INNER[1]) * t
     s = np.sin(np.pi * t)
     # Upper lid peaks a little toward the inner side, as on real eyes.
-    up = ymid + _EYE_UP * np.sin(np.pi * t ** 0.9) ** 0.8
-    low = ymid - _EYE_LOW * s ** 0.9
+    up = ymid + _EYE_UP * np.sin(np.pi * t**0.9) ** 0.8
+    low = ymid - _EYE_LOW * s**0.9
     upper = np.stack([side * x, up], 1)
     lower = np.stack([side * x, low], 1)
     return upper, lower, t
@@ -205,16 +205,16 @@ def _face_dz(x: np.ndarray, y: np.ndarray, zbase: np.ndarray) -> np.ndarray:
     dz -= 1.5 * _gauss(x, y, 0.0, -18.0, 3.0, 4.0)  # philtrum
     dz += 2.0 * _gauss(ax, y, 22.0, -20.0, 8.0, 8.0)  # nasolabial bulge
     # Eye sockets, then lids hugging the eyeballs (smooth max of socket and globe + lid).
+    # Evaluated at |x| with the left eye, so both sides are exact mirror images.
     z = zbase + dz
-    for side in (1.0, -1.0):
-        c = _eye_center(side)
-        z = z - 11.0 * _gauss(x, y, c[0], c[1] + 1.0, 13.0, 9.5)
-        zg = _globe_z(side, zbase_center=_eye_base_z())
-        q2 = _globe_q2(x - c[0], y - c[1])
-        inside = _GLOBE_R * np.sqrt(np.maximum(1.0 - q2, 0.0))
-        outside = _GLOBE_R * np.maximum(np.sqrt(q2) - 1.0, 0.0)
-        globe = zg + inside + _LID_T - 3.0 * outside
-        z = _smax(z, globe, 2.5)
+    c = _eye_center(1.0)
+    z = z - 11.0 * _gauss(ax, y, c[0], c[1] + 1.0, 13.0, 9.5)
+    zg = _globe_z(1.0, zbase_center=_eye_base_z())
+    q2 = _globe_q2(ax - c[0], y - c[1])
+    inside = _GLOBE_R * np.sqrt(np.maximum(1.0 - q2, 0.0))
+    outside = _GLOBE_R * np.maximum(np.sqrt(q2) - 1.0, 0.0)
+    globe = zg + inside + _LID_T - 3.0 * outside
+    z = _smax(z, globe, 2.5)
     return z - zbase
 
 
@@ -400,7 +400,7 @@ def _build() -> dict[str, np.ndarray]:
     b.add_xy(np.concatenate(rows), 1.1)
 
     # Dense nose patch.
-    nx, ny = np.meshgrid(np.arange(-19.0, 19.01, 2.4), np.arange(-15.0, 44.0, 2.4))
+    nx, ny = np.meshgrid(np.linspace(-19.2, 19.2, 17), np.arange(-15.0, 44.0, 2.4))
     b.add_xy(np.stack([nx.ravel(), ny.ravel()], 1), 1.5)
 
     # Jawline contour candidates: the jaw landmark curve pushed back (larger |a|) toward the ear.
@@ -497,10 +497,14 @@ def _build() -> dict[str, np.ndarray]:
         psi = np.deg2rad(np.linspace(0.0, 90.0, nr))[1:]
         phi = np.linspace(0, 2 * np.pi, ns, endpoint=False)
         P, F = np.meshgrid(psi, phi, indexing="ij")
-        dirs = np.stack([np.sin(P) * np.cos(F), np.sin(P) * np.sin(F), np.cos(P)], -1).reshape(-1, 3)
+        dirs = np.stack([np.sin(P) * np.cos(F), np.sin(P) * np.sin(F), np.cos(P)], -1).reshape(
+            -1, 3
+        )
         dirs = np.concatenate([[[0.0, 0.0, 1.0]], dirs], 0)
-        flange = np.concatenate([dirs[-ns:] * [k, k, 0.0] for k in (1.3, 1.65)], 0)
-        flange[:, 2] = -0.5 / _GLOBE_R
+        # It reaches further toward the nose (whose skin is far in front) than toward the temple.
+        reach = 1.5 - 0.25 * side * np.cos(phi)[:, None]
+        flange = np.concatenate([dirs[-ns:] * (1.0 + t * (reach - 1.0)) for t in (0.4, 1.0)], 0)
+        flange[:, 2] = -2.5 / _GLOBE_R
         n_globe = len(dirs)
         dirs = np.concatenate([dirs, flange], 0)
         v = centre + np.array([_GLOBE_RX, _GLOBE_R, _GLOBE_R]) * dirs
@@ -518,9 +522,13 @@ def _build() -> dict[str, np.ndarray]:
         parts_v.append(v)
         parts_f.append(f)
         parts_r.append(np.full(len(v), reg, np.uint8))
-        uv_d = dirs[:, :2] / 1.65
+        uv_d = dirs[:, :2] / 1.75
         parts_uv.append(np.stack([u0 + 0.1 + 0.09 * uv_d[:, 0], 0.9 + 0.09 * uv_d[:, 1]], 1))
-        eyeball[name] = (np.arange(offset, offset + len(v)), centre, np.arange(offset, offset + n_globe))
+        eyeball[name] = (
+            np.arange(offset, offset + len(v)),
+            centre,
+            np.arange(offset, offset + n_globe),
+        )
         offset += len(v)
     # Mouth socket: a curved wall ~14 mm behind the lips.
     # It curves forward at the sides, staying 3.5 mm inside the skin, so that an open mouth seen
@@ -537,8 +545,15 @@ def _build() -> dict[str, np.ndarray]:
     parts_v.append(sv)
     parts_f.append(sf)
     parts_r.append(np.full(len(sv), 2, np.uint8))
-    parts_uv.append(np.stack([0.5 + 0.5 * (sv[:, 0] - gx[0]) / (gx[-1] - gx[0]),
-                              0.82 + 0.16 * (sv[:, 1] - gy[0]) / (gy[-1] - gy[0])], 1))
+    parts_uv.append(
+        np.stack(
+            [
+                0.5 + 0.5 * (sv[:, 0] - gx[0]) / (gx[-1] - gx[0]),
+                0.82 + 0.16 * (sv[:, 1] - gy[0]) / (gy[-1] - gy[0]),
+            ],
+            1,
+        )
+    )
     socket = np.arange(offset, offset + len(sv))
 
     V = np.concatenate(parts_v, 0)
@@ -565,10 +580,23 @@ def _build() -> dict[str, np.ndarray]:
     lm[65], lm[66], lm[67] = slit_lower[mid + 4], slit_lower[mid], slit_lower[mid - 4]
 
     info = dict(
-        verts=V, faces=F, region=region, uvs=uvs, landmarks68=lm, a=a, e=e, n_skin=n_skin,
-        front=np.concatenate([front, front[inner]]), slit=slit, slit_lower=slit_lower,
-        eyeball=eyeball, socket=socket, eye_up={k: tags[f"eye_up_{k}"] for k in "LR"},
-        eye_low={k: tags[f"eye_low_{k}"] for k in "LR"}, jaw_L=tags["jaw_L"], jaw_R=tags["jaw_R"],
+        verts=V,
+        faces=F,
+        region=region,
+        uvs=uvs,
+        landmarks68=lm,
+        a=a,
+        e=e,
+        n_skin=n_skin,
+        front=np.concatenate([front, front[inner]]),
+        slit=slit,
+        slit_lower=slit_lower,
+        eyeball=eyeball,
+        socket=socket,
+        eye_up={k: tags[f"eye_up_{k}"] for k in "LR"},
+        eye_low={k: tags[f"eye_low_{k}"] for k in "LR"},
+        jaw_L=tags["jaw_L"],
+        jaw_R=tags["jaw_R"],
         globe_z=zg,
     )
     return info
@@ -602,8 +630,13 @@ class _Ctx:
         self.eyeball = info["eyeball"]
         self.normals = _vertex_normals(v, info["faces"])
         self.normals[~self.skin] = (0.0, 0.0, 1.0)
-        # Which side of the lip slit a vertex is on: +1 upper, -1 lower, 0 at the corners.
-        # Signed height above the lip line (the slit, continued up toward the jaw joints).
+        # The two copies of a slit vertex share one normal, so identity fields keep lips closed.
+        up, low = info["slit"][1:-1], info["slit_lower"][1:-1]
+        mean = self.normals[up] + self.normals[low]
+        mean /= np.linalg.norm(mean, axis=1, keepdims=True)
+        self.normals[up] = self.normals[low] = mean
+        # Signed height above the lip line (the slit, continued up toward the jaw joints), and
+        # which side of the slit a vertex is on: +1 upper, -1 lower, 0 at the corners.
         line = _slit_y(np.clip(self.x, -_MOUTH_HALF, _MOUTH_HALF))
         d = self.y - (line + 1.1 * np.maximum(np.abs(self.x) - _MOUTH_HALF, 0.0))
         band = 0.8 + 10.0 * _smoothstep((np.abs(self.x) - 23.0) / 14.0)
@@ -642,12 +675,14 @@ def _stack(*cols: np.ndarray) -> np.ndarray:
     return np.stack(np.broadcast_arrays(*cols), -1).astype(np.float64)
 
 
-def _rigid_eyes(ctx: _Ctx, disp: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> None:
-    """Eyeballs translate rigidly with the field evaluated at their front pole."""
+def _eyes_follow_lids(ctx: _Ctx, disp: np.ndarray, fn: Callable) -> None:
+    """Eyeball vertices take the field of the lid skin in front of them (same x, y; at the depth
+    of the globe's front pole), so lids and eyeball move alike and the globe never pokes out."""
     for name in ("L", "R"):
         ids, centre, _ = ctx.eyeball[name]
-        pole = centre + np.array([0.0, 0.0, _GLOBE_R])
-        disp[ids] = fn(pole[None])[0]
+        p = ctx.v[ids].copy()
+        p[:, 2] = centre[2] + _GLOBE_R
+        disp[ids] = fn(p, np.tile([0.0, 0.0, 1.0], (len(ids), 1)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -668,14 +703,18 @@ def _identity_fields(ctx: _Ctx) -> list[Callable[[np.ndarray, np.ndarray], np.nd
         lambda p, n: _stack(0.06 * p[:, 0] * _smoothstep((-10.0 - p[:, 1]) / 40.0), 0, 0),  # jaw
         lambda p, n: _stack(0, -3.5 * _smoothstep((-40.0 - p[:, 1]) / 30.0), 0),  # chin length
         lambda p, n: _stack(0, 0, 3.5 * g(p, 0, -70, 20, 12)),  # chin protrusion
-        lambda p, n: _stack(0, -2.5 * g(p, 0, 10, 12, 22) * np.clip((35 - p[:, 1]) / 32, 0, 1.2), 0),
+        lambda p, n: _stack(
+            0, -2.5 * g(p, 0, 10, 12, 22) * np.clip((35 - p[:, 1]) / 32, 0, 1.2), 0
+        ),
         lambda p, n: _stack(0.16 * p[:, 0] * g(p, 0, -3, 16, 10), 0, 0),  # nose width
         lambda p, n: _stack(0, 0, 0.13 * _nose_dz(p[:, 0], p[:, 1])),  # nose projection
         lambda p, n: _stack(0, 0, 2.0 * g(p, 0, 22, 7, 10)),  # nose bridge
         lambda p, n: _stack(2.0 * sgn(p) * g(p, 31, 34, 14, 10, True), 0, 0),  # eye spacing
         lambda p, n: _stack(  # eye size
             0.09 * (np.abs(p[:, 0]) - 31.25) * sgn(p) * g(p, 31, 34, 12, 8, True),
-            0.09 * (p[:, 1] - 33.9) * g(p, 31, 34, 12, 8, True), 0),
+            0.09 * (p[:, 1] - 33.9) * g(p, 31, 34, 12, 8, True),
+            0,
+        ),
         lambda p, n: _stack(0, 2.0 * g(p, 31, 34, 16, 11, True), 0),  # eye height
         lambda p, n: _stack(0, 3.0 * g(p, 32, 55, 22, 8, True), 0),  # brow height
         lambda p, n: _stack(0, 0, 2.5 * g(p, 28, 52, 20, 7, True)),  # brow ridge
@@ -691,6 +730,13 @@ def _identity_fields(ctx: _Ctx) -> list[Callable[[np.ndarray, np.ndarray], np.nd
         lambda p, n: _stack(0, 0, -2.0 * g(p, 31, 34, 14, 10, True)),  # eye depth
         lambda p, n: 3.0 * n * g(p, 60, -10, 18, 30, True)[:, None],  # face roundness
         lambda p, n: _stack(0, 0, 3.0 * g(p, 0, -15, 25, 14)),  # midface protrusion
+        lambda p, n: _stack(0, 0.1 * (np.abs(p[:, 0]) - 31) * g(p, 31, 34, 14, 8, True), 0),  # tilt
+        lambda p, n: _stack(0, 0.08 * (np.abs(p[:, 0]) - 32) * g(p, 32, 56, 20, 8, True), 0),
+        lambda p, n: _stack(2.0 * sgn(p) * g(p, 30, 56, 20, 8, True), 0, 0),  # brow spacing
+        lambda p, n: _stack(0, 2.0 * g(p, 25, -35, 8, 8, True), 0),  # mouth-corner height
+        lambda p, n: _stack(0, 0.15 * (p[:, 1] + 33) * g(p, 0, -33, 25, 9), 0),  # lip heights
+        lambda p, n: _stack(0.12 * p[:, 0] * g(p, 0, -9, 14, 4), 0, 0),  # nostril width
+        lambda p, n: _stack(0, 2.0 * g(p, 0, 2, 10, 8), 0),  # nose tip height
     ]
     # Smooth low-order fields: Legendre products in normalised (x, y), per axis.
     leg = [lambda t: np.ones_like(t), lambda t: t, lambda t: 1.5 * t**2 - 0.5,
@@ -719,7 +765,7 @@ def _identity_basis(ctx: _Ctx) -> np.ndarray:
     for fn in _identity_fields(ctx):
         d = np.zeros((ctx.n_v, 3))
         d[:] = fn(ctx.v, ctx.normals)
-        _rigid_eyes(ctx, d, lambda p, fn=fn: fn(p, np.array([[0.0, 0.0, 1.0]])))
+        _eyes_follow_lids(ctx, d, fn)
         modes.append(d.ravel())
     m = np.stack(modes)
     rms = np.sqrt((m**2).mean(1))
@@ -774,8 +820,16 @@ def _lid_profiles(side: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return xs, upper[:, 1], lower[:, 1]
 
 
-def _lid_motion(ctx: _Ctx, name: str, up_frac: float, low_frac: float, up_mm: float = 0.0,
-                low_mm: float = 0.0, up_reach: float = 7.0, low_reach: float = 5.0) -> np.ndarray:
+def _lid_motion(
+    ctx: _Ctx,
+    name: str,
+    up_frac: float,
+    low_frac: float,
+    up_mm: float = 0.0,
+    low_mm: float = 0.0,
+    up_reach: float = 7.0,
+    low_reach: float = 5.0,
+) -> np.ndarray:
     """Lid displacement: upper lid moves by up_frac·opening + up_mm, lower by low_frac·opening
     + low_mm (positive = up), fading away from the lid edge; z keeps lids on the eyeball."""
     side = 1.0 if name == "L" else -1.0
@@ -829,14 +883,17 @@ def _expression_basis(ctx: _Ctx) -> np.ndarray:
     # mouthClose undoes jawOpen's lip gap: both lips meet half-way (ICT's corrective shape).
     lip_zone = np.exp(-0.5 * (ctx.d_slit / 9.0) ** 2) * np.exp(-((x / (_MOUTH_HALF + 4.0)) ** 4))
     out["mouthClose"] = (lip_zone * (0.5 - wj) * ctx.skin)[:, None] * jaw_rot
-    lips = (up_band + low_band)
+    lips = up_band + low_band
     for s, name in ((1.0, "L"), (-1.0, "R")):
         sm = ctx.side_L if s > 0 else ctx.side_R
         corner = ctx.gauss(s * (_MOUTH_HALF + 1.0), -35.0, 12.0, 10.0) * skin
         corner_wide = ctx.gauss(s * 30.0, -36.0, 17.0, 14.0) * skin
         cheek = ctx.gauss(s * 38.0, -10.0, 14.0, 12.0) * skin
-        out[f"mouthSmile_{name}"] = (corner[:, None] * [5.0 * s, 8.0, -4.0]
-                                     + cheek[:, None] * [1.0 * s, 3.0, 1.5])
+        out[f"mouthSmile_{name}"] = corner[:, None] * [5.0 * s, 8.0, -4.0] + cheek[:, None] * [
+            1.0 * s,
+            3.0,
+            1.5,
+        ]
         out[f"mouthFrown_{name}"] = corner[:, None] * [1.0 * s, -5.0, -1.5]
         out[f"mouthStretch_{name}"] = corner_wide[:, None] * [6.0 * s, -3.0, -4.0]
         out[f"mouthDimple_{name}"] = corner[:, None] * [2.5 * s, 1.0, -4.0]
@@ -844,8 +901,11 @@ def _expression_basis(ctx: _Ctx) -> np.ndarray:
         out[f"mouthUpperUp_{name}"] = (up_band * sm)[:, None] * [0.0, 4.5, 0.8]
         frac_u = np.clip(ctx.d_slit / 8.0, 0, 1) * up_band * sm
         frac_l = np.clip(-ctx.d_slit / 10.0, 0, 1) * low_band * sm
-        out[f"mouthPress_{name}"] = (frac_u[:, None] * [0.0, -2.0, -1.0]
-                                     + frac_l[:, None] * [0.0, 2.0, -1.0])
+        out[f"mouthPress_{name}"] = frac_u[:, None] * [0.0, -2.0, -1.0] + frac_l[:, None] * [
+            0.0,
+            2.0,
+            -1.0,
+        ]
         cheek_puff = ctx.gauss(s * 42.0, -25.0, 16.0, 16.0) * skin
         out[f"cheekPuff_{name}"] = 9.0 * cheek_puff[:, None] * ctx.normals
         cheek_sq = ctx.gauss(s * 38.0, 15.0, 15.0, 9.0) * skin
@@ -853,7 +913,10 @@ def _expression_basis(ctx: _Ctx) -> np.ndarray:
         sneer = ctx.gauss(s * 11.0, 2.0, 7.0, 9.0) * skin
         brow_in = ctx.gauss(s * 14.0, 52.0, 9.0, 7.0) * skin
         out[f"noseSneer_{name}"] = sneer[:, None] * [0.5 * s, 4.0, 0.5] + brow_in[:, None] * [
-            -0.5 * s, -1.5, 0.0]
+            -0.5 * s,
+            -1.5,
+            0.0,
+        ]
         brow = ctx.gauss(s * 24.0, 55.0, 17.0, 9.0) * skin
         out[f"browDown_{name}"] = brow[:, None] * [-1.0 * s, -4.5, -1.0]
         inner = ctx.gauss(s * 12.0, 57.0, 10.0, 12.0) * skin * (ctx.side_L if s > 0 else ctx.side_R)
@@ -865,15 +928,20 @@ def _expression_basis(ctx: _Ctx) -> np.ndarray:
         out[f"eyeWide_{name}"] = _lid_motion(ctx, name, 0.0, 0.0, up_mm=2.5, low_mm=-0.8)
         sq = _lid_motion(ctx, name, -0.12, 0.30)
         out[f"eyeSquint_{name}"] = sq + (ctx.gauss(s * 31.0, 24.0, 12.0, 6.0) * skin)[:, None] * [
-            0.0, 2.0, 0.5]
+            0.0,
+            2.0,
+            0.5,
+        ]
         yaw_in = -20.0 * s  # "in" turns the cornea toward the nose
         look_h = _lid_motion(ctx, name, 0.0, 0.0, up_mm=0.3, low_mm=0.3)
         out[f"eyeLookIn_{name}"] = _eye_rotation(ctx, name, _rot_y(yaw_in)) + look_h
         out[f"eyeLookOut_{name}"] = _eye_rotation(ctx, name, _rot_y(-yaw_in)) + look_h
         out[f"eyeLookUp_{name}"] = _eye_rotation(ctx, name, _rot_x(-20.0)) + _lid_motion(
-            ctx, name, 0.0, 0.0, up_mm=1.8, low_mm=0.8)
+            ctx, name, 0.0, 0.0, up_mm=1.8, low_mm=0.8
+        )
         out[f"eyeLookDown_{name}"] = _eye_rotation(ctx, name, _rot_x(20.0)) + _lid_motion(
-            ctx, name, -0.3, 0.0, low_mm=-0.8)
+            ctx, name, -0.3, 0.0, low_mm=-0.8
+        )
     # Whole-mouth shapes.
     xin = -x * np.exp(-((x / 34.0) ** 4))
     out["mouthFunnel"] = _stack(0.25 * xin * lips, 2.0 * up_band - 2.5 * low_band, 7.0 * lips)
@@ -964,9 +1032,10 @@ def preview_png(path: str | Path, size: int = 256) -> Path:
 
     m = _cached()
     v, f, names = m["vertices"], m["faces"], list(m["expression_names"])
-    alpha = np.random.default_rng(0).standard_normal(len(m["identity_basis"])) * 1.5
-    shapes = [v] + [v + m["expression_basis"][names.index(k)] for k in
-                    ("jawOpen", "eyeBlink_L", "mouthSmile_L")]
+    alpha = np.random.default_rng(0).standard_normal(len(m["identity_basis"]))
+    shapes = [v] + [
+        v + m["expression_basis"][names.index(k)] for k in ("jawOpen", "eyeBlink_L", "mouthSmile_L")
+    ]
     shapes.append(v + np.tensordot(alpha, m["identity_basis"], 1))
     rows = [np.concatenate([_render(s, f, yaw, size) for s in shapes], 1) for yaw in (0, -35, -90)]
     out = Path(path)

@@ -36,7 +36,9 @@ def interpolate(attr: torch.Tensor, rast: torch.Tensor, faces: torch.Tensor) -> 
     """
     for value, name in ((attr, "attr"), (rast, "rast")):
         if not isinstance(value, torch.Tensor):
-            raise TypeError(f"interpolate: {name} must be a torch.Tensor, got {type(value).__name__}")
+            raise TypeError(
+                f"interpolate: {name} must be a torch.Tensor, got {type(value).__name__}"
+            )
     faces = prepare_faces(faces)
     shared = attr.dim() == 2
     if shared:

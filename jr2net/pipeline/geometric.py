@@ -69,7 +69,6 @@ RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
 BACKGROUND_BOX_SCALE = 2.0  # background-warp box side / render crop side
 FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
 REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
-MOUTH_COLOR = torch.tensor([0.32, 0.16, 0.15])  # relative to the mean skin colour
 
 
 def _now() -> float:
@@ -90,11 +89,12 @@ def _option_int(extra: dict[str, str], key: str, default: int) -> int:
 
 @dataclass
 class _Reference:
-    """The driving's first face frame: its pose and the head-size ratio source / driving."""
+    """The driving's first face frame: pose, expression, head-size ratio source / driving."""
 
     R: Tensor
     t: Tensor
     size_ratio: float
+    beta: Tensor
 
 
 class GeometricSession:
@@ -114,6 +114,11 @@ class GeometricSession:
         if self.light_mode not in LIGHT_MODES:
             raise ValueError(f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}")
         self.feather_radius = _option_int(extra, "feather", max(1, self.crop // 64))
+        self.expression_mode = extra.get("expression", "relative")
+        if self.expression_mode not in ("relative", "absolute"):
+            raise ValueError(
+                f"options.extra['expression'] must be 'relative' or 'absolute', got {self.expression_mode!r}"
+            )
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
 
         fit = reenactor.fit_source(source)  # NoFaceError propagates (needs autograd: no inference_mode)
@@ -155,7 +160,8 @@ class GeometricSession:
         self.id_shape = pm.identity_shape(identity)  # [V,3]
         V = self.id_shape.shape[0]
         self.expr_basis = pm.expression_basis.reshape(pm.n_expression, V * 3).contiguous()
-        src_verts = self.id_shape + (coeffs.expression.float() @ self.expr_basis).view(V, 3)
+        self.beta_src = coeffs.expression.float().clone()
+        src_verts = self.id_shape + (self.beta_src @ self.expr_basis).view(V, 3)
         self.R_src, self.t_src = _pose_matrix(coeffs)
         self.src_verts_cam = st.pose_vertices(src_verts, self.R_src, self.t_src)  # [1,V,3]
         n_src = st.fast_vertex_normals(src_verts, self.reenactor.faces_long, self.reenactor.normal_op)
@@ -181,7 +187,9 @@ class GeometricSession:
         if socket.any():
             hidden_socket = socket & ~visible
             skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
-            colors[hidden_socket] = MOUTH_COLOR * skin / skin.mean().clamp_min(1e-3) * skin.mean()
+            lips_z = float(self.reenactor.model.vertices[self.reenactor.model.landmarks68[60:68], 2].mean())
+            mouth = st.mouth_colors(pm.vertices[:, 2] - lips_z, float(skin.mean()))
+            colors[hidden_socket] = mouth[hidden_socket]
             known |= hidden_socket
         self.vertex_colors = st.diffuse_colors(colors, known, self.reenactor.adjacency)
         self.src_visible = visible
@@ -256,20 +264,36 @@ class GeometricSession:
         timings["total"] = _now() - t_start
         return FrameResult(image=image.copy(), timings=timings, face_found=False, fallback=name)
 
+    def _reference_for(self, fit) -> _Reference:
+        """The driving's first face frame (set once per session)."""
+        if self._reference is None:
+            R_d, t_d = _pose_matrix(fit.coeffs)
+            model = self.reenactor.model
+            lm = model.landmarks68
+            drv = model.shape(identity=fit.coeffs.identity.float())[0]
+            drv_iod = float((drv[lm[45]] - drv[lm[36]]).norm())
+            self._reference = _Reference(
+                R_d.clone(), t_d.clone(), self.src_iod / max(drv_iod, 1e-6),
+                fit.coeffs.expression.float().clone(),
+            )
+        return self._reference
+
     def target_pose(self, fit) -> tuple[Tensor, Tensor]:
         """Pose (R, t) of the recombined head in the output camera (see the module doc)."""
         R_d, t_d = _pose_matrix(fit.coeffs)
         if self.options.pose_mode == "absolute":
             K_d = fit.K.float().reshape(3, 3)
             return st.absolute_pose(R_d, t_d, K_d, tuple(fit.image_size), self.K_out, self.out_hw)
-        if self._reference is None:
-            model = self.reenactor.model
-            lm = model.landmarks68
-            drv = model.shape(identity=fit.coeffs.identity.float())[0]
-            drv_iod = float((drv[lm[45]] - drv[lm[36]]).norm())
-            self._reference = _Reference(R_d.clone(), t_d.clone(), self.src_iod / max(drv_iod, 1e-6))
-        ref = self._reference
+        ref = self._reference_for(fit)
         return st.relative_pose(self.R_src, self.t_src, R_d, t_d, ref.R, ref.t, ref.size_ratio)
+
+    def target_expression(self, fit) -> Tensor:
+        """Expression ``[1,E]`` of the recombined face (see ``expression`` in the module doc)."""
+        beta = fit.coeffs.expression.float()
+        if self.expression_mode == "absolute":
+            return beta
+        ref = self._reference_for(fit)
+        return (self.beta_src + beta - ref.beta).clamp_(0.0, 1.0)
 
     def _reenact(self, frame: np.ndarray, fit, timings: dict[str, float]) -> np.ndarray:
         S = self.crop
@@ -277,7 +301,7 @@ class GeometricSession:
         t0 = _now()
         # -- recombine: source identity + driving expression, pose per pose_mode
         V = self.id_shape.shape[0]
-        verts = self.id_shape + (fit.coeffs.expression.float() @ self.expr_basis).view(V, 3)
+        verts = self.id_shape + (self.target_expression(fit) @ self.expr_basis).view(V, 3)
         R, t = self.target_pose(fit)
         verts_cam = st.pose_vertices(verts, R, t)
         normals = st.fast_vertex_normals(verts, self.reenactor.faces_long, self.reenactor.normal_op)

@@ -210,6 +210,21 @@ def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int 
     return out
 
 
+def mouth_colors(depth_mm: Tensor, brightness: float) -> Tensor:
+    """Colours ``[N,3]`` for mouth-socket vertices hidden in the source photo.
+
+    ``depth_mm`` is each vertex's model-space z relative to the inner lips (negative = deeper):
+    teeth-like ivory just behind the lips fading to a dark red cavity, scaled to the photo's
+    skin ``brightness`` (mean of the visible skin colour, 0..1).
+    """
+    teeth = torch.tensor([0.93, 0.88, 0.80])
+    cavity = torch.tensor([0.30, 0.12, 0.11])
+    s = ((depth_mm + 22.0) / 12.0).clamp(0, 1)  # 0 from 22 mm deep, 1 from 10 mm behind the lips
+    s = (s * s * (3 - 2 * s))[:, None]
+    scale = min(1.0, 1.4 * brightness)
+    return (cavity + s * (teeth - cavity)) * scale
+
+
 def feather(mask: Tensor, radius: int) -> Tensor:
     """A soft version of a binary mask ``[1,1,H,W]`` that is 0 outside and ramps up inside.
 
