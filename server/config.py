@@ -233,10 +233,19 @@ class ReenactorFactory:
             modes.append("learned")
         return modes
 
-    def get(self, mode: str) -> Any:
-        """The reenactor for ``mode``; ValueError (-> INVALID_ARGUMENT) if it cannot be served."""
+    def check_mode(self, mode: str) -> None:
+        """ValueError (-> INVALID_ARGUMENT) unless this server can serve ``mode``."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if mode not in self.available_modes():
+            raise ValueError(
+                f"mode {mode!r} needs a DCNet/RecAugNet checkpoint: start the server with "
+                "--checkpoint FILE (or JR2NET_CHECKPOINT); this server only serves 'geometric'"
+            )
+
+    def get(self, mode: str) -> Any:
+        """The reenactor for ``mode`` (built on first use; may take seconds: call off the loop)."""
+        self.check_mode(mode)
         with self._lock:
             if mode not in self._cache:
                 self._cache[mode] = self._build(mode)
@@ -251,11 +260,6 @@ class ReenactorFactory:
             from jr2net.pipeline.geometric import GeometricReenactor
 
             return GeometricReenactor(face_model=self.config.face_model)
-        if not self.config.checkpoint:
-            raise ValueError(
-                "mode 'learned' needs a DCNet/RecAugNet checkpoint: start the server with "
-                "--checkpoint FILE (or JR2NET_CHECKPOINT); this server only serves 'geometric'"
-            )
         try:
             from jr2net.pipeline.learned import LearnedReenactor  # type: ignore[import-not-found]
         except ImportError as exc:

@@ -167,7 +167,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         cfg = first.config
         try:
             mode, options, output = self._parse_config(cfg)
-            reenactor = self.factory.get(mode)
+            self.factory.check_mode(mode)
         except ValueError as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_config", str(exc))
         if self.slots_used >= self.config.max_sessions:
@@ -179,6 +179,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         tasks: list[asyncio.Task] = []
         try:
             t0 = time.perf_counter()
+            reenactor = await self._run(self.factory.get, mode)  # built once, off the loop
             try:
                 source, pipeline_session = await self._run(
                     self._start_session, reenactor, cfg, options)
@@ -307,7 +308,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         if self.draining:
             await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "draining", "server is draining")
         try:
-            reenactor = self.factory.get(self.config.default_mode)
+            reenactor = await self._run(self.factory.get, self.config.default_mode)
             rec, image_shape = await self._run(self._reconstruct, reenactor, request)
         except (InvalidImageError, ValueError) as exc:
             await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_config", str(exc))

@@ -105,7 +105,7 @@ def test_backward_matches_reference_on_random_meshes():
         Xg = X.clone().requires_grad_()
         (fn(Xg, faces, K, (H, W)) * grad).sum().backward()
         grads.append(Xg.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
 
 
 def test_gradcheck_float64_wrt_vertices():

@@ -5,8 +5,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/zeros.h>
-#include <ATen/ops/zeros_like.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <vector>
@@ -96,18 +95,19 @@ template <typename scalar_t>
 void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
   const int64_t B = p.B, V = p.V, H = p.H, W = p.W;
   const int64_t rows = B * H;
-  // Each chunk scatters into its own gradient buffer (deterministic, no atomics).
+  // Each chunk scatters into its own double-precision buffer (deterministic, no atomics, and
+  // no float32 cancellation error when many pixels' gradients of opposite sign meet).
   const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 8));
   const int64_t gsize = B * V * 3;
-  std::vector<scalar_t> extra(static_cast<size_t>((nchunks - 1) * gsize), scalar_t(0));
+  std::vector<double> acc(static_cast<size_t>(nchunks * gsize), 0.0);
   at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
     for (int64_t c = cbegin; c < cend; ++c) {
-      scalar_t* g = c == 0 ? p.grad_verts : extra.data() + (c - 1) * gsize;
+      double* g = acc.data() + c * gsize;
       const int64_t r0 = rows * c / nchunks, r1 = rows * (c + 1) / nchunks;
       for (int64_t row = r0; row < r1; ++row) {
         const int64_t b = row / H;
         const scalar_t* vb = p.verts + b * V * 3;
-        scalar_t* gb = g + b * V * 3;
+        double* gb = g + b * V * 3;
         const scalar_t* Kb = p.K + b * 9;
         for (int64_t j = 0; j < W; ++j) {
           const int64_t pix = row * W + j;
@@ -117,27 +117,26 @@ void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
           if (gr[0] == scalar_t(0) && gr[1] == scalar_t(0) && gr[2] == scalar_t(0)) continue;
           const int f = static_cast<int>(r[3]) - 1;
           const int32_t* fv = p.faces + int64_t(f) * 3;
-          double g[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
+          double gv[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
           raster::pixel_backward(vb, fv, Kb, static_cast<int>(row - b * H), static_cast<int>(j), gr,
-                                 g);
+                                 gv);
           for (int k = 0; k < 3; ++k) {
-            scalar_t* d = gb + int64_t(fv[k]) * 3;
-            d[0] += static_cast<scalar_t>(g[k][0]);
-            d[1] += static_cast<scalar_t>(g[k][1]);
-            d[2] += static_cast<scalar_t>(g[k][2]);
+            double* d = gb + int64_t(fv[k]) * 3;
+            d[0] += gv[k][0];
+            d[1] += gv[k][1];
+            d[2] += gv[k][2];
           }
         }
       }
     }
   });
-  if (nchunks > 1) {
-    at::parallel_for(0, gsize, 1 << 14, [&](int64_t begin, int64_t end) {
-      for (int64_t c = 1; c < nchunks; ++c) {
-        const scalar_t* src = extra.data() + (c - 1) * gsize;
-        for (int64_t k = begin; k < end; ++k) p.grad_verts[k] += src[k];
-      }
-    });
-  }
+  at::parallel_for(0, gsize, 1 << 14, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      double sum = acc[k];
+      for (int64_t c = 1; c < nchunks; ++c) sum += acc[c * gsize + k];
+      p.grad_verts[k] = static_cast<scalar_t>(sum);
+    }
+  });
 }
 
 }  // namespace
@@ -170,7 +169,7 @@ at::Tensor rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces, c
 
 at::Tensor rasterize_bwd_cpu(const at::Tensor& grad_rast, const at::Tensor& verts,
                              const at::Tensor& faces, const at::Tensor& K, const at::Tensor& rast) {
-  at::Tensor grad_verts = at::zeros_like(verts);
+  at::Tensor grad_verts = at::empty_like(verts);
   const at::Tensor g = grad_rast.contiguous();
   const at::Tensor r = rast.contiguous();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {

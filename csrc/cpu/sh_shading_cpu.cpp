@@ -62,8 +62,8 @@ void fwd_impl(const ShShadingParams<T>& P) {
 }
 
 // Backward over pixels [p0, p1) of batch b; returns dL/dsh of the range in out (27 values).
-// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given. Per-pixel grads are written
-// only where requested (the pointers are null otherwise; the branches are loop-invariant).
+// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given. All per-pixel grads are
+// written (branch-free, so the loop vectorises); the caller drops the ones not requested.
 template <typename T, bool kGi, bool kGr, bool kMask>
 void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                double* out) {
@@ -73,50 +73,63 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
   const T* mk = kMask ? P.mask + b * HW : nullptr;
   const T *gi0 = kGi ? P.grad_image + o : nullptr, *gi1 = gi0 + HW, *gi2 = gi1 + HW;
   const T *gr0 = kGr ? P.grad_irr + o : nullptr, *gr1 = gr0 + HW, *gr2 = gr1 + HW;
-  T *ga0 = P.grad_albedo ? P.grad_albedo + o : nullptr, *ga1 = ga0 + HW, *ga2 = ga1 + HW;
-  T *gn0 = P.grad_normals ? P.grad_normals + o : nullptr, *gn1 = gn0 + HW, *gn2 = gn1 + HW;
-  T* gmk = P.grad_mask ? P.grad_mask + b * HW : nullptr;
-  const bool want_a = ga0 != nullptr, want_n = gn0 != nullptr, want_m = gmk != nullptr;
+  T *ga0 = P.grad_albedo + o, *ga1 = ga0 + HW, *ga2 = ga1 + HW;
+  T *gn0 = P.grad_normals + o, *gn1 = gn0 + HW, *gn2 = gn1 + HW;
+  T* gmk = kMask ? P.grad_mask + b * HW : nullptr;
   T sh[27];
   for (int k = 0; k < 27; ++k) sh[k] = P.sh[b * 27 + k];
-  T acc[27] = {};
-#pragma omp simd reduction(+ : acc[:27])
-  for (int64_t p = p0; p < p1; ++p) {
-    const T x = nx[p], y = ny[p], z = nz[p];
-    const T m = kMask ? mk[p] : T(1);
-    T H[9];
-    sh_basis(x, y, z, H);
-    const T e0 = sh_irradiance(sh + 0, H), e1 = sh_irradiance(sh + 1, H);
-    const T e2 = sh_irradiance(sh + 2, H);
-    const T g_img0 = kGi ? gi0[p] : T(0), g_img1 = kGi ? gi1[p] : T(0);
-    const T g_img2 = kGi ? gi2[p] : T(0);
-    // dL/d(masked irradiance) per channel
-    const T q0 = g_img0 * a0[p] + (kGr ? gr0[p] : T(0));
-    const T q1 = g_img1 * a1[p] + (kGr ? gr1[p] : T(0));
-    const T q2 = g_img2 * a2[p] + (kGr ? gr2[p] : T(0));
-    if (want_a) {
-      ga0[p] = g_img0 * e0 * m;
-      ga1[p] = g_img1 * e1 * m;
-      ga2[p] = g_img2 * e2 * m;
-    }
-    if (want_m) gmk[p] = q0 * e0 + q1 * e1 + q2 * e2;
-    const T u0 = q0 * m, u1 = q1 * m, u2 = q2 * m;  // dL/d(unmasked irradiance)
-    for (int k = 0; k < 9; ++k) {
-      acc[k * 3 + 0] += u0 * H[k];
-      acc[k * 3 + 1] += u1 * H[k];
-      acc[k * 3 + 2] += u2 * H[k];
-    }
-    if (want_n) {
+  // Lanes: kL pixels per step with per-lane dL/dsh accumulators, so the pixel math and the
+  // reduction both vectorise without reassociating a single sum.
+  constexpr int kL = 8;
+  T acc[27][kL] = {};
+  int64_t p = p0;
+  for (; p + kL <= p1; p += kL) {
+    T H[9][kL], u[3][kL];
+#pragma omp simd
+    for (int l = 0; l < kL; ++l) {
+      const int64_t q = p + l;
+      const T x = nx[q], y = ny[q], z = nz[q];
+      const T m = kMask ? mk[q] : T(1);
+      sh_basis(x, y, z, &H[0][l], kL);
+      const T e0 = sh_irradiance(sh + 0, &H[0][l], kL), e1 = sh_irradiance(sh + 1, &H[0][l], kL);
+      const T e2 = sh_irradiance(sh + 2, &H[0][l], kL);
+      const T g_img0 = kGi ? gi0[q] : T(0), g_img1 = kGi ? gi1[q] : T(0);
+      const T g_img2 = kGi ? gi2[q] : T(0);
+      // dL/d(masked irradiance) per channel
+      const T q0 = g_img0 * a0[q] + (kGr ? gr0[q] : T(0));
+      const T q1 = g_img1 * a1[q] + (kGr ? gr1[q] : T(0));
+      const T q2 = g_img2 * a2[q] + (kGr ? gr2[q] : T(0));
+      ga0[q] = g_img0 * e0 * m;
+      ga1[q] = g_img1 * e1 * m;
+      ga2[q] = g_img2 * e2 * m;
+      if (kMask) gmk[q] = q0 * e0 + q1 * e1 + q2 * e2;
+      const T u0 = q0 * m, u1 = q1 * m, u2 = q2 * m;  // dL/d(unmasked irradiance)
+      u[0][l] = u0;
+      u[1][l] = u1;
+      u[2][l] = u2;
       T dx0, dy0, dz0, dx1, dy1, dz1, dx2, dy2, dz2;
       sh_irradiance_dn(sh + 0, x, y, z, dx0, dy0, dz0);
       sh_irradiance_dn(sh + 1, x, y, z, dx1, dy1, dz1);
       sh_irradiance_dn(sh + 2, x, y, z, dx2, dy2, dz2);
-      gn0[p] = u0 * dx0 + u1 * dx1 + u2 * dx2;
-      gn1[p] = u0 * dy0 + u1 * dy1 + u2 * dy2;
-      gn2[p] = u0 * dz0 + u1 * dz1 + u2 * dz2;
+      gn0[q] = u0 * dx0 + u1 * dx1 + u2 * dx2;
+      gn1[q] = u0 * dy0 + u1 * dy1 + u2 * dy2;
+      gn2[q] = u0 * dz0 + u1 * dz1 + u2 * dz2;
+    }
+    for (int k = 0; k < 9; ++k) {
+      for (int c = 0; c < 3; ++c) {
+        for (int l = 0; l < kL; ++l) acc[k * 3 + c][l] += u[c][l] * H[k][l];
+      }
     }
   }
-  for (int k = 0; k < 27; ++k) out[k] = static_cast<double>(acc[k]);
+  double tail[27] = {};
+  for (; p < p1; ++p) {  // the last < kL pixels, through the shared per-pixel function
+    sh_shading_pixel_backward(P, sh, b, p, tail);
+  }
+  for (int k = 0; k < 27; ++k) {
+    double s = tail[k];
+    for (int l = 0; l < kL; ++l) s += static_cast<double>(acc[k][l]);
+    out[k] = s;
+  }
 }
 
 template <typename T, bool kGi, bool kGr>
@@ -187,16 +200,18 @@ ShGrads sh_shading_bwd_cpu(const std::optional<at::Tensor>& grad_image,
                            const at::Tensor& normals, const at::Tensor& albedo,
                            const at::Tensor& sh, const std::optional<at::Tensor>& mask,
                            std::array<bool, 4> needs) {
-  at::Tensor gn, ga, gs, gm;
-  if (needs[0]) gn = at::empty_like(normals);
-  if (needs[1]) ga = at::empty_like(albedo);
-  if (needs[2]) gs = at::empty_like(sh);
-  if (needs[3] && mask) gm = at::empty_like(*mask);
+  // The kernel writes every per-pixel grad (branch-free loop); unrequested ones are dropped.
+  at::Tensor gn = at::empty_like(normals), ga = at::empty_like(albedo), gs = at::empty_like(sh);
+  at::Tensor gm = mask ? at::empty_like(*mask) : at::Tensor();
+  auto keep = [&]() -> ShGrads {
+    return {needs[0] ? gn : at::Tensor(), needs[1] ? ga : at::Tensor(),
+            needs[2] ? gs : at::Tensor(), needs[3] ? gm : at::Tensor()};
+  };
   if (!grad_image && !grad_irradiance) {  // nothing flows back: all grads are zero
     for (at::Tensor* t : {&gn, &ga, &gs, &gm}) {
       if (t->defined()) t->zero_();
     }
-    return {gn, ga, gs, gm};
+    return keep();
   }
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_bwd_cpu", [&] {
     ShShadingBackwardParams<scalar_t> P;
@@ -206,15 +221,15 @@ ShGrads sh_shading_bwd_cpu(const std::optional<at::Tensor>& grad_image,
     P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
     P.grad_image = grad_image ? grad_image->data_ptr<scalar_t>() : nullptr;
     P.grad_irr = grad_irradiance ? grad_irradiance->data_ptr<scalar_t>() : nullptr;
-    P.grad_normals = gn.defined() ? gn.data_ptr<scalar_t>() : nullptr;
-    P.grad_albedo = ga.defined() ? ga.data_ptr<scalar_t>() : nullptr;
-    P.grad_sh = gs.defined() ? gs.data_ptr<scalar_t>() : nullptr;
+    P.grad_normals = gn.data_ptr<scalar_t>();
+    P.grad_albedo = ga.data_ptr<scalar_t>();
+    P.grad_sh = gs.data_ptr<scalar_t>();
     P.grad_mask = gm.defined() ? gm.data_ptr<scalar_t>() : nullptr;
     P.B = normals.size(0);
     P.HW = normals.size(2) * normals.size(3);
     bwd_impl(P);
   });
-  return {gn, ga, gs, gm};
+  return keep();
 }
 
 }  // namespace jr2net

@@ -44,26 +44,26 @@ struct ShShadingBackwardParams {
   int64_t B = 0, HW = 0;
 };
 
-// The 9 basis values H_b(n).
+// The 9 basis values H_b(n), written to H[b * stride].
 template <typename T>
-JR2_HD void sh_basis(T x, T y, T z, T* H) {
-  H[0] = T(kShC0);
-  H[1] = T(kShC1) * y;
-  H[2] = T(kShC1) * z;
-  H[3] = T(kShC1) * x;
-  H[4] = T(kShC2) * x * y;
-  H[5] = T(kShC2) * y * z;
-  H[6] = T(kShC3) * (T(3) * z * z - T(1));
-  H[7] = T(kShC2) * x * z;
-  H[8] = T(kShC4) * (x * x - y * y);
+JR2_HD void sh_basis(T x, T y, T z, T* H, int stride = 1) {
+  H[0 * stride] = T(kShC0);
+  H[1 * stride] = T(kShC1) * y;
+  H[2 * stride] = T(kShC1) * z;
+  H[3 * stride] = T(kShC1) * x;
+  H[4 * stride] = T(kShC2) * x * y;
+  H[5 * stride] = T(kShC2) * y * z;
+  H[6 * stride] = T(kShC3) * (T(3) * z * z - T(1));
+  H[7 * stride] = T(kShC2) * x * z;
+  H[8 * stride] = T(kShC4) * (x * x - y * y);
 }
 
-// Σ_k sh[k,c] · H_k(n) for one colour channel (shc points at sh[0,c], stride 3).
+// Σ_k sh[k,c] · H_k(n) for one colour channel (shc points at sh[0,c], stride 3; H[k * stride]).
 template <typename T>
-JR2_HD T sh_irradiance(const T* shc, const T* H) {
+JR2_HD T sh_irradiance(const T* shc, const T* H, int stride = 1) {
   T irr = T(0);
 #pragma unroll
-  for (int k = 0; k < 9; ++k) irr += shc[k * 3] * H[k];
+  for (int k = 0; k < 9; ++k) irr += shc[k * 3] * H[k * stride];
   return irr;
 }
 

@@ -347,6 +347,7 @@ class LandmarkSolver:
         w_smooth: float = 0.0,
         alpha_ref: np.ndarray | None = None,
         w_alpha_ref: float = 0.0,
+        w_expression_l1: float = 0.0,
         contour: bool = True,
     ) -> tuple[LandmarkParams, LandmarkFitInfo]:
         """Levenberg-Marquardt on the weighted landmark error (residuals in units of the inter-ocular distance).
@@ -385,7 +386,7 @@ class LandmarkSolver:
                         d = pp.alpha - alpha_ref
                         e += w_alpha_ref * float(d @ d)
                 if fit_expression:
-                    e += w_expression * float(pp.beta @ pp.beta)
+                    e += w_expression * float(pp.beta @ pp.beta) + w_expression_l1 * float(pp.beta.sum())
                     if beta_ref is not None and w_smooth > 0:
                         d = pp.beta - beta_ref
                         e += w_smooth * float(d @ d)
@@ -439,7 +440,7 @@ class LandmarkSolver:
                     parts.append(ga)
                     diag.append(da)
                 if fit_expression:
-                    gb = w_expression * p.beta
+                    gb = w_expression * p.beta + 0.5 * w_expression_l1
                     db = np.full(En, w_expression)
                     if beta_ref is not None and w_smooth > 0:
                         gb = gb + w_smooth * (p.beta - beta_ref)
@@ -603,6 +604,7 @@ class SourceFitter:
         max_pixels: int = 4000,
         w_identity: float = 2e-4,
         w_expression: float = 1e-5,
+        w_expression_l1: float = 3e-3,
         prior_scale_identity: float = 1.0,
         prior_scale_expression: float = 0.3,
         time_budget_s: float | None = None,
@@ -623,6 +625,7 @@ class SourceFitter:
         self.photo_prior_expression = float(photo_prior_expression)
         self.w_identity = float(w_identity)
         self.w_expression = float(w_expression)
+        self.w_expression_l1 = float(w_expression_l1)
         self.prior_scale_identity = float(prior_scale_identity)
         self.prior_scale_expression = float(prior_scale_expression)
         self.time_budget_s = time_budget_s
@@ -665,7 +668,11 @@ class SourceFitter:
         Kn = K[0].double().numpy()
         target = np.asarray(detection.landmarks, dtype=np.float64)
         p, info = self.solver.solve(
-            target, Kn, w_identity=self.w_identity, w_expression=self.w_expression
+            target,
+            Kn,
+            w_identity=self.w_identity,
+            w_expression=self.w_expression,
+            w_expression_l1=self.w_expression_l1,
         )
         # MAP priors: the weight of a unit-variance prior against squared residuals is the landmark
         # noise variance, estimated from this loose first fit; a short second pass uses it.
@@ -680,6 +687,7 @@ class SourceFitter:
                 pose_iterations=0,
                 w_identity=max(self.w_identity, self.prior_scale_identity * sigma2),
                 w_expression=max(self.w_expression, self.prior_scale_expression * sigma2),
+                w_expression_l1=self.w_expression_l1,
             )
         t0 = timer.add("landmarks", t0)
         coeffs = _params_to_coeffs(p, self.model, self.n_albedo)
@@ -708,6 +716,7 @@ class SourceFitter:
                     w_alpha_ref=w_ref,
                     beta_ref=q.beta.copy(),
                     w_smooth=w_ref,
+                    w_expression_l1=self.w_expression_l1,
                 )
                 coeffs.identity = torch.as_tensor(q.alpha, dtype=torch.float32)[None]
                 coeffs.expression = torch.as_tensor(q.beta, dtype=torch.float32)[None]
@@ -794,8 +803,14 @@ class SourceFitter:
         pil = Image.new("L", (S, S), 0)
         draw = ImageDraw.Draw(pil)
         draw.polygon([tuple(q) for q in _skin_polygon(lm_c).tolist()], fill=255)
-        for eye in (lm_c[36:42], lm_c[42:48], lm_c[60:68]):
-            draw.polygon([tuple(q) for q in eye.tolist()], fill=0)
+        # Not skin (or not modelled by a smooth albedo): brows, eyes with lashes, the mouth opening.
+        band = max(1, int(round(0.22 * _iod(lm_c))))
+        for part in (lm_c[17:22], lm_c[22:27]):
+            draw.line([tuple(q) for q in part.tolist()], fill=0, width=band, joint="curve")
+        for part in (lm_c[36:42], lm_c[42:48], lm_c[60:68]):
+            draw.polygon([tuple(q) for q in part.tolist()], fill=0)
+            pts = [tuple(q) for q in part.tolist()]
+            draw.line(pts + pts[:1], fill=0, width=max(1, band // 3))
         skin = torch.from_numpy(np.asarray(pil) > 0).float()[None, None] * inside
         t0 = timer.add("photo_setup", t0)
 

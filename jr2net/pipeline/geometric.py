@@ -183,14 +183,16 @@ class GeometricSession:
         # Per-vertex colours seen in the source (fill layer) and albedo for light estimates.
         colors, visible = self._sample_vertex_colors()
         known = visible.clone()
+        self.unlit = torch.zeros(V, dtype=torch.bool)
         socket = pm.region_mask("mouth_socket")
         if socket.any():
             hidden_socket = socket & ~visible
             skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
-            lips_z = float(self.reenactor.model.vertices[self.reenactor.model.landmarks68[60:68], 2].mean())
-            mouth = st.mouth_colors(pm.vertices[:, 2] - lips_z, float(skin.mean()))
+            lips = self.reenactor.model.vertices[self.reenactor.model.landmarks68[[62, 66]]]
+            mouth = st.mouth_colors(pm.vertices[:, 1] - float(lips[:, 1].mean()), float(skin.mean()))
             colors[hidden_socket] = mouth[hidden_socket]
             known |= hidden_socket
+            self.unlit = hidden_socket  # synthetic colours: not relit
         self.vertex_colors = st.diffuse_colors(colors, known, self.reenactor.adjacency)
         self.src_visible = visible
         try:
@@ -212,8 +214,11 @@ class GeometricSession:
         j = (torch.arange(inner, dtype=torch.float32) + 0.5) / inner
         self._cell_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [n,n,2] (x,y)
         # Normalised grid_sample coordinates of every output pixel (align_corners=False).
-        self._gx = ((2 * torch.arange(Wo, dtype=torch.float32) + 1) / Wo - 1).expand(Ho, Wo)
-        self._gy = ((2 * torch.arange(Ho, dtype=torch.float32) + 1) / Ho - 1)[:, None].expand(Ho, Wo)
+        gx = ((2 * torch.arange(Wo, dtype=torch.float32) + 1) / Wo - 1).expand(Ho, Wo)
+        gy = ((2 * torch.arange(Ho, dtype=torch.float32) + 1) / Ho - 1)[:, None].expand(Ho, Wo)
+        self._grid = torch.stack([gx, gy], dim=-1)  # [Ho,Wo,2]
+        self._px_to_grid = torch.tensor([2.0 / Wo, 2.0 / Ho])
+        self._K_out_inv = torch.linalg.inv(self.K_out)
 
     def _sample_vertex_colors(self) -> tuple[Tensor, Tensor]:
         """Colours ``[V,3]`` of the source crop at each vertex, and which vertices it shows."""
@@ -321,8 +326,9 @@ class GeometricSession:
         # -- relight ratio per vertex (goes through the same interpolation as the warp points)
         if self.light_mode != "none":
             light = self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
-            ratio = st.irradiance(normals, light).clamp_min(0.0) / self.E_src
-            self.attr[0, :, 6:9] = ratio.clamp_(0.4, 2.5)
+            ratio = (st.irradiance(normals, light).clamp_min(0.0) / self.E_src).clamp_(0.4, 2.5)
+            ratio[self.unlit] = 1.0
+            self.attr[0, :, 6:9] = ratio
         t3 = _now()
 
         # -- warp: source pixels moved to the target pixels (non-rigid correspondences)
@@ -403,38 +409,10 @@ class GeometricSession:
             return out
 
         if self.background_warp:
-            # Displacements (output px) target -> source on the coarse grid: full (non-rigid,
-            # from the warp's points) and rigid (the target point moved by the head pose only).
-            w_cell = F.adaptive_avg_pool2d(valid, inner)  # [1,1,n,n]
-            wd = w_cell.clamp_min(1e-6)
-            p_cell = F.adaptive_avg_pool2d(points.permute(0, 3, 1, 2) * valid, inner) / wd
-            z_cell = F.adaptive_avg_pool2d(depth.unsqueeze(1) * valid, inner) / wd
-            p_src = project_points(p_cell.permute(0, 2, 3, 1).reshape(1, -1, 3), self.K_out[None])
-            p_tgt = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # [n,n,2]
-            ones = torch.ones(inner, inner, 1)
-            rays = torch.cat([p_tgt, ones], -1).reshape(-1, 3) @ torch.linalg.inv(self.K_out).T
-            X_t = rays * z_cell.reshape(-1, 1)
-            R, t = pose
-            X_m = (X_t * st.R_FLIP - t) @ R  # model space (R^T applied to row vectors)
-            X_s = st.pose_vertices(X_m, self.R_src, self.t_src)
-            p_rig = project_points(X_s, self.K_out[None])
-            full = (p_src[0].view(inner, inner, 2) - p_tgt).permute(2, 0, 1).unsqueeze(0)
-            rigid = (p_rig[0].view(inner, inner, 2) - p_tgt).permute(2, 0, 1).unsqueeze(0)
-            w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
-            off = (nb - inner) // 2
-            big_d = full.new_zeros(1, 4, nb, nb)
-            big_w = full.new_zeros(1, 1, nb, nb)
-            big_d[..., off : off + inner, off : off + inner] = torch.cat([rigid, full - rigid], 1) * w_cell
-            big_w[..., off : off + inner, off : off + inner] = w_cell
-            ext, support = st.extend_field(big_d, big_w, 1, 2)
-            near, near_support = st.extend_field(big_d[:, 2:], big_w, 0, 1)
-            field = ext[:, :2] * (support * self.window) + near * near_support
-            field[:, 0] *= 2.0 / Wo  # pixels -> normalised grid units
-            field[:, 1] *= 2.0 / Ho
+            field = self._background_field(valid, points, depth, box, pose)  # [1,2,nb,nb] px
             field = F.interpolate(field, size=(bside, bside), mode="bilinear", align_corners=False)
-            field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0]
-            grid = torch.stack([self._gx[fy0:fy1, fx0:fx1] + field[0], self._gy[fy0:fy1, fx0:fx1] + field[1]],
-                               dim=-1)
+            field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0].permute(1, 2, 0)
+            grid = self._grid[fy0:fy1, fx0:fx1] + field * self._px_to_grid
             region = F.grid_sample(self.bg, grid[None], mode="bilinear", padding_mode="border",
                                    align_corners=False)
         else:
@@ -444,7 +422,7 @@ class GeometricSession:
         layer = torch.cat([face, alpha], dim=1)
         if side != S:
             layer = F.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False,
-                                  antialias=side < S)
+                                  antialias=side < 0.6 * S)
         lx0, ly0 = max(x0, fx0), max(y0, fy0)
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
         if lx1 > lx0 and ly1 > ly0:
@@ -456,6 +434,41 @@ class GeometricSession:
             region[0].mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         )
         return out
+
+    def _background_field(
+        self, valid: Tensor, points: Tensor, depth: Tensor, box: tuple[int, int, int],
+        pose: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        """Background displacement (output px, target -> source) on the coarse box grid.
+
+        Per face cell: the full (non-rigid) displacement from the warp's source points and the
+        rigid one (the target point moved by the head pose only). The rigid one is extrapolated
+        over the whole box and faded out at its border; the non-rigid remainder only near the face.
+        """
+        x0, y0, side = box
+        nb, inner = FIELD_GRID, self.field_inner
+        cells = F.adaptive_avg_pool2d(
+            torch.cat([valid, points.permute(0, 3, 1, 2) * valid, depth.unsqueeze(1) * valid], 1), inner
+        )
+        w_cell = cells[:, :1]
+        cells = cells[:, 1:] / w_cell.clamp_min(1e-6)
+        p_src = project_points(cells[:, :3].permute(0, 2, 3, 1).reshape(1, -1, 3), self.K_out[None])
+        p_tgt = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # [n,n,2]
+        rays = torch.cat([p_tgt, torch.ones(inner, inner, 1)], -1).reshape(-1, 3) @ self._K_out_inv.T
+        R, t = pose
+        X_m = (rays * cells[0, 3].reshape(-1, 1) * st.R_FLIP - t) @ R  # target point, model space
+        p_rig = project_points(st.pose_vertices(X_m, self.R_src, self.t_src), self.K_out[None])
+        full = p_src[0].view(inner, inner, 2) - p_tgt
+        rigid = p_rig[0].view(inner, inner, 2) - p_tgt
+        w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
+        off = (nb - inner) // 2
+        big = full.new_zeros(1, 5, nb, nb)
+        big[0, 0:2, off : off + inner, off : off + inner] = rigid.permute(2, 0, 1)
+        big[0, 2:4, off : off + inner, off : off + inner] = (full - rigid).permute(2, 0, 1)
+        big[:, 4:5, off : off + inner, off : off + inner] = w_cell
+        big[:, :4] *= big[:, 4:5]
+        ext, support = st.extend_field(big[:, :4], big[:, 4:5], 1, 2)
+        return ext[:, :2] * (support * self.window) + ext[:, 2:4] * support.pow(4)
 
     def close(self) -> None:
         """Release per-session state (buffers, tracker)."""

@@ -210,18 +210,19 @@ def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int 
     return out
 
 
-def mouth_colors(depth_mm: Tensor, brightness: float) -> Tensor:
+def mouth_colors(height_mm: Tensor, brightness: float) -> Tensor:
     """Colours ``[N,3]`` for mouth-socket vertices hidden in the source photo.
 
-    ``depth_mm`` is each vertex's model-space z relative to the inner lips (negative = deeper):
-    teeth-like ivory just behind the lips fading to a dark red cavity, scaled to the photo's
-    skin ``brightness`` (mean of the visible skin colour, 0..1).
+    ``height_mm`` is each vertex's model-space y relative to the closed lips' line (mean shape):
+    a band of teeth-like ivory just above and below the line (what an opening mouth shows
+    first), fading to a dark red cavity, scaled to the photo's skin ``brightness`` (0..1).
     """
-    teeth = torch.tensor([0.93, 0.88, 0.80])
-    cavity = torch.tensor([0.30, 0.12, 0.11])
-    s = ((depth_mm + 22.0) / 12.0).clamp(0, 1)  # 0 from 22 mm deep, 1 from 10 mm behind the lips
-    s = (s * s * (3 - 2 * s))[:, None]
-    scale = min(1.0, 1.4 * brightness)
+    teeth = torch.tensor([0.95, 0.92, 0.86])
+    cavity = torch.tensor([0.28, 0.11, 0.10])
+    upper = ((height_mm + 1.0) / 3.0).clamp(0, 1) * ((14.0 - height_mm) / 4.0).clamp(0, 1)
+    lower = ((-height_mm - 2.0) / 3.0).clamp(0, 1) * ((height_mm + 12.0) / 4.0).clamp(0, 1)
+    s = (upper + 0.7 * lower).clamp(0, 1)[:, None]
+    scale = min(1.0, 1.6 * brightness)
     return (cavity + s * (teeth - cavity)) * scale
 
 
