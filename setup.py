@@ -10,6 +10,7 @@ import glob
 import os
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -50,10 +51,20 @@ def _extension():
     )
 
 
+class _BuildPyWithProto(build_py):
+    """Also ship proto/jr2net.proto inside jr2net.server for non-editable installs."""
+
+    def run(self) -> None:
+        super().run()
+        target = os.path.join(self.build_lib, "jr2net", "server")
+        os.makedirs(target, exist_ok=True)
+        self.copy_file(os.path.join(ROOT, "proto", "jr2net.proto"), os.path.join(target, "jr2net.proto"))
+
+
 def _cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True)}
+    return {"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": _BuildPyWithProto}
 
 
 setup(

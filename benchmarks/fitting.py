@@ -93,7 +93,8 @@ def _random_coeffs(model, rng: np.random.Generator):
 
 
 def _render_model(model):
-    """The model with irises painted on the eyeballs (dlib needs eyes), for rendering only."""
+    """The model with irises, brows and lips painted into the albedo mean, for rendering only (an
+    untextured ICT head has none of the contrasts dlib's landmark predictor relies on)."""
     from jr2net.face.model import FaceModel
 
     arrays = model.to_arrays()
@@ -105,6 +106,24 @@ def _render_model(model):
         depth = front - v[ids, 2]
         mean[ids[depth < 4.0]] = (0.22, 0.13, 0.07)  # iris
         mean[ids[depth < 1.2]] = (0.02, 0.02, 0.02)  # pupil
+    # Brows and lips painted near the landmark polylines (dlib locates them by their contrast).
+    lm = v[arrays["landmarks68"]]
+    face = arrays["region"] == model.region_names.index("face")
+
+    def near(points: np.ndarray, radius: float, closed: bool = False) -> np.ndarray:
+        segs = list(zip(points[:-1], points[1:], strict=True))
+        if closed:
+            segs.append((points[-1], points[0]))
+        d = np.full(len(v), np.inf)
+        for a, b in segs:
+            t = np.clip(((v - a) @ (b - a)) / max(float((b - a) @ (b - a)), 1e-9), 0, 1)
+            d = np.minimum(d, np.linalg.norm(v - (a + t[:, None] * (b - a)), axis=1))
+        return face & (d < radius)
+
+    for brow in (lm[17:22], lm[22:27]):
+        mean[near(brow, 3.0)] = (0.22, 0.15, 0.11)
+    lips = near(lm[48:60], 3.5, closed=True) | near(lm[60:68], 2.5, closed=True)
+    mean[lips] = (0.55, 0.27, 0.27)
     arrays["albedo_mean"] = mean
     arrays["albedo_basis"] = model.albedo.basis.cpu().numpy()
     return FaceModel.from_arrays(arrays, name="ict-render")

@@ -20,7 +20,9 @@ TARGET_TOTAL_MS = 20.0
 TARGET_RENDER_MS = 6.0  # everything after landmarks + fit
 
 
-def run(face_model: str, crop: int, source_name: str, video_name: str, passes: int, out_size: int) -> dict:
+def run(
+    face_model: str, crop: int, source_name: str, video_name: str, passes: int, out_size: int
+) -> dict:
     from jr2net.io.images import load_image
     from jr2net.io.video import VideoReader
     from jr2net.paths import shared_path
@@ -57,24 +59,48 @@ def run(face_model: str, crop: int, source_name: str, video_name: str, passes: i
     rows = []
     for s in STAGES:
         v = per_stage[s]
-        rows.append({"stage": s, "median_ms": 1e3 * statistics.median(v), "p90_ms": 1e3 * percentile(v, 90),
-                     "p99_ms": 1e3 * percentile(v, 99)})
+        rows.append(
+            {
+                "stage": s,
+                "median_ms": 1e3 * statistics.median(v),
+                "p90_ms": 1e3 * percentile(v, 90),
+                "p99_ms": 1e3 * percentile(v, 99),
+            }
+        )
     render = [sum(per_stage[s][i] for s in STAGES[2:-1]) for i in range(len(wall))]
-    rows.append({"stage": "render+warp+relight+fill+composite", "median_ms": 1e3 * statistics.median(render),
-                 "p90_ms": 1e3 * percentile(render, 90), "p99_ms": 1e3 * percentile(render, 99)})
-    rows.append({"stage": "process() wall", "median_ms": 1e3 * statistics.median(wall),
-                 "p90_ms": 1e3 * percentile(wall, 90), "p99_ms": 1e3 * percentile(wall, 99)})
-    title = (f"geometric pipeline: source {source_name}, driving {video_name} ({frames[0].shape[1]}x"
-             f"{frames[0].shape[0]}), crop {crop}, output {out_size}², model {reenactor.model.name}, "
-             f"torch threads {torch.get_num_threads()}")
+    rows.append(
+        {
+            "stage": "render+warp+relight+fill+composite",
+            "median_ms": 1e3 * statistics.median(render),
+            "p90_ms": 1e3 * percentile(render, 90),
+            "p99_ms": 1e3 * percentile(render, 99),
+        }
+    )
+    rows.append(
+        {
+            "stage": "process() wall",
+            "median_ms": 1e3 * statistics.median(wall),
+            "p90_ms": 1e3 * percentile(wall, 90),
+            "p99_ms": 1e3 * percentile(wall, 99),
+        }
+    )
+    title = (
+        f"geometric pipeline: source {source_name}, driving {video_name} ({frames[0].shape[1]}x"
+        f"{frames[0].shape[0]}), crop {crop}, output {out_size}², model {reenactor.model.name}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print_table(rows, ["stage", "median_ms", "p90_ms", "p99_ms"], title=title)
     setup_med = statistics.median(setups)
     total_med = 1e3 * statistics.median(wall)
     render_med = 1e3 * statistics.median(render)
-    print(f"\nsession setup: median {setup_med:.3f} s (target < 2 s); reenactor init {init_s:.2f} s")
-    print(f"per frame: {total_med:.1f} ms median (target ~{TARGET_TOTAL_MS:.0f} ms: "
-          f"{'met' if total_med <= TARGET_TOTAL_MS else 'missed'}); after fitting {render_med:.1f} ms "
-          f"(target a few ms, <= {TARGET_RENDER_MS:.0f}: {'met' if render_med <= TARGET_RENDER_MS else 'missed'})")
+    print(
+        f"\nsession setup: median {setup_med:.3f} s (target < 2 s); reenactor init {init_s:.2f} s"
+    )
+    print(
+        f"per frame: {total_med:.1f} ms median (target ~{TARGET_TOTAL_MS:.0f} ms: "
+        f"{'met' if total_med <= TARGET_TOTAL_MS else 'missed'}); after fitting {render_med:.1f} ms "
+        f"(target a few ms, <= {TARGET_RENDER_MS:.0f}: {'met' if render_med <= TARGET_RENDER_MS else 'missed'})"
+    )
     return {
         "face_model": reenactor.model.name,
         "source": source_name,
@@ -83,13 +109,18 @@ def run(face_model: str, crop: int, source_name: str, video_name: str, passes: i
         "output_size": out_size,
         "frames_timed": len(wall),
         "frames_with_face": found,
-        "stages_ms": {r["stage"]: {k: r[k] for k in ("median_ms", "p90_ms", "p99_ms")} for r in rows},
+        "stages_ms": {
+            r["stage"]: {k: r[k] for k in ("median_ms", "p90_ms", "p99_ms")} for r in rows
+        },
         "session_setup_s": {"median": setup_med, "all": setups},
         "reenactor_init_s": init_s,
         "targets": {
-            "per_frame_ms": TARGET_TOTAL_MS, "per_frame_met": total_med <= TARGET_TOTAL_MS,
-            "render_ms": TARGET_RENDER_MS, "render_met": render_med <= TARGET_RENDER_MS,
-            "setup_s": 2.0, "setup_met": setup_med < 2.0,
+            "per_frame_ms": TARGET_TOTAL_MS,
+            "per_frame_met": total_med <= TARGET_TOTAL_MS,
+            "render_ms": TARGET_RENDER_MS,
+            "render_met": render_med <= TARGET_RENDER_MS,
+            "setup_s": 2.0,
+            "setup_met": setup_med < 2.0,
         },
     }
 
@@ -100,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--crop", type=int, default=256)
     ap.add_argument("--source", default="obama.jpg")
     ap.add_argument("--driving", default="d0.mp4")
-    ap.add_argument("--output-size", type=int, default=512, help="square output side (512 = the video's)")
+    ap.add_argument(
+        "--output-size", type=int, default=512, help="square output side (512 = the video's)"
+    )
     ap.add_argument("--passes", type=int, default=2)
     args = ap.parse_args(argv)
-    result = run(args.face_model, args.crop, args.source, args.driving, args.passes, args.output_size)
+    result = run(
+        args.face_model, args.crop, args.source, args.driving, args.passes, args.output_size
+    )
     write_results("pipeline", result)
     return 0
 

@@ -39,7 +39,9 @@ def _to_t(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
 
 
-def evaluate_video(reenactor, path, max_frames: int, light: str) -> tuple[dict, list]:
+def evaluate_video(
+    reenactor, path, max_frames: int, light: str, max_stream: int, expression: str = "relative"
+) -> tuple[dict, list]:
     from jr2net.eval import baselines, metrics
     from jr2net.face.landmarks import detect_faces
     from jr2net.io.video import VideoReader
@@ -51,11 +53,17 @@ def evaluate_video(reenactor, path, max_frames: int, light: str) -> tuple[dict, 
         raise RuntimeError(f"{path.name}: no frame with a face")
     source = frames[start]
     src_det = detect_faces(source)[0]
+    frames = frames[: start + 1 + max_stream]
     later = list(range(start + 1, len(frames)))
     step = max(1, len(later) // max_frames)
     eval_ids = set(later[::step][:max_frames])
-    session = reenactor.start_session(source, SessionOptions(pose_mode="absolute", extra={"light": light}))
-    scores: dict[str, dict[str, list[float]]] = {m: {"psnr": [], "ssim": [], "l1": []} for m in METHODS}
+    session = reenactor.start_session(
+        source,
+        SessionOptions(pose_mode="absolute", extra={"light": light, "expression": expression}),
+    )
+    scores: dict[str, dict[str, list[float]]] = {
+        m: {"psnr": [], "ssim": [], "l1": []} for m in METHODS
+    }
     samples = []
     skipped = 0
     t_frames = []
@@ -75,7 +83,9 @@ def evaluate_video(reenactor, path, max_frames: int, light: str) -> tuple[dict, 
         outs = {
             "ours": res.image,
             "copy_source": baselines.copy_source(source, gt.shape),
-            "similarity": baselines.similarity_warp(source, src_det.landmarks, gt_lmk, gt.shape[:2]),
+            "similarity": baselines.similarity_warp(
+                source, src_det.landmarks, gt_lmk, gt.shape[:2]
+            ),
         }
         gt_t = _to_t(gt)
         for m, img in outs.items():
@@ -86,7 +96,8 @@ def evaluate_video(reenactor, path, max_frames: int, light: str) -> tuple[dict, 
         samples.append((i, gt, outs))
     session.close()
     summary = {
-        m: {k: statistics.mean(v) if v else float("nan") for k, v in s.items()} for m, s in scores.items()
+        m: {k: statistics.mean(v) if v else float("nan") for k, v in s.items()}
+        for m, s in scores.items()
     }
     summary["frames_evaluated"] = len(scores["ours"]["psnr"])
     summary["frames_skipped_no_face"] = skipped
@@ -113,7 +124,9 @@ def _side_by_side(name: str, source: np.ndarray, samples: list, n: int = 4) -> N
     rows = []
     for _, gt, outs in pick:
         cells = [source, gt, _as_uint8(outs["ours"]), _as_uint8(outs["similarity"])]
-        rows.append(np.concatenate([np.asarray(Image.fromarray(c).resize((tile, th))) for c in cells], 1))
+        rows.append(
+            np.concatenate([np.asarray(Image.fromarray(c).resize((tile, th))) for c in cells], 1)
+        )
     sheet = Image.fromarray(np.concatenate(rows, 0))
     draw = ImageDraw.Draw(sheet)
     for k, label in enumerate(("source", "driving (GT)", "ours", "similarity warp")):
@@ -127,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--face-model", default="ict", help="ict (shared), generic, or a .npz path")
     ap.add_argument("--max-frames", type=int, default=40, help="evaluated frames per video")
     ap.add_argument("--light", default="source", choices=("source", "driving"))
+    ap.add_argument(
+        "--max-stream",
+        type=int,
+        default=120,
+        help="frames streamed per video after the source (the evaluated ones are among them)",
+    )
+    ap.add_argument("--expression", default="relative", choices=("relative", "absolute"))
     ap.add_argument("--videos", nargs="*", default=None, help="video file names (default: all)")
     args = ap.parse_args(argv)
 
@@ -140,12 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.perf_counter()
     for path in videos:
-        summary, _ = evaluate_video(reenactor, path, args.max_frames, args.light)
+        summary, _ = evaluate_video(
+            reenactor, path, args.max_frames, args.light, args.max_stream, args.expression
+        )
         per_video[path.name] = summary
         for m in METHODS:
-            rows.append({"video": path.name, "method": m, "PSNR": summary[m]["psnr"],
-                         "SSIM": summary[m]["ssim"], "L1": summary[m]["l1"],
-                         "frames": summary["frames_evaluated"]})
+            rows.append(
+                {
+                    "video": path.name,
+                    "method": m,
+                    "PSNR": summary[m]["psnr"],
+                    "SSIM": summary[m]["ssim"],
+                    "L1": summary[m]["l1"],
+                    "frames": summary["frames_evaluated"],
+                }
+            )
     wins = {
         name: {
             "psnr": all(s["ours"]["psnr"] > s[b]["psnr"] for b in METHODS[1:]),
@@ -154,23 +183,52 @@ def main(argv: list[str] | None = None) -> int:
         for name, s in per_video.items()
     }
     overall = {
-        m: {k: statistics.mean(per_video[v][m][k] for v in per_video) for k in ("psnr", "ssim", "l1")}
+        m: {
+            k: statistics.mean(per_video[v][m][k] for v in per_video)
+            for k in ("psnr", "ssim", "l1")
+        }
         for m in METHODS
     }
     for m in METHODS:
-        rows.append({"video": "mean over videos", "method": m, "PSNR": overall[m]["psnr"],
-                     "SSIM": overall[m]["ssim"], "L1": overall[m]["l1"], "frames": ""})
-    print_table(rows, ["video", "method", "PSNR", "SSIM", "L1", "frames"],
-                title=f"same-identity reenactment quality over the face hull (pose absolute, light {args.light})")
+        rows.append(
+            {
+                "video": "mean over videos",
+                "method": m,
+                "PSNR": overall[m]["psnr"],
+                "SSIM": overall[m]["ssim"],
+                "L1": overall[m]["l1"],
+                "frames": "",
+            }
+        )
+    print_table(
+        rows,
+        ["video", "method", "PSNR", "SSIM", "L1", "frames"],
+        title=(
+            "same-identity reenactment quality over the face hull "
+            f"(pose absolute, expression {args.expression}, light {args.light})"
+        ),
+    )
     beat = all(w["psnr"] and w["ssim"] for w in wins.values())
     print(f"\nours beats both baselines on PSNR and SSIM on every video: {beat} {wins}")
-    print(f"runtime {time.perf_counter() - t0:.0f} s; side-by-sides in {RESULTS_DIR}/quality_<video>.png")
-    write_results("quality", {
-        "pose_mode": "absolute", "light": args.light, "face_model": reenactor.model.name,
-        "mask": "convex hull of the ground-truth frame's dlib landmarks",
-        "max_frames_per_video": args.max_frames, "per_video": per_video, "mean_over_videos": overall,
-        "ours_beats_baselines": wins, "all_met": beat,
-    })
+    print(
+        f"runtime {time.perf_counter() - t0:.0f} s; side-by-sides in {RESULTS_DIR}/quality_<video>.png"
+    )
+    write_results(
+        "quality",
+        {
+            "pose_mode": "absolute",
+            "light": args.light,
+            "expression": args.expression,
+            "face_model": reenactor.model.name,
+            "max_stream": args.max_stream,
+            "mask": "convex hull of the ground-truth frame's dlib landmarks",
+            "max_frames_per_video": args.max_frames,
+            "per_video": per_video,
+            "mean_over_videos": overall,
+            "ours_beats_baselines": wins,
+            "all_met": beat,
+        },
+    )
     return 0
 
 

@@ -21,6 +21,8 @@ at::Tensor rasterize_fwd_cuda(const at::Tensor& verts, const at::Tensor& faces, 
                               int64_t H, int64_t W, bool cull_backfaces, double near_z);
 at::Tensor rasterize_bwd_cuda(const at::Tensor& grad_rast, const at::Tensor& verts,
                               const at::Tensor& faces, const at::Tensor& K, const at::Tensor& rast);
+// Raises ValueError unless every id in the CUDA tensor faces is in [0, V).
+void check_faces_range_cuda(const at::Tensor& faces, int64_t V);
 #endif
 
 namespace raster_detail {

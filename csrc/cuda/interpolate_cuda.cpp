@@ -1,5 +1,6 @@
 // Tensor glue of the CUDA interpolation (built only WITH_CUDA). Invalid face ids in rast are
-// treated as background on CUDA (checking them would need a device->host sync per call).
+// treated as background on CUDA (the CPU raises): checking them would need a second
+// device->host sync per call. Out-of-range vertex ids in faces raise, as on the CPU.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAStream.h>
@@ -40,6 +41,7 @@ interp::InterpParams<scalar_t> make_params(const at::Tensor& attr, const at::Ten
 at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
                                 const at::Tensor& faces) {
   const c10::cuda::CUDAGuard guard(attr.device());
+  check_faces_range_cuda(faces, attr.size(1));
   at::Tensor out =
       at::empty({rast.size(0), rast.size(1), rast.size(2), attr.size(2)}, attr.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -55,6 +57,7 @@ at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
 std::vector<at::Tensor> interpolate_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& attr,
                                              const at::Tensor& rast, const at::Tensor& faces) {
   const c10::cuda::CUDAGuard guard(attr.device());
+  check_faces_range_cuda(faces, attr.size(1));
   at::Tensor grad_attr = at::zeros_like(attr);
   at::Tensor grad_rast = at::empty_like(rast);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

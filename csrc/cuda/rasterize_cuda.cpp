@@ -14,8 +14,6 @@
 
 namespace jr2net {
 
-namespace {
-
 // Face ids must index existing vertices (one device->host copy of two ints).
 void check_faces_range_cuda(const at::Tensor& faces, int64_t V) {
   if (faces.numel() == 0) return;
@@ -25,8 +23,6 @@ void check_faces_range_cuda(const at::Tensor& faces, int64_t V) {
   TORCH_CHECK_VALUE(r[0] >= 0 && r[1] < V, "faces: vertex ids must be in [0, ", V,
                     "), got range [", r[0], ", ", r[1], "]");
 }
-
-}  // namespace
 
 at::Tensor rasterize_fwd_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& K,
                               int64_t H, int64_t W, bool cull_backfaces, double near_z) {

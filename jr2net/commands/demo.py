@@ -23,13 +23,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     parser.add_argument("--source", help="source face photo (default: shared media or generated)")
     parser.add_argument("--driving", help="driving video (default: shared media or generated)")
-    parser.add_argument("--max-frames", type=int, default=0, help="stop after N driving frames (0: all)")
+    parser.add_argument(
+        "--max-frames", type=int, default=0, help="stop after N driving frames (0: all)"
+    )
     parser.add_argument("--pose-mode", choices=("relative", "absolute"), default="relative")
-    parser.add_argument("--face-model", default=None,
-                        help="face model (path, 'ict', 'generic'; default: the standard lookup)")
+    parser.add_argument(
+        "--face-model",
+        default=None,
+        help="face model (path, 'ict', 'generic'; default: the standard lookup)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="use the generated inputs even when shared media is present")
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="use the generated inputs even when shared media is present",
+    )
 
 
 def pick_inputs(args: argparse.Namespace, out: Path) -> tuple[Path, Path, str]:
@@ -78,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     }
     try:
         summary = reenact_video(
-            source, driving, outputs["video"],
+            source,
+            driving,
+            outputs["video"],
             side_by_side=outputs["side_by_side"],
             contact_sheet_path=outputs["contact_sheet"],
             max_frames=args.max_frames or None,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -20,13 +20,16 @@ def _check_tensor(value: object, name: str) -> torch.Tensor:
 
 
 def _check_size(size: object) -> tuple[int, int]:
-    if (
-        not isinstance(size, Sequence)
-        or len(size) != 2
-        or not all(isinstance(s, int) and not isinstance(s, bool) for s in size)
-    ):
-        raise TypeError(f"rasterize: size must be a pair of ints (H, W), got {size!r}")
-    H, W = size
+    try:
+        if (
+            isinstance(size, str | bytes)
+            or len(size) != 2
+            or any(isinstance(s, bool) for s in size)
+        ):
+            raise TypeError
+        H, W = (operator.index(s) for s in size)
+    except TypeError:
+        raise TypeError(f"rasterize: size must be a pair of ints (H, W), got {size!r}") from None
     if H <= 0 or W <= 0:
         raise ValueError(f"rasterize: size must be positive, got (H, W) = ({H}, {W})")
     return H, W

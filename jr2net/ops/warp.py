@@ -20,10 +20,12 @@ def _tensor_arg(op: str, value: object, name: str) -> torch.Tensor:
 
 
 def _batched(op: str, value: object, name: str, batch: int, n: int) -> torch.Tensor:
-    """A [B,n,n] matrix argument; a single [n,n] matrix is broadcast over the batch."""
+    """A [B,n,n] matrix argument; a single [n,n] or [1,n,n] matrix is broadcast over the batch."""
     t = _tensor_arg(op, value, name)
     if t.dim() == 2 and t.shape == (n, n):
-        t = t.unsqueeze(0).expand(batch, n, n).contiguous()
+        t = t.unsqueeze(0)
+    if t.dim() == 3 and t.shape == (1, n, n) and batch != 1:
+        t = t.expand(batch, n, n).contiguous()
     return t
 
 

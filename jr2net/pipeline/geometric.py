@@ -5,6 +5,8 @@ frame the face is tracked and fitted (``DrivingFitter``: pose + expression), the
 recombined with the driving expression and pose, the recombined face is rasterised in a square crop
 of the output frame, and the source pixels are moved there by ``correspondence_warp`` (each target
 pixel knows its 3D point on the source-posed mesh, so expressions move pixels, not only the head).
+The rendered mesh is the model's face, mouth socket and eyeballs, without the neck below the jaw
+(the neck stays with the background).
 
 Stages and their documented behaviour:
 
@@ -13,19 +15,26 @@ Stages and their documented behaviour:
   translation scaled by the source/driving 3D head-size ratio, depth scaled so the face grows or
   shrinks by the same factor); ``absolute`` uses the driving pose itself, re-expressed so the head
   keeps its relative position and size in the output frame (use it for same-identity driving).
+- **expression** (``options.extra["expression"]``): ``absolute`` (default) takes the driving
+  expression coefficients as they are; ``relative`` adds the driving's change since its first face
+  frame to the source's own expression (cancels per-person fitting bias; exaggerates an already
+  expressive source).
 - **relight** (``options.extra["light"]``): ``source`` (default) keeps the source's SH light, so the
   face is relit for its new orientation under the light of the scene it is composited into:
   ratio = E_θs(n_target) / E_θs(n_source) per vertex, interpolated per pixel. ``driving`` estimates
   the driving frame's SH light per frame (least squares on ~600 visible vertices, albedo = the
   source's fitted albedo) and rescales its ambient band to the source's, so only the direction of
-  the driving light is transferred (colour and brightness stay the source scene's).
+  the driving light is transferred (colour and brightness stay the source scene's). ``none``: no
+  relighting.
 - **fill**: target face pixels not co-visible in the source (mouth interior, disoccluded cheek)
   take per-vertex colours sampled from the source photo at session start; vertices hidden in the
-  source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a dark
-  mouth colour. They are relit by the same ratio and blended over a soft co-visibility edge.
-- **composite**: the source photo is the background; it is itself warped by the face motion,
-  extrapolated smoothly around the face (hair, ears, neck follow the head) and fading to zero
-  over a box twice the face size; the face layer goes on top with a feathered mask.
+  source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a
+  synthetic mouth (teeth-like bands by the lip line, a dark cavity behind). They are relit by the
+  same ratio (except the synthetic mouth) and blended over a soft co-visibility edge.
+- **composite**: the source photo is the background, itself warped in a box 1.6x the face crop:
+  by the head's rigid motion extrapolated over the box (hair, ears, neck follow the head) plus the
+  non-rigid face motion close to the face (the skin under a dropping jaw follows it), fading to zero
+  at the box border; the face layer goes on top with a feathered mask.
 - **no face** in a driving frame: the last reenacted output is repeated (``fallback="last_output"``)
   or, before the first one, the source image at output size (``fallback="source"``);
   ``face_found`` is False. Never an exception. Bad arrays raise TypeError / ValueError.
@@ -46,19 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.errors import NoFaceError
 from jr2net.face.camera import crop_intrinsics, euler_rotation
 from jr2net.face.camera import project as project_points
 from jr2net.face.model import FaceModel, load_face_model
+from jr2net.ops import correspondence_warp, interpolate, rasterize
 from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
-
-try:  # the C++ kernels; the references share the signatures (used until the kernels land)
-    from jr2net.ops import correspondence_warp, interpolate, rasterize
-except ImportError:  # pragma: no cover
-    from jr2net.ops.reference import correspondence_warp_ref as correspondence_warp
-    from jr2net.ops.reference import interpolate_ref as interpolate
-    from jr2net.ops.reference import rasterize_ref as rasterize
 
 RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 """Model regions rendered per frame (those the model has): skin, mouth interior, eyes."""
@@ -66,7 +68,7 @@ RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 LIGHT_MODES = ("source", "driving", "none")
 STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "composite", "total")
 RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
-BACKGROUND_BOX_SCALE = 2.0  # background-warp box side / render crop side
+BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
 FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
 REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
 
@@ -84,7 +86,9 @@ def _option_int(extra: dict[str, str], key: str, default: int) -> int:
     try:
         return int(extra.get(key, default))
     except (TypeError, ValueError):
-        raise ValueError(f"options.extra[{key!r}] must be an integer, got {extra.get(key)!r}") from None
+        raise ValueError(
+            f"options.extra[{key!r}] must be an integer, got {extra.get(key)!r}"
+        ) from None
 
 
 @dataclass
@@ -112,16 +116,20 @@ class GeometricSession:
         extra = dict(options.extra or {})
         self.light_mode = extra.get("light", "source")
         if self.light_mode not in LIGHT_MODES:
-            raise ValueError(f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}")
+            raise ValueError(
+                f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}"
+            )
         self.feather_radius = _option_int(extra, "feather", max(1, self.crop // 64))
-        self.expression_mode = extra.get("expression", "relative")
+        self.expression_mode = extra.get("expression", "absolute")
         if self.expression_mode not in ("relative", "absolute"):
             raise ValueError(
                 f"options.extra['expression'] must be 'relative' or 'absolute', got {self.expression_mode!r}"
             )
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
 
-        fit = reenactor.fit_source(source)  # NoFaceError propagates (needs autograd: no inference_mode)
+        fit = reenactor.fit_source(
+            source
+        )  # NoFaceError propagates (needs autograd: no inference_mode)
         self.source_fit = fit
         Hs, Ws = source.shape[:2]
         Ho = int(options.output_height) or Hs
@@ -143,8 +151,9 @@ class GeometricSession:
         S = self.crop
         src_t = st.image_to_tensor(source)
         if (Ho, Wo) != (Hs, Ws):
-            self.bg = F.interpolate(src_t, size=(Ho, Wo), mode="bilinear", align_corners=False,
-                                    antialias=True).clamp_(0, 1)
+            self.bg = F.interpolate(
+                src_t, size=(Ho, Wo), mode="bilinear", align_corners=False, antialias=True
+            ).clamp_(0, 1)
         else:
             self.bg = src_t
         self.bg_u8 = np.ascontiguousarray(
@@ -164,12 +173,19 @@ class GeometricSession:
         src_verts = self.id_shape + (self.beta_src @ self.expr_basis).view(V, 3)
         self.R_src, self.t_src = _pose_matrix(coeffs)
         self.src_verts_cam = st.pose_vertices(src_verts, self.R_src, self.t_src)  # [1,V,3]
-        n_src = st.fast_vertex_normals(src_verts, self.reenactor.faces_long, self.reenactor.normal_op)
+        n_src = st.fast_vertex_normals(
+            src_verts, self.reenactor.faces_long, self.reenactor.normal_op
+        )
         self.n_src_cam = st.rotate_to_camera(n_src, self.R_src)
         self.light_src = coeffs.light.float()[0]  # [9,3]
         self.E_src = st.irradiance(self.n_src_cam, self.light_src).clamp_min(0.05)
         lm = model.landmarks68
-        self.src_iod = float((model.shape(identity=identity)[0, lm[45]] - model.shape(identity=identity)[0, lm[36]]).norm())
+        self.src_iod = float(
+            (
+                model.shape(identity=identity)[0, lm[45]]
+                - model.shape(identity=identity)[0, lm[36]]
+            ).norm()
+        )
 
         # Source crop around the face, its render (depth for the occlusion test).
         p_src = project_points(self.src_verts_cam, self.K_out[None])[0]
@@ -177,7 +193,9 @@ class GeometricSession:
         x0, y0, side = self.src_box
         self.src_crop = st.crop_resample(self.bg, self.src_box, S).contiguous()
         self.K_src_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
-        rast = rasterize(self.src_verts_cam, self.faces, self.K_src_crop, (S, S), cull_backfaces=True)
+        rast = rasterize(
+            self.src_verts_cam, self.faces, self.K_src_crop, (S, S), cull_backfaces=True
+        )
         self.src_depth = rast[..., 2].unsqueeze(1).contiguous()
 
         # Per-vertex colours seen in the source (fill layer) and albedo for light estimates.
@@ -188,8 +206,14 @@ class GeometricSession:
         if socket.any():
             hidden_socket = socket & ~visible
             skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
-            lips = self.reenactor.model.vertices[self.reenactor.model.landmarks68[[62, 66]]]
-            mouth = st.mouth_colors(pm.vertices[:, 1] - float(lips[:, 1].mean()), float(skin.mean()))
+            lm = self.reenactor.model.vertices[self.reenactor.model.landmarks68]
+            centre = (lm[62] + lm[66]) / 2
+            half_width = float((lm[54, 0] - lm[48, 0]).abs()) / 2
+            mouth = st.mouth_colors(
+                pm.vertices[:, 1] - float(centre[1]),
+                (pm.vertices[:, 0] - float(centre[0])) / max(half_width, 1.0),
+                float(skin.mean()),
+            )
             colors[hidden_socket] = mouth[hidden_socket]
             known |= hidden_socket
             self.unlit = hidden_socket  # synthetic colours: not relit
@@ -232,7 +256,9 @@ class GeometricSession:
         depth = depth[0, 0, 0]
         z = verts[0, :, 2]
         inside = (grid.abs() <= 1).all(-1)[0]
-        visible = inside & (depth > 0) & ((z - depth).abs() <= 0.01 * z) & (self.n_src_cam[:, 2] < -0.05)
+        visible = (
+            inside & (depth > 0) & ((z - depth).abs() <= 0.01 * z) & (self.n_src_cam[:, 2] < -0.05)
+        )
         return colors, visible
 
     # ---- per frame ------------------------------------------------------------------------------
@@ -278,7 +304,9 @@ class GeometricSession:
             drv = model.shape(identity=fit.coeffs.identity.float())[0]
             drv_iod = float((drv[lm[45]] - drv[lm[36]]).norm())
             self._reference = _Reference(
-                R_d.clone(), t_d.clone(), self.src_iod / max(drv_iod, 1e-6),
+                R_d.clone(),
+                t_d.clone(),
+                self.src_iod / max(drv_iod, 1e-6),
                 fit.coeffs.expression.float().clone(),
             )
         return self._reference
@@ -311,7 +339,7 @@ class GeometricSession:
         verts_cam = st.pose_vertices(verts, R, t)
         normals = st.fast_vertex_normals(verts, self.reenactor.faces_long, self.reenactor.normal_op)
         normals = st.rotate_to_camera(normals, R)
-        p = project_points(verts_cam, self.K_out[None])[0]
+        p = project_points(verts_cam[:, self.reenactor.box_vertices], self.K_out[None])[0]
         box = st.square_box(p, RENDER_BOX_SCALE, (Ho, Wo))
         x0, y0, side = box
         K_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
@@ -325,7 +353,9 @@ class GeometricSession:
 
         # -- relight ratio per vertex (goes through the same interpolation as the warp points)
         if self.light_mode != "none":
-            light = self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
+            light = (
+                self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
+            )
             ratio = (st.irradiance(normals, light).clamp_min(0.0) / self.E_src).clamp_(0.4, 2.5)
             ratio[self.unlit] = 1.0
             self.attr[0, :, 6:9] = ratio
@@ -349,7 +379,9 @@ class GeometricSession:
 
         # -- fill the non-covisible face pixels
         fill = interp[..., 3:6].permute(0, 3, 1, 2) * ratio_map
-        cov_soft = F.avg_pool2d(covisible, 3, stride=1, padding=1, count_include_pad=False) * covisible
+        cov_soft = (
+            F.avg_pool2d(covisible, 3, stride=1, padding=1, count_include_pad=False) * covisible
+        )
         face = fill + cov_soft * (relit - fill)
         t6 = _now()
         timings["fill"] = t6 - t5
@@ -372,7 +404,13 @@ class GeometricSession:
         n = st.rotate_to_camera(self.reenactor.render_normals[idx], R_d)
         p = project_points(cam, fit.K.float().reshape(1, 3, 3))[0]
         H, W = frame.shape[:2]
-        ok = (n[:, 2] < -0.3) & (p[:, 0] >= 0) & (p[:, 0] <= W - 1) & (p[:, 1] >= 0) & (p[:, 1] <= H - 1)
+        ok = (
+            (n[:, 2] < -0.3)
+            & (p[:, 0] >= 0)
+            & (p[:, 0] <= W - 1)
+            & (p[:, 1] >= 0)
+            & (p[:, 1] <= H - 1)
+        )
         if int(ok.sum()) < 50:
             return self.light_src
         pi = p[ok].round().long()
@@ -382,7 +420,12 @@ class GeometricSession:
         return light * scale
 
     def _composite(
-        self, face: Tensor, valid: Tensor, points: Tensor, depth: Tensor, box: tuple[int, int, int],
+        self,
+        face: Tensor,
+        valid: Tensor,
+        points: Tensor,
+        depth: Tensor,
+        box: tuple[int, int, int],
         pose: tuple[Tensor, Tensor],
     ) -> np.ndarray:
         """Paste the face crop (feathered) over the source background warped by the head motion.
@@ -413,16 +456,22 @@ class GeometricSession:
             field = F.interpolate(field, size=(bside, bside), mode="bilinear", align_corners=False)
             field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0].permute(1, 2, 0)
             grid = self._grid[fy0:fy1, fx0:fx1] + field * self._px_to_grid
-            region = F.grid_sample(self.bg, grid[None], mode="bilinear", padding_mode="border",
-                                   align_corners=False)
+            region = F.grid_sample(
+                self.bg, grid[None], mode="bilinear", padding_mode="border", align_corners=False
+            )
         else:
             region = self.bg[:, :, fy0:fy1, fx0:fx1].clone()
 
         # Face layer (crop resampled to its box in the output frame), clipped to the region.
         layer = torch.cat([face, alpha], dim=1)
         if side != S:
-            layer = F.interpolate(layer, size=(side, side), mode="bilinear", align_corners=False,
-                                  antialias=side < 0.6 * S)
+            layer = F.interpolate(
+                layer,
+                size=(side, side),
+                mode="bilinear",
+                align_corners=False,
+                antialias=side < 0.6 * S,
+            )
         lx0, ly0 = max(x0, fx0), max(y0, fy0)
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
         if lx1 > lx0 and ly1 > ly0:
@@ -436,7 +485,11 @@ class GeometricSession:
         return out
 
     def _background_field(
-        self, valid: Tensor, points: Tensor, depth: Tensor, box: tuple[int, int, int],
+        self,
+        valid: Tensor,
+        points: Tensor,
+        depth: Tensor,
+        box: tuple[int, int, int],
         pose: tuple[Tensor, Tensor],
     ) -> Tensor:
         """Background displacement (output px, target -> source) on the coarse box grid.
@@ -448,13 +501,16 @@ class GeometricSession:
         x0, y0, side = box
         nb, inner = FIELD_GRID, self.field_inner
         cells = F.adaptive_avg_pool2d(
-            torch.cat([valid, points.permute(0, 3, 1, 2) * valid, depth.unsqueeze(1) * valid], 1), inner
+            torch.cat([valid, points.permute(0, 3, 1, 2) * valid, depth.unsqueeze(1) * valid], 1),
+            inner,
         )
         w_cell = cells[:, :1]
         cells = cells[:, 1:] / w_cell.clamp_min(1e-6)
         p_src = project_points(cells[:, :3].permute(0, 2, 3, 1).reshape(1, -1, 3), self.K_out[None])
         p_tgt = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # [n,n,2]
-        rays = torch.cat([p_tgt, torch.ones(inner, inner, 1)], -1).reshape(-1, 3) @ self._K_out_inv.T
+        rays = (
+            torch.cat([p_tgt, torch.ones(inner, inner, 1)], -1).reshape(-1, 3) @ self._K_out_inv.T
+        )
         R, t = pose
         X_m = (rays * cells[0, 3].reshape(-1, 1) * st.R_FLIP - t) @ R  # target point, model space
         p_rig = project_points(st.pose_vertices(X_m, self.R_src, self.t_src), self.K_out[None])
@@ -480,13 +536,19 @@ def _check_options(options: SessionOptions) -> None:
     if not isinstance(options, SessionOptions):
         raise TypeError(f"options must be a SessionOptions, got {type(options).__name__}")
     if options.pose_mode not in ("relative", "absolute"):
-        raise ValueError(f"options.pose_mode must be 'relative' or 'absolute', got {options.pose_mode!r}")
+        raise ValueError(
+            f"options.pose_mode must be 'relative' or 'absolute', got {options.pose_mode!r}"
+        )
     if not isinstance(options.crop_size, int) or not 64 <= options.crop_size <= 1024:
-        raise ValueError(f"options.crop_size must be an int in [64, 1024], got {options.crop_size!r}")
+        raise ValueError(
+            f"options.crop_size must be an int in [64, 1024], got {options.crop_size!r}"
+        )
     for name in ("output_width", "output_height"):
         v = getattr(options, name)
         if not isinstance(v, int) or v < 0 or v > 8192 or (0 < v < 16):
-            raise ValueError(f"options.{name} must be 0 (source size) or an int in [16, 8192], got {v!r}")
+            raise ValueError(
+                f"options.{name} must be 0 (source size) or an int in [16, 8192], got {v!r}"
+            )
 
 
 class GeometricReenactor:
@@ -500,9 +562,13 @@ class GeometricReenactor:
         if face_model is None or isinstance(face_model, str):
             face_model = load_face_model(face_model)
         if not isinstance(face_model, FaceModel):
-            raise TypeError(f"face_model must be a FaceModel, a spec string or None, got {type(face_model).__name__}")
+            raise TypeError(
+                f"face_model must be a FaceModel, a spec string or None, got {type(face_model).__name__}"
+            )
         self.model = face_model
-        self.render_model = st.RenderMesh(face_model, st.render_vertex_mask(face_model, RENDER_REGIONS))
+        self.render_model = st.RenderMesh(
+            face_model, st.render_vertex_mask(face_model, RENDER_REGIONS)
+        )
         self._source_fitter_cls = SourceFitter
         self._driving_fitter_cls = DrivingFitter
         self._source_fitter = SourceFitter(face_model)
@@ -513,13 +579,17 @@ class GeometricReenactor:
         self.normal_op = st.normal_operator(pm.faces, pm.n_vertices)
         self.adjacency = st.vertex_adjacency(pm.faces, pm.n_vertices)
         with torch.inference_mode():
-            self.render_normals = st.fast_vertex_normals(pm.vertices, self.faces_long, self.normal_op)
+            self.render_normals = st.fast_vertex_normals(
+                pm.vertices, self.faces_long, self.normal_op
+            )
         skin = pm.region_mask("face")
         if not skin.any():
             skin = torch.ones(pm.n_vertices, dtype=torch.bool)
         idx = torch.nonzero(skin).squeeze(1)
         step = max(1, math.ceil(idx.numel() / 600))
         self.light_samples = idx[::step]
+        # Vertices whose projection bounds the face (the render crop): a subsample of all.
+        self.box_vertices = torch.arange(0, pm.n_vertices, 7)
 
     def fit_source(self, image: np.ndarray):
         """Fit the source photo (``FitResult``); raises NoFaceError."""
@@ -529,7 +599,9 @@ class GeometricReenactor:
     def make_driving_fitter(self):
         return self._driving_fitter_cls(self.model)
 
-    def start_session(self, source: np.ndarray, options: SessionOptions | None = None) -> GeometricSession:
+    def start_session(
+        self, source: np.ndarray, options: SessionOptions | None = None
+    ) -> GeometricSession:
         """Fit the source once and precompute its crop, render and vertex colours (< 2 s)."""
         return GeometricSession(self, source, options if options is not None else SessionOptions())
 
@@ -542,7 +614,9 @@ class GeometricReenactor:
         with torch.inference_mode():
             vertices = faces = None
             if with_mesh:
-                verts = self.model.shape(identity=coeffs.identity.float(), expression=coeffs.expression.float())
+                verts = self.model.shape(
+                    identity=coeffs.identity.float(), expression=coeffs.expression.float()
+                )
                 vertices = verts[0].numpy().astype(np.float32)
                 faces = self.model.faces.numpy().astype(np.int32)
         d = coeffs.to_dict(self.model.expression_names)
@@ -557,5 +631,3 @@ class GeometricReenactor:
             faces=faces,
             timings=timings,
         )
-
-

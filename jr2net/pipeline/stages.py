@@ -36,17 +36,14 @@ def check_frame(frame: object, name: str = "frame") -> np.ndarray:
 
 def image_to_tensor(img: np.ndarray) -> Tensor:
     """uint8 ``[H, W, 3]`` -> float32 ``[1, 3, H, W]`` in [0, 1]."""
-    return torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    return (
+        torch.from_numpy(np.array(img, copy=True)).permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+    )
 
 
-def project(points: Tensor, K: Tensor) -> Tensor:
-    """Pixel coordinates ``[..., 2]`` of camera-frame points ``[..., 3]`` under ``K [3,3]``."""
-    z = points[..., 2:3].clamp_min(1e-6)
-    xy = points[..., :2] / z
-    return xy @ K[:2, :2].T + K[:2, 2]
-
-
-def square_box(points2d: Tensor, scale: float, hw: tuple[int, int], min_side: int = 32) -> tuple[int, int, int]:
+def square_box(
+    points2d: Tensor, scale: float, hw: tuple[int, int], min_side: int = 32
+) -> tuple[int, int, int]:
     """Integer square box ``(x0, y0, side)`` around 2D points, ``scale`` times their extent.
 
     The box may extend past the image; callers pad or clip.
@@ -72,8 +69,9 @@ def crop_resample(image: Tensor, box: tuple[int, int, int], size: int) -> Tensor
         region[:, :, cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0] = image[:, :, cy0:cy1, cx0:cx1]
     if side == size:
         return region
-    return F.interpolate(region, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=side > size)
+    return F.interpolate(
+        region, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
+    )
 
 
 def pose_vertices(verts: Tensor, R: Tensor, t: Tensor) -> Tensor:
@@ -87,7 +85,12 @@ def rotate_to_camera(normals: Tensor, R: Tensor) -> Tensor:
 
 
 def relative_pose(
-    R_src: Tensor, t_src: Tensor, R_drv: Tensor, t_drv: Tensor, R_ref: Tensor, t_ref: Tensor,
+    R_src: Tensor,
+    t_src: Tensor,
+    R_drv: Tensor,
+    t_drv: Tensor,
+    R_ref: Tensor,
+    t_ref: Tensor,
     size_ratio: float,
 ) -> tuple[Tensor, Tensor]:
     """The source head moved by the driving head's motion since its reference (first) frame.
@@ -104,7 +107,11 @@ def relative_pose(
 
 
 def absolute_pose(
-    R_drv: Tensor, t_drv: Tensor, K_drv: Tensor, hw_drv: tuple[int, int], K_out: Tensor,
+    R_drv: Tensor,
+    t_drv: Tensor,
+    K_drv: Tensor,
+    hw_drv: tuple[int, int],
+    K_out: Tensor,
     hw_out: tuple[int, int],
 ) -> tuple[Tensor, Tensor]:
     """The driving head's own pose, re-expressed for the output camera.
@@ -132,8 +139,15 @@ def sh_basis(normals: Tensor) -> Tensor:
     c = _SH_C
     return torch.stack(
         [
-            torch.full_like(x, c[0]), c[1] * y, c[2] * z, c[3] * x, c[4] * x * y, c[5] * y * z,
-            c[6] * (3 * z * z - 1), c[7] * x * z, c[8] * (x * x - y * y),
+            torch.full_like(x, c[0]),
+            c[1] * y,
+            c[2] * z,
+            c[3] * x,
+            c[4] * x * y,
+            c[5] * y * z,
+            c[6] * (3 * z * z - 1),
+            c[7] * x * z,
+            c[8] * (x * x - y * y),
         ],
         dim=-1,
     )
@@ -163,8 +177,12 @@ def normal_operator(faces: Tensor, n_vertices: int) -> Tensor:
     f = faces.long()
     rows = f.reshape(-1)
     cols = torch.arange(f.shape[0]).repeat_interleave(3)
-    op = torch.sparse_coo_tensor(torch.stack([rows, cols]), torch.ones(rows.numel()),
-                                 (n_vertices, f.shape[0]), check_invariants=True)
+    op = torch.sparse_coo_tensor(
+        torch.stack([rows, cols]),
+        torch.ones(rows.numel()),
+        (n_vertices, f.shape[0]),
+        check_invariants=True,
+    )
     return _to_csr(op)
 
 
@@ -190,12 +208,15 @@ def vertex_adjacency(faces: Tensor, n_vertices: int) -> Tensor:
     f = faces.long()
     i = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
     j = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    A = torch.sparse_coo_tensor(torch.stack([i, j]), torch.ones(i.numel()), (n_vertices, n_vertices),
-                                check_invariants=True).coalesce()
+    A = torch.sparse_coo_tensor(
+        torch.stack([i, j]), torch.ones(i.numel()), (n_vertices, n_vertices), check_invariants=True
+    ).coalesce()
     vals = torch.ones_like(A.values())  # duplicates collapse to one edge
     deg = torch.zeros(n_vertices).index_add_(0, A.indices()[0], vals).clamp_min(1)
     vals = vals / deg[A.indices()[0]]
-    return _to_csr(torch.sparse_coo_tensor(A.indices(), vals, (n_vertices, n_vertices), check_invariants=True))
+    return _to_csr(
+        torch.sparse_coo_tensor(A.indices(), vals, (n_vertices, n_vertices), check_invariants=True)
+    )
 
 
 def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int = 60) -> Tensor:
@@ -210,18 +231,20 @@ def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int 
     return out
 
 
-def mouth_colors(height_mm: Tensor, brightness: float) -> Tensor:
+def mouth_colors(height_mm: Tensor, across: Tensor, brightness: float) -> Tensor:
     """Colours ``[N,3]`` for mouth-socket vertices hidden in the source photo.
 
-    ``height_mm`` is each vertex's model-space y relative to the closed lips' line (mean shape):
-    a band of teeth-like ivory just above and below the line (what an opening mouth shows
-    first), fading to a dark red cavity, scaled to the photo's skin ``brightness`` (0..1).
+    ``height_mm`` is each vertex's model-space y relative to the closed lips' line (mean shape),
+    ``across`` its x relative to the mouth centre as a fraction of the half mouth width: a band of
+    teeth-like ivory just above and below the line, narrower than the mouth (what an opening
+    mouth shows first), fading to a dark red cavity, scaled to the skin ``brightness`` (0..1).
     """
     teeth = torch.tensor([0.95, 0.92, 0.86])
     cavity = torch.tensor([0.28, 0.11, 0.10])
     upper = ((height_mm + 1.0) / 3.0).clamp(0, 1) * ((14.0 - height_mm) / 4.0).clamp(0, 1)
     lower = ((-height_mm - 2.0) / 3.0).clamp(0, 1) * ((height_mm + 12.0) / 4.0).clamp(0, 1)
-    s = (upper + 0.7 * lower).clamp(0, 1)[:, None]
+    side = ((0.8 - across.abs()) / 0.25).clamp(0, 1)  # no teeth in the mouth corners
+    s = ((upper + 0.7 * lower).clamp(0, 1) * side)[:, None]
     scale = min(1.0, 1.6 * brightness)
     return (cavity + s * (teeth - cavity)) * scale
 
@@ -337,7 +360,11 @@ def render_vertex_mask(model, regions: tuple[str, ...], neck_margin_mm: float = 
         for name in regions:
             if name in model.region_names:
                 keep |= model.region == model.region_names.index(name)
-        face = model.region == model.region_names.index("face") if "face" in model.region_names else keep
+        face = (
+            model.region == model.region_names.index("face")
+            if "face" in model.region_names
+            else keep
+        )
     verts = model.vertices.float()
     jaw = verts[model.landmarks68[2:15].long()]
     order = torch.argsort(jaw[:, 0])

@@ -18,7 +18,9 @@ FPS = 25
 N_FRAMES = 75
 
 
-def _backdrop(size: int, top: tuple[float, float, float], bottom: tuple[float, float, float]) -> torch.Tensor:
+def _backdrop(
+    size: int, top: tuple[float, float, float], bottom: tuple[float, float, float]
+) -> torch.Tensor:
     y = torch.linspace(0, 1, size)[:, None, None]
     a, b = torch.tensor(top), torch.tensor(bottom)
     img = (a * (1 - y) + b * y).expand(size, size, 3)
@@ -35,8 +37,14 @@ def _light(strength: float = 0.35) -> torch.Tensor:
     return light
 
 
-def render_face(model, identity: torch.Tensor, expression: torch.Tensor, angles: torch.Tensor,
-                backdrop: torch.Tensor, tint: tuple[float, float, float]) -> np.ndarray:
+def render_face(
+    model,
+    identity: torch.Tensor,
+    expression: torch.Tensor,
+    angles: torch.Tensor,
+    backdrop: torch.Tensor,
+    tint: tuple[float, float, float],
+) -> np.ndarray:
     """One uint8 ``[SIZE, SIZE, 3]`` frame of the model over ``backdrop``."""
     from jr2net.face.coeffs import FaceCoefficients
     from jr2net.face.fitting import default_intrinsics
@@ -81,8 +89,14 @@ def write_synthetic_inputs(out_dir: Path, face_model: str | None = None) -> tupl
                     e[0, names.index(full)] = w
         return e
 
-    source = render_face(model, id_src, expr(), torch.zeros(1, 3),
-                         _backdrop(SIZE, (0.55, 0.62, 0.70), (0.25, 0.28, 0.33)), (1.0, 0.86, 0.76))
+    source = render_face(
+        model,
+        id_src,
+        expr(),
+        torch.zeros(1, 3),
+        _backdrop(SIZE, (0.55, 0.62, 0.70), (0.25, 0.28, 0.33)),
+        (1.0, 0.86, 0.76),
+    )
     src_path = out_dir / "source.png"
     save_image(src_path, source)
 
@@ -94,7 +108,9 @@ def write_synthetic_inputs(out_dir: Path, face_model: str | None = None) -> tupl
             jaw = max(0.0, math.sin(2 * math.pi * s * 2)) * 0.6
             smile = max(0.0, math.sin(2 * math.pi * (s * 2 + 0.25))) * 0.7
             blink = 1.0 if i % 37 in (18, 19, 20) else 0.0
-            angles = torch.tensor([[0.08 * math.sin(2 * math.pi * s), 0.3 * math.sin(2 * math.pi * s), 0.0]])
+            angles = torch.tensor(
+                [[0.08 * math.sin(2 * math.pi * s), 0.3 * math.sin(2 * math.pi * s), 0.0]]
+            )
             e = expr(jawOpen=jaw, mouthSmile=smile, eyeBlink=blink)
             writer.write(render_face(model, id_drv, e, angles, backdrop, (0.95, 0.80, 0.70)))
     return src_path, drv_path
