@@ -4,8 +4,10 @@ For every video in the shared videos folder the source is the first frame with a
 ground truth is every later frame (capped at ``--max-frames`` evaluated frames per video, spread
 evenly; every frame is still streamed through the session so the tracker sees the video). Metrics
 (PSNR, SSIM, L1 from ``jr2net.eval.metrics``) are computed over the face region: the convex hull of
-the ground-truth frame's dlib landmarks, the same mask for every method. Pose mode: ``absolute``
-(same identity: the driving pose is the target pose). Writes benchmarks/results/quality.json and a
+the ground-truth frame's dlib landmarks, the same mask for every method. Pose and expression are
+``relative`` by default (the product's default: the source is the first frame, so the driving's
+motion since that frame is applied to it; ``--pose-mode absolute --expression absolute`` uses the
+driving fits as they are). Writes benchmarks/results/quality.json and a
 side-by-side PNG per video (source | driving GT | ours | similarity baseline, a few frames).
 Run: ``.venv/bin/python -m benchmarks.quality [--max-frames 40] [--face-model ict]``.
 """
@@ -40,7 +42,7 @@ def _to_t(img: np.ndarray) -> torch.Tensor:
 
 
 def evaluate_video(
-    reenactor, path, max_frames: int, light: str, max_stream: int, expression: str = "relative"
+    reenactor, path, max_frames: int, light: str, max_stream: int, expression: str, pose_mode: str
 ) -> tuple[dict, list]:
     from jr2net.eval import baselines, metrics
     from jr2net.face.landmarks import detect_faces
@@ -59,7 +61,7 @@ def evaluate_video(
     eval_ids = set(later[::step][:max_frames])
     session = reenactor.start_session(
         source,
-        SessionOptions(pose_mode="absolute", extra={"light": light, "expression": expression}),
+        SessionOptions(pose_mode=pose_mode, extra={"light": light, "expression": expression}),
     )
     scores: dict[str, dict[str, list[float]]] = {
         m: {"psnr": [], "ssim": [], "l1": []} for m in METHODS
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--face-model", default="ict", help="ict (shared), generic, or a .npz path")
     ap.add_argument("--max-frames", type=int, default=40, help="evaluated frames per video")
-    ap.add_argument("--light", default="source", choices=("source", "driving"))
+    ap.add_argument("--light", default="source", choices=("source", "none"))
     ap.add_argument(
         "--max-stream",
         type=int,
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         help="frames streamed per video after the source (the evaluated ones are among them)",
     )
     ap.add_argument("--expression", default="relative", choices=("relative", "absolute"))
+    ap.add_argument("--pose-mode", default="relative", choices=("relative", "absolute"))
     ap.add_argument("--videos", nargs="*", default=None, help="video file names (default: all)")
     args = ap.parse_args(argv)
 
@@ -161,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for path in videos:
         summary, _ = evaluate_video(
-            reenactor, path, args.max_frames, args.light, args.max_stream, args.expression
+            reenactor,
+            path,
+            args.max_frames,
+            args.light,
+            args.max_stream,
+            args.expression,
+            args.pose_mode,
         )
         per_video[path.name] = summary
         for m in METHODS:
@@ -205,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         ["video", "method", "PSNR", "SSIM", "L1", "frames"],
         title=(
             "same-identity reenactment quality over the face hull "
-            f"(pose absolute, expression {args.expression}, light {args.light})"
+            f"(pose {args.pose_mode}, expression {args.expression}, light {args.light})"
         ),
     )
     beat = all(w["psnr"] and w["ssim"] for w in wins.values())
@@ -216,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     write_results(
         "quality",
         {
-            "pose_mode": "absolute",
+            "pose_mode": args.pose_mode,
             "light": args.light,
             "expression": args.expression,
             "face_model": reenactor.model.name,

@@ -199,3 +199,38 @@ def test_driving_fitter_keeps_a_given_identity(ict, videos_dir):
     assert r is not None and torch.equal(r.coeffs.identity, given)
     with pytest.raises(ValueError, match="identity"):
         DrivingFitter(ict, identity=torch.zeros(1, ict.n_identity + 1))
+
+
+def test_visible_faces_culls_back_facing_and_occluded_triangles():
+    from jr2net.face.overlay import visible_faces
+
+    K = np.array([[100.0, 0, 31.5], [0, 100.0, 31.5], [0, 0, 1]])
+    # Two triangles at z=10 facing the camera (clockwise in the image = towards the camera here) and
+    # one hidden behind them at z=20.
+    v = np.array(
+        [[-1, -1, 10], [1, -1, 10], [0, 1, 10], [-1, -1, 20], [1, -1, 20], [0, 1, 20]], dtype=float
+    )
+    f = np.array([[0, 1, 2], [0, 2, 1], [3, 4, 5]])
+    depth = np.zeros((64, 64))
+    depth[10:54, 10:54] = 10.0  # a z-buffer where the front triangle covers the centre
+    vis = visible_faces(v, f, depth, K)
+    n = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    facing = np.einsum("ij,ij->i", n, v[f[:, 0]]) < 0
+    assert vis[0] == facing[0] and vis[1] == facing[1] and vis[0] != vis[1]
+    assert not vis[2]  # occluded
+
+
+def test_overlay_draws_the_fit_over_a_face_crop(source_fitter, images_dir):
+    from jr2net.face.overlay import render_fit_overlay
+    from jr2net.io.images import load_image
+
+    image = load_image(images_dir / "d9.jpg")
+    result = SourceFitter(source_fitter.model, photometric=False).fit(image)
+    over = render_fit_overlay(image, result, source_fitter.model, out_size=320)
+    plain = render_fit_overlay(image, result, source_fitter.model, out_size=320)
+    assert over.shape == (320, 320, 3) and over.dtype == np.uint8
+    np.testing.assert_array_equal(over, plain)  # deterministic
+    full = render_fit_overlay(image, result, source_fitter.model, crop=False)
+    assert full.shape == image.shape
+    # The wireframe and landmarks change a good part of the face region.
+    assert (np.abs(full.astype(int) - image.astype(int)).sum(axis=2) > 30).mean() > 0.01

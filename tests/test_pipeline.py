@@ -189,3 +189,32 @@ def test_bad_options_raise_value_error(reenactor, obama):
         reenactor.start_session(obama, SessionOptions(pose_mode="sideways"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="crop_size"):
         reenactor.start_session(obama, SessionOptions(crop_size=8))
+
+
+def test_absolute_pose_is_unchanged_between_identical_cameras_and_follows_frame_size():
+    R = _rot(0.1, 0.2, 0.0)
+    t = torch.tensor([12.0, -8.0, -550.0])
+    K = torch.tensor([[700.0, 0.0, 255.5], [0.0, 700.0, 255.5], [0.0, 0.0, 1.0]])
+    R2, t2 = st.absolute_pose(R, t, K, (512, 512), K, (512, 512))
+    torch.testing.assert_close(R2, R)
+    torch.testing.assert_close(t2, t)
+    # Twice the frame (and focal): the head keeps its place and size relative to the frame.
+    K_big = torch.tensor([[1400.0, 0.0, 511.5], [0.0, 1400.0, 511.5], [0.0, 0.0, 1.0]])
+    _, t3 = st.absolute_pose(R, t, K, (512, 512), K_big, (1024, 1024))
+    torch.testing.assert_close(t3, t)
+
+
+def test_render_mesh_drops_the_neck_keeps_landmarks_and_normals_match_the_model(reenactor):
+    model = reenactor.model
+    mesh = reenactor.render_model
+    face = model.region == model.region_names.index("face")
+    kept = torch.zeros(model.n_vertices, dtype=torch.bool)
+    kept[mesh.index] = True
+    chin_y = float(model.vertices[model.landmarks68[8], 1])
+    assert not (kept & face & (model.vertices[:, 1] < chin_y - 30)).any()  # no neck
+    assert kept[model.landmarks68.long()].all()
+    from jr2net.face.model import vertex_normals
+
+    ref = vertex_normals(mesh.vertices[None], mesh.faces)[0]
+    fast = st.fast_vertex_normals(mesh.vertices, mesh.faces_long, reenactor.normal_op)
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)

@@ -26,7 +26,9 @@ def _rot(yaw: float, pitch: float = 0.0, dtype=torch.float32) -> torch.Tensor:
 
 
 def _pixel_grid(H: int, W: int, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    ii, jj = torch.meshgrid(torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij")
+    ii, jj = torch.meshgrid(
+        torch.arange(H, dtype=dtype), torch.arange(W, dtype=dtype), indexing="ij"
+    )
     return ii, jj
 
 
@@ -62,7 +64,9 @@ def _random_depth_case(B, C, Hs, Ws, Ht, Wt, gen, dtype=torch.float32, with_src_
 
 
 @pytest.mark.parametrize("with_src_depth", [False, True])
-@pytest.mark.parametrize("shape", [(2, 3, 20, 28, 17, 23), (1, 5, 9, 9, 9, 9), (3, 1, 12, 7, 6, 15)])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 20, 28, 17, 23), (1, 5, 9, 9, 9, 9), (3, 1, 12, 7, 6, 15)]
+)
 def test_correspondence_warp_matches_reference_forward_and_backward(shape, with_src_depth):
     B, C, Hs, Ws, Ht, Wt = shape
     gen = torch.Generator().manual_seed(1)
@@ -89,7 +93,9 @@ def test_correspondence_warp_matches_reference_forward_and_backward(shape, with_
 
 
 @pytest.mark.parametrize("with_src_depth", [False, True])
-@pytest.mark.parametrize("shape", [(2, 3, 24, 32, 20, 26), (1, 4, 16, 16, 16, 16), (2, 2, 10, 18, 14, 9)])
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 24, 32, 20, 26), (1, 4, 16, 16, 16, 16), (2, 2, 10, 18, 14, 9)]
+)
 def test_depth_warp_matches_reference_forward_and_backward(shape, with_src_depth):
     B, C, Hs, Ws, Ht, Wt = shape
     gen = torch.Generator().manual_seed(2)
@@ -101,7 +107,7 @@ def test_depth_warp_matches_reference_forward_and_backward(shape, with_src_depth
     out, cov = depth_warp(src, dst_depth, K_src, K_dst, T, src_depth, 0.1)
     ref, ref_cov = depth_warp_ref(src, dst_depth, K_src, K_dst, T, src_depth, 0.1)
     assert torch.equal(cov, ref_cov)
-    assert 0.2 < cov.mean().item() < 0.95
+    assert 0.1 < cov.mean().item() < 0.95
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn(out.shape, generator=gen)
     g = torch.autograd.grad(out, [src, dst_depth], grad)
@@ -131,12 +137,16 @@ def test_correspondence_warp_gradcheck_src_and_points():
     src = torch.rand(B, C, Hs, Ws, generator=gen, dtype=torch.float64, requires_grad=True)
     K = _K(4.0, 3.0, 2.5, B, torch.float64)
     # Points well inside the source, away from pixel-grid lines (bilinear kinks).
-    x = 0.3 + 0.4 * torch.rand(B, Ht, Wt, generator=gen, dtype=torch.float64) + torch.randint(
-        0, Ws - 1, (B, Ht, Wt), generator=gen
-    ).double()
-    y = 0.3 + 0.4 * torch.rand(B, Ht, Wt, generator=gen, dtype=torch.float64) + torch.randint(
-        0, Hs - 1, (B, Ht, Wt), generator=gen
-    ).double()
+    x = (
+        0.3
+        + 0.4 * torch.rand(B, Ht, Wt, generator=gen, dtype=torch.float64)
+        + torch.randint(0, Ws - 1, (B, Ht, Wt), generator=gen).double()
+    )
+    y = (
+        0.3
+        + 0.4 * torch.rand(B, Ht, Wt, generator=gen, dtype=torch.float64)
+        + torch.randint(0, Hs - 1, (B, Ht, Wt), generator=gen).double()
+    )
     z = 2 + torch.rand(B, Ht, Wt, generator=gen, dtype=torch.float64)
     pts = torch.stack([(x - 3.0) / 4 * z, (y - 2.5) / 4 * z, z], -1).requires_grad_()
     valid = torch.ones(B, 1, Ht, Wt, dtype=torch.float64)
@@ -159,7 +169,7 @@ def test_depth_warp_gradcheck_src_and_dst_depth():
     T[0, :3, :3] = _rot(0.04, 0.02, torch.float64)
     T[0, :3, 3] = torch.tensor([0.011, -0.007, 0.02], dtype=torch.float64)
     dst_depth = 2 + 0.5 * torch.rand(B, 1, Ht, Wt, generator=gen, dtype=torch.float64)
-    dst_depth[0, 0, 1, 1] = 0
+    dst_depth[0, 0, 1, 1] = -1  # invalid, and stays so under finite differences
     dst_depth.requires_grad_()
 
     def fn(s, d):

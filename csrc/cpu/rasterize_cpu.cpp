@@ -30,13 +30,17 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
   const int64_t B = p.B, V = p.V, F = p.F, H = p.H, W = p.W;
   const int64_t HW = H * W;
 
-  at::parallel_for(0, B * V, 4096, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) {
-      raster::project_vertex<double>(p.verts + k * 3, p.K + (k / V) * 9, p.near_z, p.proj + k * 3);
+  // Projection and z-buffer clear share one parallel region (fewer thread wake-ups).
+  const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                 (B * V + B * HW) / 16384));
+  at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
+    for (int64_t c = cbegin; c < cend; ++c) {
+      for (int64_t k = B * V * c / nchunks; k < B * V * (c + 1) / nchunks; ++k) {
+        raster::project_vertex<double>(p.verts + k * 3, p.K + (k / V) * 9, p.near_z,
+                                       p.proj + k * 3);
+      }
+      std::fill(p.zbuf + B * HW * c / nchunks, p.zbuf + B * HW * (c + 1) / nchunks, kEmptyKey);
     }
-  });
-  at::parallel_for(0, B * HW, 1 << 16, [&](int64_t begin, int64_t end) {
-    std::fill(p.zbuf + begin, p.zbuf + end, kEmptyKey);
   });
 
   at::parallel_for(0, B * F, 2048, [&](int64_t begin, int64_t end) {

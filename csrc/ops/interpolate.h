@@ -47,12 +47,13 @@ JR2_HD void interp_pixel(const scalar_t* a0, const scalar_t* a1, const scalar_t*
 template <typename scalar_t>
 JR2_HD void interp_pixel_grad_uv(const scalar_t* a0, const scalar_t* a1, const scalar_t* a2,
                                  const scalar_t* g, int C, scalar_t& gu, scalar_t& gv) {
-  gu = scalar_t(0);
-  gv = scalar_t(0);
+  scalar_t su = scalar_t(0), sv = scalar_t(0);  // locals: gu/gv may alias the inputs
   for (int c = 0; c < C; ++c) {
-    gu += g[c] * (a0[c] - a2[c]);
-    gv += g[c] * (a1[c] - a2[c]);
+    su += g[c] * (a0[c] - a2[c]);
+    sv += g[c] * (a1[c] - a2[c]);
   }
+  gu = su;
+  gv = sv;
 }
 
 }  // namespace interp

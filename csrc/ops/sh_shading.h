@@ -62,7 +62,6 @@ JR2_HD void sh_basis(T x, T y, T z, T* H, int stride = 1) {
 template <typename T>
 JR2_HD T sh_irradiance(const T* shc, const T* H, int stride = 1) {
   T irr = T(0);
-#pragma unroll
   for (int k = 0; k < 9; ++k) irr += shc[k * 3] * H[k * stride];
   return irr;
 }
@@ -95,7 +94,6 @@ JR2_HD void sh_shading_pixel(const ShShadingParams<T>& P, const T* sh, int64_t b
   const T m = P.mask ? P.mask[b * P.HW + p] : T(1);
   T H[9];
   sh_basis(x, y, z, H);
-#pragma unroll
   for (int c = 0; c < 3; ++c) {
     const T irr = sh_irradiance(sh + c, H) * m;
     P.irradiance[base + c * P.HW] = irr;
@@ -113,7 +111,6 @@ JR2_HD void sh_shading_pixel_backward(const ShShadingBackwardParams<T>& P, const
   T H[9];
   sh_basis(x, y, z, H);
   T gx = T(0), gy = T(0), gz = T(0), gm = T(0);
-#pragma unroll
   for (int c = 0; c < 3; ++c) {
     const int64_t i = base + c * P.HW;
     const T raw = sh_irradiance(sh + c, H);  // unmasked irradiance
@@ -123,7 +120,6 @@ JR2_HD void sh_shading_pixel_backward(const ShShadingBackwardParams<T>& P, const
     if (P.grad_albedo) P.grad_albedo[i] = gi * raw * m;
     gm += g_irr * raw;
     const T g_raw = g_irr * m;  // dL/d(unmasked irradiance)
-#pragma unroll
     for (int k = 0; k < 9; ++k) gsh[k * 3 + c] += Acc(g_raw * H[k]);
     T dx, dy, dz;
     sh_irradiance_dn(sh + c, x, y, z, dx, dy, dz);

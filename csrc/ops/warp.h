@@ -8,8 +8,10 @@
 // Rules (the Python reference jr2net.ops.reference.depth_warp_ref mirrors them):
 //  * projection q = K_src · P, (x, y) = (q0/q2, q1/q2); requires q2 > 0 (in front of the camera).
 //  * pixel (row i, col j) has its centre at (x=j, y=i); the point is inside the source image when
-//    the bilinear footprint is: 0 <= x <= Ws-1 and 0 <= y <= Hs-1. Taps x0 = min(floor(x), Ws-2),
-//    x1 = x0+1 (x0 = x1 = 0 when Ws == 1), likewise for y; fx = x - x0 so fx = 1 at the last column.
+//    its bilinear footprint is: 0 <= x <= Ws-1 and 0 <= y <= Hs-1, up to kWarpEdgeTol pixels of
+//    slack so rounding cannot drop border pixels (the identity warp keeps its last column). Taps
+//    x0 = clamp(floor(x), 0, Ws-2), x1 = x0+1 (x0 = x1 = 0 when Ws == 1), likewise for y;
+//    fx = x - x0, so fx = 1 at the last column (the weights extrapolate by <= kWarpEdgeTol).
 //  * with src_depth: all 4 taps must have depth > 0 (no mixing with the background) and the
 //    bilinear source depth D_s must satisfy |z - D_s| <= rel_eps·z, z = P.z (camera-frame depth).
 //  * the target pixel must be valid (dst_depth > 0, or valid > 0.5).
@@ -21,6 +23,9 @@
 #include "ops/common.h"
 
 namespace jr2net {
+
+// Slack (pixels) of the "inside the source image" test; see the rules above.
+constexpr double kWarpEdgeTol = 1e-3;
 
 // Parameters of both warps. Planar [B,C,H,W] images; K [B,3,3]; src_T_dst [B,4,4]; points [B,Ht,Wt,3].
 template <typename T>
@@ -97,7 +102,6 @@ JR2_HD DepthWarpFrame<T> depth_warp_frame(const T* K_dst, const T* T_sd) {
 template <typename T>
 JR2_HD void depth_warp_ray(const DepthWarpFrame<T>& F, int64_t i, int64_t j, T* r) {
   const T u = T(j), v = T(i);
-#pragma unroll
   for (int k = 0; k < 3; ++k) r[k] = F.M[k * 3 + 0] * u + F.M[k * 3 + 1] * v + F.M[k * 3 + 2];
 }
 
@@ -112,8 +116,12 @@ JR2_HD bool warp_sample(const T* K, const T* P, int64_t Hs, int64_t Ws, const T*
   const T q2 = K[6] * P[0] + K[7] * P[1] + K[8] * P[2];
   if (!(q2 > T(0))) return false;
   const T x = q0 / q2, y = q1 / q2;
-  if (!(x >= T(0) && x <= T(Ws - 1) && y >= T(0) && y <= T(Hs - 1))) return false;
-  int64_t x0 = static_cast<int64_t>(x);  // x >= 0: truncation is floor
+  // Bounds rounded once from double, like the Python reference's scalar comparisons.
+  const T lo = T(-kWarpEdgeTol), xhi = T(double(Ws - 1) + kWarpEdgeTol);
+  const T yhi = T(double(Hs - 1) + kWarpEdgeTol);
+  if (!(x >= lo && x <= xhi && y >= lo && y <= yhi)) return false;
+  // Truncation is floor for x >= 0 and gives 0 (the clamped floor) for -tol <= x < 0.
+  int64_t x0 = static_cast<int64_t>(x);
   int64_t y0 = static_cast<int64_t>(y);
   const int64_t xmax = Ws > 1 ? Ws - 2 : 0, ymax = Hs > 1 ? Hs - 2 : 0;
   x0 = x0 < xmax ? x0 : xmax;
@@ -159,7 +167,6 @@ JR2_HD bool warp_point(const WarpParams<T>& Pm, const DepthWarpFrame<T>& F, int6
     const T d = Pm.dst_depth[b * HWt + p];
     if (!(d > T(0))) return false;
     depth_warp_ray(F, p / Pm.Wt, p % Pm.Wt, ray);
-#pragma unroll
     for (int k = 0; k < 3; ++k) P[k] = d * ray[k] + F.t[k];
   } else {
     if (!(Pm.valid[b * HWt + p] > T(0.5))) return false;
@@ -175,7 +182,6 @@ JR2_HD bool warp_point(const WarpParams<T>& Pm, const DepthWarpFrame<T>& F, int6
 template <typename T>
 JR2_HD void warp_project_backward(const T* K, const WarpSample<T>& s, T gx, T gy, T* gP) {
   const T inv = T(1) / s.q2;
-#pragma unroll
   for (int k = 0; k < 3; ++k) {
     gP[k] = (gx * (K[0 + k] - s.x * K[6 + k]) + gy * (K[3 + k] - s.y * K[6 + k])) * inv;
   }

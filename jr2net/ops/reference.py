@@ -257,6 +257,11 @@ def sh_shading_ref(
     return albedo * irradiance, irradiance
 
 
+# Slack (pixels) of the "inside the source image" test, so rounding cannot drop border pixels
+# (the identity warp keeps its last column); the bilinear weights extrapolate by at most this.
+WARP_EDGE_TOL = 1e-3
+
+
 def _warp_sample_ref(
     src: torch.Tensor,
     points: torch.Tensor,
@@ -276,11 +281,12 @@ def _warp_sample_ref(
     front = q2 > 0
     q2s = torch.where(front, q2, torch.ones_like(q2))  # keeps gradients finite behind the camera
     x, y = q0 / q2s, q1 / q2s
-    inside = front & (x >= 0) & (x <= Ws - 1) & (y >= 0) & (y <= Hs - 1)
+    tol = WARP_EDGE_TOL
+    inside = front & (x >= -tol) & (x <= Ws - 1 + tol) & (y >= -tol) & (y <= Hs - 1 + tol)
     xs = torch.where(inside, x, torch.zeros_like(x))
     ys = torch.where(inside, y, torch.zeros_like(y))
-    x0 = torch.clamp(torch.floor(xs.detach()), max=max(Ws - 2, 0))
-    y0 = torch.clamp(torch.floor(ys.detach()), max=max(Hs - 2, 0))
+    x0 = torch.clamp(torch.floor(xs.detach()), min=0, max=max(Ws - 2, 0))
+    y0 = torch.clamp(torch.floor(ys.detach()), min=0, max=max(Hs - 2, 0))
     fx, fy = xs - x0, ys - y0
     dx, dy = (1 if Ws > 1 else 0), (Ws if Hs > 1 else 0)
     i00 = (y0 * Ws + x0).long()
@@ -298,7 +304,7 @@ def _warp_sample_ref(
     flat = src.reshape(B, C, Hs * Ws)
     warped = sum(
         w[:, None, :] * torch.gather(flat, 2, t[:, None, :].expand(B, C, t.shape[1]))
-        for w, t in zip(weights, taps)
+        for w, t in zip(weights, taps, strict=True)
     )
     warped = torch.where(covisible[:, None, :], warped, torch.zeros_like(warped))
     Ht, Wt = out_hw

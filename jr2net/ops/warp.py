@@ -43,7 +43,9 @@ def _mask_arg(op: str, value: object, name: str, dtype: torch.dtype) -> torch.Te
 class _DepthWarp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps):  # type: ignore[override]
-        warped, covisible = _C.depth_warp_fwd(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps)
+        warped, covisible = _C.depth_warp_fwd(
+            src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps
+        )
         ctx.save_for_backward(src, dst_depth, K_src, K_dst, src_T_dst, src_depth)
         ctx.rel_eps = rel_eps
         ctx.mark_non_differentiable(covisible)
@@ -58,8 +60,16 @@ class _DepthWarp(torch.autograd.Function):
             return (None,) * 7
         src, dst_depth, K_src, K_dst, src_T_dst, src_depth = ctx.saved_tensors
         g_src, g_depth = _C.depth_warp_bwd(
-            grad_warped.contiguous(), src, dst_depth, K_src, K_dst, src_T_dst, src_depth,
-            ctx.rel_eps, need_src, need_depth,
+            grad_warped.contiguous(),
+            src,
+            dst_depth,
+            K_src,
+            K_dst,
+            src_T_dst,
+            src_depth,
+            ctx.rel_eps,
+            need_src,
+            need_depth,
         )
         return g_src, g_depth, None, None, None, None, None
 
@@ -67,7 +77,9 @@ class _DepthWarp(torch.autograd.Function):
 class _CorrespondenceWarp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, points_src, valid, K_src, src_depth, rel_eps):  # type: ignore[override]
-        warped, covisible = _C.correspondence_warp_fwd(src, points_src, valid, K_src, src_depth, rel_eps)
+        warped, covisible = _C.correspondence_warp_fwd(
+            src, points_src, valid, K_src, src_depth, rel_eps
+        )
         ctx.save_for_backward(src, points_src, valid, K_src, src_depth)
         ctx.rel_eps = rel_eps
         ctx.mark_non_differentiable(covisible)
@@ -82,8 +94,15 @@ class _CorrespondenceWarp(torch.autograd.Function):
             return (None,) * 6
         src, points_src, valid, K_src, src_depth = ctx.saved_tensors
         g_src, g_points = _C.correspondence_warp_bwd(
-            grad_warped.contiguous(), src, points_src, valid, K_src, src_depth, ctx.rel_eps,
-            need_src, need_points,
+            grad_warped.contiguous(),
+            src,
+            points_src,
+            valid,
+            K_src,
+            src_depth,
+            ctx.rel_eps,
+            need_src,
+            need_points,
         )
         return g_src, g_points, None, None, None, None
 
@@ -101,8 +120,9 @@ def depth_warp(
 
     p_s ~ K_src · src_T_dst · D_t(p_t) · K_dst⁻¹ · p_t, bilinear sample of src at p_s. Returns
     (warped [B,C,Ht,Wt], covisible [B,1,Ht,Wt]); covisible is 1 where dst_depth > 0, the bilinear
-    footprint lies in the source (0 <= x <= Ws-1, 0 <= y <= Hs-1) and, given src_depth, its four
-    taps have depth > 0 and |z_s - D_s(p_s)| <= rel_eps·z_s (D_s bilinear). warped is 0 elsewhere.
+    footprint lies in the source (0 <= x <= Ws-1, 0 <= y <= Hs-1, with 1e-3 px of slack for
+    rounding) and, given src_depth, its four taps have depth > 0 and |z_s - D_s(p_s)| <=
+    rel_eps·z_s (D_s bilinear, z_s the point's source-camera z). warped is 0 elsewhere.
     K_* are [B,3,3] (or one [3,3]), src_T_dst [B,4,4] (or [4,4]). Grad w.r.t. src and dst_depth.
     """
     op = "depth_warp"
@@ -114,7 +134,9 @@ def depth_warp(
     src_T_dst = _batched(op, src_T_dst, "src_T_dst", batch, 4)
     if src_depth is not None:
         src_depth = _tensor_arg(op, src_depth, "src_depth")
-    return _DepthWarp.apply(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, _rel_eps(op, rel_eps))
+    return _DepthWarp.apply(
+        src, dst_depth, K_src, K_dst, src_T_dst, src_depth, _rel_eps(op, rel_eps)
+    )
 
 
 def correspondence_warp(
@@ -139,4 +161,6 @@ def correspondence_warp(
     K_src = _batched(op, K_src, "K_src", batch, 3)
     if src_depth is not None:
         src_depth = _tensor_arg(op, src_depth, "src_depth")
-    return _CorrespondenceWarp.apply(src, points_src, valid, K_src, src_depth, _rel_eps(op, rel_eps))
+    return _CorrespondenceWarp.apply(
+        src, points_src, valid, K_src, src_depth, _rel_eps(op, rel_eps)
+    )

@@ -13,19 +13,20 @@ Stages and their documented behaviour:
 - **pose** (``SessionOptions.pose_mode``): ``relative`` (default, cross-identity) moves the source
   head by the driving head's rotation/translation since the driving's first face frame (x/y
   translation scaled by the source/driving 3D head-size ratio, depth scaled so the face grows or
-  shrinks by the same factor); ``absolute`` uses the driving pose itself, re-expressed so the head
-  keeps its relative position and size in the output frame (use it for same-identity driving).
+  shrinks by the same factor); ``absolute`` uses the driving pose itself (translation scaled by the
+  same head-size ratio, so the source head projects like the driving head), re-expressed so the
+  head keeps its relative position and size in the output frame (for same-identity driving).
 - **expression** (``options.extra["expression"]``): ``absolute`` (default) takes the driving
   expression coefficients as they are; ``relative`` adds the driving's change since its first face
   frame to the source's own expression (cancels per-person fitting bias; exaggerates an already
   expressive source).
 - **relight** (``options.extra["light"]``): ``source`` (default) keeps the source's SH light, so the
   face is relit for its new orientation under the light of the scene it is composited into:
-  ratio = E_θs(n_target) / E_θs(n_source) per vertex, interpolated per pixel. ``driving`` estimates
-  the driving frame's SH light per frame (least squares on ~600 visible vertices, albedo = the
-  source's fitted albedo) and rescales its ambient band to the source's, so only the direction of
-  the driving light is transferred (colour and brightness stay the source scene's). ``none``: no
-  relighting.
+  ratio = E_θs(n_target) / E_θs(n_source) per vertex (SH irradiance of the recombined vs the
+  source-posed normals), interpolated per pixel with the warp's points. ``none``: no relighting.
+  A per-frame estimate of the driving frame's light (least squares on visible vertices with the
+  source's albedo) was tried and dropped: the source and driving SH fits disagree in their
+  higher bands, and the ratio of the two gave colour casts, not better images.
 - **fill**: target face pixels not co-visible in the source (mouth interior, disoccluded cheek)
   take per-vertex colours sampled from the source photo at session start; vertices hidden in the
   source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a
@@ -45,7 +46,6 @@ and ``background_warp`` (``1``/``0``).
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -65,7 +65,7 @@ from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 """Model regions rendered per frame (those the model has): skin, mouth interior, eyes."""
 
-LIGHT_MODES = ("source", "driving", "none")
+LIGHT_MODES = ("source", "none")
 STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "composite", "total")
 RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
 BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
@@ -127,9 +127,8 @@ class GeometricSession:
             )
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
 
-        fit = reenactor.fit_source(
-            source
-        )  # NoFaceError propagates (needs autograd: no inference_mode)
+        # NoFaceError propagates. The photometric fit needs autograd: no inference_mode here.
+        fit = reenactor.fit_source(source)
         self.source_fit = fit
         Hs, Ws = source.shape[:2]
         Ho = int(options.output_height) or Hs
@@ -145,7 +144,7 @@ class GeometricSession:
 
     # ---- session start ------------------------------------------------------------------------
 
-    def _setup(self, source: np.ndarray, fit, model: FaceModel, pm: FaceModel) -> None:
+    def _setup(self, source: np.ndarray, fit, model: FaceModel, pm: st.RenderMesh) -> None:
         Hs, Ws = source.shape[:2]
         Ho, Wo = self.out_hw
         S = self.crop
@@ -187,18 +186,20 @@ class GeometricSession:
             ).norm()
         )
 
-        # Source crop around the face, its render (depth for the occlusion test).
+        # Source crop around the face at the output's resolution (at most 2x the render crop, so
+        # the warp samples the photo once, sharply), and its render (depth for the occlusion test).
         p_src = project_points(self.src_verts_cam, self.K_out[None])[0]
         self.src_box = st.square_box(p_src, RENDER_BOX_SCALE, (Ho, Wo))
         x0, y0, side = self.src_box
-        self.src_crop = st.crop_resample(self.bg, self.src_box, S).contiguous()
-        self.K_src_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
+        Sc = self.src_crop_size = min(side, 2 * S)
+        self.src_crop = st.crop_resample(self.bg, self.src_box, Sc).contiguous()
+        self.K_src_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), Sc)
         rast = rasterize(
-            self.src_verts_cam, self.faces, self.K_src_crop, (S, S), cull_backfaces=True
+            self.src_verts_cam, self.faces, self.K_src_crop, (Sc, Sc), cull_backfaces=True
         )
         self.src_depth = rast[..., 2].unsqueeze(1).contiguous()
 
-        # Per-vertex colours seen in the source (fill layer) and albedo for light estimates.
+        # Per-vertex colours seen in the source (fill layer).
         colors, visible = self._sample_vertex_colors()
         known = visible.clone()
         self.unlit = torch.zeros(V, dtype=torch.bool)
@@ -219,10 +220,6 @@ class GeometricSession:
             self.unlit = hidden_socket  # synthetic colours: not relit
         self.vertex_colors = st.diffuse_colors(colors, known, self.reenactor.adjacency)
         self.src_visible = visible
-        try:
-            self.albedo = pm.albedo_colors(coeffs.albedo.float())
-        except Exception:  # a model without an albedo basis: the sampled colours / irradiance
-            self.albedo = (self.vertex_colors / self.E_src).clamp(0, 1)
 
         # Per-vertex attributes interpolated per frame: source points, fill colour, relight ratio.
         self.attr = torch.empty(1, V, 9)
@@ -246,7 +243,7 @@ class GeometricSession:
 
     def _sample_vertex_colors(self) -> tuple[Tensor, Tensor]:
         """Colours ``[V,3]`` of the source crop at each vertex, and which vertices it shows."""
-        S = self.crop
+        S = self.src_crop_size
         verts = self.src_verts_cam
         p = project_points(verts, self.K_src_crop)  # [1,V,2]
         grid = (2 * p + 1) / S - 1
@@ -314,10 +311,14 @@ class GeometricSession:
     def target_pose(self, fit) -> tuple[Tensor, Tensor]:
         """Pose (R, t) of the recombined head in the output camera (see the module doc)."""
         R_d, t_d = _pose_matrix(fit.coeffs)
-        if self.options.pose_mode == "absolute":
-            K_d = fit.K.float().reshape(3, 3)
-            return st.absolute_pose(R_d, t_d, K_d, tuple(fit.image_size), self.K_out, self.out_hw)
         ref = self._reference_for(fit)
+        if self.options.pose_mode == "absolute":
+            # The source head is ref.size_ratio times the driving's: that much further away, it
+            # projects like the driving head did.
+            K_d = fit.K.float().reshape(3, 3)
+            return st.absolute_pose(
+                R_d, t_d * ref.size_ratio, K_d, tuple(fit.image_size), self.K_out, self.out_hw
+            )
         return st.relative_pose(self.R_src, self.t_src, R_d, t_d, ref.R, ref.t, ref.size_ratio)
 
     def target_expression(self, fit) -> Tensor:
@@ -353,10 +354,8 @@ class GeometricSession:
 
         # -- relight ratio per vertex (goes through the same interpolation as the warp points)
         if self.light_mode != "none":
-            light = (
-                self._target_light(frame, fit) if self.light_mode == "driving" else self.light_src
-            )
-            ratio = (st.irradiance(normals, light).clamp_min(0.0) / self.E_src).clamp_(0.4, 2.5)
+            ratio = st.irradiance(normals, self.light_src).clamp_min(0.0) / self.E_src
+            ratio.clamp_(0.4, 2.5)
             ratio[self.unlit] = 1.0
             self.attr[0, :, 6:9] = ratio
         t3 = _now()
@@ -390,34 +389,6 @@ class GeometricSession:
         image = self._composite(face, valid, points, rast[..., 2], box, (R, t))
         timings["composite"] = _now() - t6
         return image
-
-    def _target_light(self, frame: np.ndarray, fit) -> Tensor:
-        """SH light of the driving frame with the source's ambient band (see the module doc)."""
-        model = self.reenactor.render_model
-        coeffs = fit.coeffs
-        V = self.id_shape.shape[0]
-        idx = self.reenactor.light_samples
-        verts = model.identity_shape(coeffs.identity.float())[idx]
-        verts = verts + (coeffs.expression.float() @ self.expr_basis).view(V, 3)[idx]
-        R_d, t_d = _pose_matrix(coeffs)
-        cam = st.pose_vertices(verts, R_d, t_d)
-        n = st.rotate_to_camera(self.reenactor.render_normals[idx], R_d)
-        p = project_points(cam, fit.K.float().reshape(1, 3, 3))[0]
-        H, W = frame.shape[:2]
-        ok = (
-            (n[:, 2] < -0.3)
-            & (p[:, 0] >= 0)
-            & (p[:, 0] <= W - 1)
-            & (p[:, 1] >= 0)
-            & (p[:, 1] <= H - 1)
-        )
-        if int(ok.sum()) < 50:
-            return self.light_src
-        pi = p[ok].round().long()
-        colors = torch.from_numpy(frame[pi[:, 1].numpy(), pi[:, 0].numpy()]).float() / 255.0
-        light = st.estimate_light(colors, self.albedo[idx][ok], n[ok])
-        scale = self.light_src[0] / light[0].clamp_min(1e-3)
-        return light * scale
 
     def _composite(
         self,
@@ -573,21 +544,10 @@ class GeometricReenactor:
         self._driving_fitter_cls = DrivingFitter
         self._source_fitter = SourceFitter(face_model)
         self._lock = threading.Lock()
-        # Vertices used to estimate a driving frame's light: subsampled face skin.
         pm = self.render_model
         self.faces_long = pm.faces_long
         self.normal_op = st.normal_operator(pm.faces, pm.n_vertices)
         self.adjacency = st.vertex_adjacency(pm.faces, pm.n_vertices)
-        with torch.inference_mode():
-            self.render_normals = st.fast_vertex_normals(
-                pm.vertices, self.faces_long, self.normal_op
-            )
-        skin = pm.region_mask("face")
-        if not skin.any():
-            skin = torch.ones(pm.n_vertices, dtype=torch.bool)
-        idx = torch.nonzero(skin).squeeze(1)
-        step = max(1, math.ceil(idx.numel() / 600))
-        self.light_samples = idx[::step]
         # Vertices whose projection bounds the face (the render crop): a subsample of all.
         self.box_vertices = torch.arange(0, pm.n_vertices, 7)
 

@@ -158,20 +158,6 @@ def irradiance(normals: Tensor, light: Tensor) -> Tensor:
     return sh_basis(normals) @ light
 
 
-def estimate_light(colors: Tensor, albedo: Tensor, normals: Tensor, reg: float = 1e-3) -> Tensor:
-    """Least-squares SH light ``[9, 3]`` with ``colors ≈ albedo ⊙ (H(n) θ)`` over N samples.
-
-    Light is linear in θ given albedo and normals, so this is a 9x9 solve per channel.
-    """
-    H = sh_basis(normals)  # [N,9]
-    out = []
-    for c in range(3):
-        A = H * albedo[:, c : c + 1]
-        AtA = A.T @ A + reg * torch.eye(9, dtype=A.dtype) * len(A)
-        out.append(torch.linalg.solve(AtA, A.T @ colors[:, c]))
-    return torch.stack(out, dim=1)
-
-
 def normal_operator(faces: Tensor, n_vertices: int) -> Tensor:
     """Sparse vertex-face incidence ``[V, F]`` (CSR): ``op @ face_normals`` sums incident faces."""
     f = faces.long()
@@ -315,7 +301,6 @@ class RenderMesh:
         self.expression_basis = model.expression_basis[:, keep_idx].contiguous()
         self.region = None if model.region is None else model.region[keep_idx]
         self.region_names = list(model.region_names)
-        self._albedo = None
 
     @property
     def n_vertices(self) -> int:
@@ -337,12 +322,6 @@ class RenderMesh:
         V = self.n_vertices
         basis = self.identity_basis[:k].reshape(k, V * 3)
         return self.vertices + (identity.float() @ basis).view(V, 3)
-
-    def albedo_colors(self, gamma: Tensor) -> Tensor:
-        """Per-vertex albedo ``[V,3]`` of the model's albedo model for coefficients ``[1,G]``."""
-        if self._albedo is None:
-            self._albedo = self.model.albedo.subset(self.index)
-        return self._albedo.colors(gamma)[0]
 
 
 def render_vertex_mask(model, regions: tuple[str, ...], neck_margin_mm: float = 10.0) -> Tensor:

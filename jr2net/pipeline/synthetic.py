@@ -46,15 +46,15 @@ def render_face(
     tint: tuple[float, float, float],
 ) -> np.ndarray:
     """One uint8 ``[SIZE, SIZE, 3]`` frame of the model over ``backdrop``."""
+    from jr2net.face.camera import default_intrinsics
     from jr2net.face.coeffs import FaceCoefficients
-    from jr2net.face.fitting import default_intrinsics
     from jr2net.face.renderer import FaceRenderer
 
     coeffs = FaceCoefficients.zeros(model, n_identity=identity.shape[1])
     coeffs.identity = identity
     coeffs.expression = expression
     coeffs.angles = angles
-    K = default_intrinsics(SIZE, SIZE)
+    K = default_intrinsics((SIZE, SIZE))
     f = float(K[0, 0, 0])
     coeffs.translation = torch.tensor([[0.0, 10.0, -f * 150.0 / (0.42 * SIZE)]])
     coeffs.light = _light()

@@ -1,0 +1,78 @@
+// Tensor glue of the CUDA sh_shading kernels (built only WITH_CUDA): allocates outputs, fills the
+// param structs and calls the launchers in sh_shading.cu on the current stream.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "ops/sh_shading.h"
+#include "sh_shading.h"
+
+namespace jr2net {
+
+std::tuple<at::Tensor, at::Tensor> sh_shading_fwd_cuda(const at::Tensor& normals,
+                                                       const at::Tensor& albedo,
+                                                       const at::Tensor& sh,
+                                                       const std::optional<at::Tensor>& mask) {
+  const c10::cuda::CUDAGuard guard(normals.device());
+  at::Tensor image = at::empty_like(albedo);
+  at::Tensor irr = at::empty_like(albedo);
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_fwd_cuda", [&] {
+    ShShadingParams<scalar_t> P;
+    P.normals = normals.data_ptr<scalar_t>();
+    P.albedo = albedo.data_ptr<scalar_t>();
+    P.sh = sh.data_ptr<scalar_t>();
+    P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
+    P.image = image.data_ptr<scalar_t>();
+    P.irradiance = irr.data_ptr<scalar_t>();
+    P.B = normals.size(0);
+    P.HW = normals.size(2) * normals.size(3);
+    sh_shading_fwd_cuda_launch(P, stream);
+  });
+  C10_CUDA_CHECK(cudaGetLastError());
+  return {image, irr};
+}
+
+ShGrads sh_shading_bwd_cuda(const std::optional<at::Tensor>& grad_image,
+                            const std::optional<at::Tensor>& grad_irradiance,
+                            const at::Tensor& normals, const at::Tensor& albedo,
+                            const at::Tensor& sh, const std::optional<at::Tensor>& mask,
+                            std::array<bool, 4> needs) {
+  const c10::cuda::CUDAGuard guard(normals.device());
+  at::Tensor gn, ga, gm;
+  at::Tensor gs = at::zeros_like(sh);  // accumulated with atomics
+  if (needs[0]) gn = at::empty_like(normals);
+  if (needs[1]) ga = at::empty_like(albedo);
+  if (needs[3] && mask) gm = at::empty_like(*mask);
+  if (!grad_image && !grad_irradiance) {  // nothing flows back: all grads are zero
+    for (at::Tensor* t : {&gn, &ga, &gm}) {
+      if (t->defined()) t->zero_();
+    }
+    return {gn, ga, needs[2] ? gs : at::Tensor(), gm};
+  }
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_bwd_cuda", [&] {
+    ShShadingBackwardParams<scalar_t> P;
+    P.normals = normals.data_ptr<scalar_t>();
+    P.albedo = albedo.data_ptr<scalar_t>();
+    P.sh = sh.data_ptr<scalar_t>();
+    P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
+    P.grad_image = grad_image ? grad_image->data_ptr<scalar_t>() : nullptr;
+    P.grad_irr = grad_irradiance ? grad_irradiance->data_ptr<scalar_t>() : nullptr;
+    P.grad_normals = gn.defined() ? gn.data_ptr<scalar_t>() : nullptr;
+    P.grad_albedo = ga.defined() ? ga.data_ptr<scalar_t>() : nullptr;
+    P.grad_sh = needs[2] ? gs.data_ptr<scalar_t>() : nullptr;
+    P.grad_mask = gm.defined() ? gm.data_ptr<scalar_t>() : nullptr;
+    P.B = normals.size(0);
+    P.HW = normals.size(2) * normals.size(3);
+    sh_shading_bwd_cuda_launch(P, stream);
+  });
+  C10_CUDA_CHECK(cudaGetLastError());
+  return {gn, ga, needs[2] ? gs : at::Tensor(), gm};
+}
+
+}  // namespace jr2net
