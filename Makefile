@@ -48,7 +48,16 @@ lint: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check . || true
 
-bench: build
+# Benchmark peers (kornia, moderngl), installed with torch pinned so pip cannot replace it.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): requirements-bench.txt | $(DEPS_STAMP)
+	@tv=$$($(PY) -c "import torch; print(torch.__version__.split('+')[0])"); \
+	$(PIP) install -q -r requirements-bench.txt "torch==$$tv"
+	touch $@
+
+bench: build $(BENCH_STAMP)
+	@$(PY) -c "import ctypes.util as u, sys; sys.exit(0 if u.find_library('EGL') else 1)" || \
+	echo "bench: libEGL not found, the moderngl peer will be skipped (apt-get install -y libegl1 libgl1-mesa-dri)"
 	$(PY) -m benchmarks.kernels
 	$(PY) -m benchmarks.fitting
 	$(PY) -m benchmarks.server

@@ -6,8 +6,10 @@ composited over heavily blurred patches of the shared photos, then detected with
 the ICT model (the fit uses the same fixed-FOV camera convention as the renderer, see
 jr2net.face.fitting). Reported: dlib detection rate; 2D landmark error / IOD (fitted model landmarks vs
 the ground-truth model landmarks, jaw on the silhouette); mesh RMSE after similarity + ICP alignment,
-85 mm crop around the nose tip (jr2net.eval.geometry); mean absolute expression-coefficient error. The
-baseline is the mean shape with a pose-only landmark fit.
+85 mm crop around the nose tip (jr2net.eval.geometry), on the face region; mean absolute
+expression-coefficient error. The baseline is the mean shape with a pose-only landmark fit. Also shown:
+an oracle (the landmark fit given the true 2D landmarks: what dlib's error costs) and ALT_KWARGS, a
+photometric-dominant SourceFitter setting (what the defaults trade for real-photo landmark residuals).
 
 Real photos: every shared photo with a face, fitted with the ICT and the generic model: landmark residual
 / IOD (target < 3 %); overlays saved to benchmarks/results/fit_<name>.png (ICT) and fit_<name>_generic.png.
@@ -25,6 +27,7 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import math  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -41,6 +44,15 @@ from benchmarks.common import (  # noqa: E402
 
 YAW_MAX_DEG = 35.0
 SIZE = 256
+# A photometric-dominant setting reported beside the defaults: landmarks whose fit residual exceeds
+# ~2.6 % IOD are trusted steeply less and the photometric refinement runs longer. It wins on the
+# synthetic faces (dlib errs coherently there) but loosens the landmark fit on some real photos.
+ALT_KWARGS = {
+    "photo_lr": 2.0,
+    "landmark_noise_ref": 3.5e-4,
+    "landmark_noise_power": 4.0,
+    "photo_iterations_max": 60,
+}
 
 
 def _backgrounds(rng: np.random.Generator, n: int) -> list[np.ndarray]:
@@ -164,6 +176,7 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
     renderer = FaceRenderer(_render_model(model))
     fitter = SourceFitter(model, **(fitter_kwargs or {}))
     oracle = SourceFitter(model, photometric=False)
+    alt = SourceFitter(model, **ALT_KWARGS)
     solver = fitter.solver
     rng = np.random.default_rng(seed)
     backgrounds = _backgrounds(rng, n)
@@ -195,7 +208,7 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         X = torch.as_tensor(gt_verts[vid][None])
         gt_lm = project(model_to_camera(X, c.angles, c.translation), K)[0].double().numpy()
         iod = float(np.linalg.norm(gt_lm[36] - gt_lm[45]))
-        row = {"i": i, "yaw_deg": float(np.degrees(c.angles[0, 1]))}
+        row = {"i": i, "yaw_deg": math.degrees(float(c.angles[0, 1]))}
         try:
             det = detect_largest_face(image)
         except NoFaceError:
@@ -222,6 +235,13 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         ov = model.shape(oc.identity, oc.expression)[0].numpy()[keep]
         eo = reconstruction_errors(ov, faces, gt_face, faces, lmk, lmk, nose_tip, crop_radius=85.0)
         row["oracle_rmse_mm"] = float(eo["rmse"])
+        t0 = time.perf_counter()
+        ac = alt.fit(image, det).coeffs
+        row["alt_fit_s"] = time.perf_counter() - t0
+        av = model.shape(ac.identity, ac.expression)[0].numpy()[keep]
+        ea = reconstruction_errors(av, faces, gt_face, faces, lmk, lmk, nose_tip, crop_radius=85.0)
+        row["alt_rmse_mm"] = float(ea["rmse"])
+        row["alt_expr_mae"] = float((ac.expression - c.expression).abs().mean())
         # Baseline: mean shape, neutral expression, pose-only landmark fit.
         bp, binfo = solver.solve(det.landmarks, Kn, fit_identity=False, fit_expression=False)
         base_verts = model.vertices.numpy()
@@ -263,6 +283,11 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         "baseline_expr_mae_mean": float(np.mean([r["base_expr_mae"] for r in det_rows])),
         "fit_s_median": med("fit_s"),
         "oracle_landmarks_rmse_mm_median": med("oracle_rmse_mm"),
+        "alt_config": ALT_KWARGS,
+        "alt_rmse_mm_median": med("alt_rmse_mm"),
+        "alt_rmse_mm_p80": percentile([r["alt_rmse_mm"] for r in det_rows], 80),
+        "alt_expr_mae_mean": float(np.mean([r["alt_expr_mae"] for r in det_rows])),
+        "alt_fit_s_median": med("alt_fit_s"),
     }
     return summary, rows
 
@@ -280,6 +305,7 @@ def real_photos() -> list[dict]:
         "generic": load_face_model("generic"),
     }
     fitters = {k: SourceFitter(m) for k, m in models.items()}
+    alt = SourceFitter(models["ict"], **ALT_KWARGS)
     rows = []
     for path in sorted(shared_path("data", "images").iterdir()):
         if path.stem == "s31":  # the dog
@@ -297,6 +323,7 @@ def real_photos() -> list[dict]:
                 render_fit_overlay(image, res, models[key]),
             )
         row["pass"] = all(row[f"{k}_residual_iod"] < 0.03 for k in fitters)
+        row["alt_ict_residual_iod"] = alt.fit(image, det).residual_iod
         rows.append(row)
     return rows
 
@@ -393,7 +420,14 @@ def main() -> None:
     photos = real_photos()
     print_table(
         photos,
-        ["photo", "ict_residual_iod", "generic_residual_iod", "ict_fit_s", "pass"],
+        [
+            "photo",
+            "ict_residual_iod",
+            "generic_residual_iod",
+            "ict_fit_s",
+            "pass",
+            "alt_ict_residual_iod",
+        ],
         "Real photos: landmark residual / IOD (target < 0.03)",
     )
 
@@ -435,6 +469,21 @@ def main() -> None:
                 "metric": "expression MAE (mean over 53)",
                 "ours": summary["expr_mae_mean"],
                 "baseline": summary["baseline_expr_mae_mean"],
+            },
+            {
+                "metric": "alt (photometric-dominant): RMSE mm median",
+                "ours": summary["alt_rmse_mm_median"],
+                "baseline": summary["baseline_rmse_mm_median"],
+            },
+            {
+                "metric": "alt: expression MAE",
+                "ours": summary["alt_expr_mae_mean"],
+                "baseline": summary["baseline_expr_mae_mean"],
+            },
+            {
+                "metric": "alt: fit s (median, 256^2)",
+                "ours": summary["alt_fit_s_median"],
+                "baseline": float("nan"),
             },
             {
                 "metric": "oracle: true 2D landmarks, RMSE mm",

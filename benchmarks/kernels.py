@@ -167,17 +167,37 @@ def _outputs(out: Any, picks: tuple[int, ...] | None) -> list[torch.Tensor]:
     return [out] if picks is None else [out[i] for i in picks]
 
 
+def timed(fn: Callable[[], Any], warmup: int, iters: int, min_time: float) -> tuple[float, float]:
+    """(median, best) seconds of fn over the runs of common.median_time.
+
+    The best run shows what the code does when the shared machine leaves it alone; the tables
+    and targets use the median.
+    """
+    samples: list[float] = []
+
+    def run() -> None:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+
+    med = median_time(run, warmup=warmup, iters=iters, min_time=min_time)
+    return med, min(samples[warmup:])
+
+
+Timing = tuple[float, float]  # (median, best) seconds
+
+
 def time_impl(
     case: Case, fn: Callable[..., Any], iters: int, min_time: float
-) -> tuple[float, float]:
-    """(forward, backward) median seconds of fn on the case's inputs."""
+) -> tuple[Timing, Timing]:
+    """(forward, backward) timings of fn on the case's inputs."""
     args = list(case.args)
 
     def fwd() -> None:
         with torch.no_grad():
             fn(*args)
 
-    t_fwd = median_time(fwd, warmup=1, iters=iters, min_time=min_time)
+    t_fwd = timed(fwd, warmup=1, iters=iters, min_time=min_time)
     gargs = list(args)
     for i in case.grad_args:
         gargs[i] = args[i].detach().clone().requires_grad_()
@@ -189,7 +209,7 @@ def time_impl(
     def bwd() -> None:
         torch.autograd.grad(outs, inputs, grads, retain_graph=True)
 
-    t_bwd = median_time(bwd, warmup=1, iters=iters, min_time=min_time)
+    t_bwd = timed(bwd, warmup=1, iters=iters, min_time=min_time)
     return t_fwd, t_bwd
 
 
@@ -252,8 +272,8 @@ def kornia_peer(scene: Scene, feats: torch.Tensor) -> dict[str, Any]:
         with torch.no_grad():
             depth_warp(feats, scene.dst_depth, scene.K, scene.K, scene.src_T_dst)
 
-    t_k = median_time(run_kornia, warmup=1, iters=10, min_time=0.5)
-    t_o = median_time(run_ours, warmup=1, iters=10, min_time=0.5)
+    t_k, t_k_best = timed(run_kornia, warmup=1, iters=10, min_time=0.5)
+    t_o, t_o_best = timed(run_ours, warmup=1, iters=10, min_time=0.5)
     import kornia
 
     return {
@@ -262,6 +282,7 @@ def kornia_peer(scene: Scene, feats: torch.Tensor) -> dict[str, Any]:
         "peer_ms": t_k * 1e3,
         "ours_ms": t_o * 1e3,
         "speedup": t_k / t_o,
+        "best_speedup": t_k_best / t_o_best,
     }
 
 
@@ -338,8 +359,8 @@ def moderngl_peer(scene: Scene) -> dict[str, Any]:
         with torch.no_grad():
             rasterize(scene.verts_dst[:1], scene.faces, scene.K[:1], (S, S))
 
-    t_gl = median_time(run_gl, warmup=2, iters=20, min_time=0.5)
-    t_o = median_time(run_ours, warmup=2, iters=20, min_time=0.5)
+    t_gl, t_gl_best = timed(run_gl, warmup=2, iters=20, min_time=0.5)
+    t_o, t_o_best = timed(run_ours, warmup=2, iters=20, min_time=0.5)
     renderer = ctx.info.get("GL_RENDERER", "?")
     ctx.release()
     return {
@@ -348,6 +369,7 @@ def moderngl_peer(scene: Scene) -> dict[str, Any]:
         "peer_ms": t_gl * 1e3,
         "ours_ms": t_o * 1e3,
         "speedup": t_gl / t_o,
+        "best_speedup": t_gl_best / t_o_best,
         "coverage_agreement": agree,
     }
 
@@ -378,13 +400,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             feats = features(scene, FEATURE_CHANNELS) if (size == 256 and batch == 1) else None
             for case in cases_for(scene, feats):
                 t0 = time.perf_counter()
-                k_fwd, k_bwd = time_impl(case, case.kernel, iters=10, min_time=0.3)
+                (k_fwd, k_fwd_best), (k_bwd, k_bwd_best) = time_impl(
+                    case, case.kernel, iters=10, min_time=0.3
+                )
                 row: dict[str, Any] = {
                     "op": case.op,
                     "config": case.config,
                     "kernel_fwd_ms": k_fwd * 1e3,
                     "kernel_bwd_ms": k_bwd * 1e3,
                     "bwd/fwd": k_bwd / k_fwd,
+                    "best_fwd_ms": k_fwd_best * 1e3,
+                    "best_bwd_ms": k_bwd_best * 1e3,
+                    "best bwd/fwd": k_bwd_best / k_fwd_best,
                 }
                 key = case.op + case.config.split(" ")[-1]
                 estimate = ref_rate.get(key, 0.0) * case.work
@@ -396,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  {case.op} {case.config}: reference skipped, estimated {estimate:.0f} s per call"
                     )
                 else:
-                    r_fwd, r_bwd = time_impl(case, case.reference, iters=2, min_time=0.0)
+                    (r_fwd, _), (r_bwd, _) = time_impl(case, case.reference, iters=2, min_time=0.0)
                     ref_rate[key] = max(ref_rate.get(key, 0.0), max(r_fwd, r_bwd) / case.work)
                     row.update(
                         ref_fwd_ms=r_fwd * 1e3,
@@ -416,13 +443,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         rows,
         ["op", "config", "kernel_fwd_ms", "ref_fwd_ms", "fwd_speedup", "kernel_bwd_ms",
-         "ref_bwd_ms", "bwd_speedup", "bwd/fwd", "ref"],
-        title="Kernels vs pure-PyTorch references (median ms)",
+         "ref_bwd_ms", "bwd_speedup", "bwd/fwd", "best_fwd_ms", "best bwd/fwd", "ref"],
+        title="Kernels vs pure-PyTorch references (median ms; best_*: the kernel's best run)",
     )  # fmt: skip
-    print_table(peers, ["peer", "config", "peer_ms", "ours_ms", "speedup", "note"], title="Peers")
+    print_table(
+        peers,
+        ["peer", "config", "peer_ms", "ours_ms", "speedup", "best_speedup", "note"],
+        title="Peers (median ms)",
+    )
 
     targets = _targets(rows, peers)
-    print_table(targets, ["target", "measured", "status"], title="Targets")
+    print_table(
+        targets,
+        ["target", "measured", "status", "best", "status_best"],
+        title="Targets (median; best run in the last two columns)",
+    )
     write_results(
         "kernels",
         {"threads": torch.get_num_threads(), "load_average": load, "rows": rows, "peers": peers,
@@ -436,33 +471,40 @@ def _find(rows: list[dict[str, Any]], op: str, config: str) -> dict[str, Any] | 
 
 
 def _targets(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target judged on the median (status) and, for reference, on the best run."""
     out: list[dict[str, Any]] = []
 
-    def add(target: str, value: float | None, ok: bool | None, fmt: str) -> None:
-        measured = "n/a" if value is None else fmt.format(value)
-        status = "n/a" if ok is None else ("met" if ok else "missed")
-        out.append({"target": target, "measured": measured, "status": status})
+    def add(target: str, med: float | None, best: float | None, ok: Callable[[float], bool],
+            fmt: str) -> None:  # fmt: skip
+        out.append(
+            {
+                "target": target,
+                "measured": "n/a" if med is None else fmt.format(med),
+                "status": "n/a" if med is None else ("met" if ok(med) else "missed"),
+                "best": "n/a" if best is None else fmt.format(best),
+                "status_best": "n/a" if best is None else ("met" if ok(best) else "missed"),
+            }
+        )
 
     r = _find(rows, "rasterize", "256² b1")
-    add(
-        "rasterize fwd 256² b1 < 3 ms",
-        r and r["kernel_fwd_ms"],
-        r and r["kernel_fwd_ms"] < 3,
-        "{:.2f} ms",
-    )
+    add("rasterize fwd 256² b1 < 3 ms", r and r["kernel_fwd_ms"], r and r["best_fwd_ms"],
+        lambda v: v < 3, "{:.2f} ms")  # fmt: skip
     sp = r.get("fwd_speedup") if r else None
-    add("rasterize fwd 256² b1 >= 20x reference", sp, None if sp is None else sp >= 20, "{:.0f}x")
+    best_sp = sp and r["ref_fwd_ms"] / r["best_fwd_ms"]
+    add("rasterize fwd 256² b1 >= 20x reference", sp, best_sp, lambda v: v >= 20, "{:.0f}x")
     for op in ("rasterize", "interpolate", "sh_shading", "depth_warp", "correspondence_warp"):
-        worst = max((x for x in rows if x["op"] == op), key=lambda x: x["bwd/fwd"], default=None)
-        if worst is not None:
+        mine = [x for x in rows if x["op"] == op]
+        if mine:
+            worst = max(mine, key=lambda x: x["bwd/fwd"])
+            worst_best = max(x["best bwd/fwd"] for x in mine)
             add(f"{op} backward <= 2.5x forward (worst: {worst['config']})", worst["bwd/fwd"],
-                worst["bwd/fwd"] <= 2.5, "{:.2f}x")  # fmt: skip
+                worst_best, lambda v: v <= 2.5, "{:.2f}x")  # fmt: skip
     c = _find(rows, "correspondence_warp", f"256² b1 {FEATURE_CHANNELS}ch")
     add(f"correspondence_warp {FEATURE_CHANNELS}ch 256² fwd < 3 ms", c and c["kernel_fwd_ms"],
-        c and c["kernel_fwd_ms"] < 3, "{:.2f} ms")  # fmt: skip
+        c and c["best_fwd_ms"], lambda v: v < 3, "{:.2f} ms")  # fmt: skip
     k = next((p for p in peers if p.get("peer", "").startswith("kornia") and "speedup" in p), None)
     add(f"depth_warp >= 5x kornia ({FEATURE_CHANNELS}ch 256²)", k and k["speedup"],
-        k and k["speedup"] >= 5, "{:.1f}x")  # fmt: skip
+        k and k["best_speedup"], lambda v: v >= 5, "{:.1f}x")  # fmt: skip
     return out
 
 

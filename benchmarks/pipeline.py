@@ -135,7 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         "--output-size", type=int, default=512, help="square output side (512 = the video's)"
     )
     ap.add_argument("--passes", type=int, default=2)
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     result = run(
         args.face_model, args.crop, args.source, args.driving, args.passes, args.output_size
     )

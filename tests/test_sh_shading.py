@@ -52,6 +52,27 @@ def test_backward_through_one_output_only():
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+def test_result_does_not_depend_on_the_thread_count():
+    """Large enough for several pixel chunks; dL/dsh is summed in a fixed order."""
+    gen = torch.Generator().manual_seed(10)
+    args = [t.requires_grad_() for t in _inputs(2, 160, 150, gen)]
+    grads = [torch.randn(2, 3, 160, 150, generator=gen) for _ in range(2)]
+    results = []
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            outs = sh_shading(*args)
+            results.append([*outs, *torch.autograd.grad(outs, args, grads)])
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+    ref = sh_shading_ref(*args)
+    for a, b in zip(torch.autograd.grad(ref, args, grads), results[0][2:], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)
+
+
 def test_gradcheck_every_input_float64():
     gen = torch.Generator().manual_seed(2)
     args = [t.requires_grad_() for t in _inputs(2, 3, 4, gen, dtype=torch.float64)]

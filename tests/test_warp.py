@@ -128,6 +128,29 @@ def test_backward_of_src_only_matches_reference():
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_large_inputs_match_reference_at_any_thread_count(threads):
+    """Big enough to split tiles and channel ranges over threads (uneven with 3)."""
+    gen = torch.Generator().manual_seed(11)
+    src, dst_depth, K_src, K_dst, T, src_depth = _random_depth_case(2, 17, 48, 64, 40, 56, gen)
+    src.requires_grad_()
+    dst_depth.requires_grad_()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, cov = depth_warp(src, dst_depth, K_src, K_dst, T, src_depth, 0.1)
+        grad = torch.randn(out.shape, generator=gen)
+        g = torch.autograd.grad(out, [src, dst_depth], grad)
+    finally:
+        torch.set_num_threads(previous)
+    ref, ref_cov = depth_warp_ref(src, dst_depth, K_src, K_dst, T, src_depth, 0.1)
+    g_ref = torch.autograd.grad(ref, [src, dst_depth], grad)
+    assert torch.equal(cov, ref_cov)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g[0], g_ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g[1], g_ref[1], rtol=1e-3, atol=1e-3)
+
+
 # ---- gradcheck (float64) ----------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ namespace jr2net {
 namespace {
 
 constexpr int64_t kShChunk = 8192;  // pixels per partial sum of dL/dsh
+constexpr int64_t kShGrain = 4;     // chunks per thread at least (small images stay on one)
 
 // The pixel loops below are `omp simd` with loop-invariant plane pointers held in scalars (not
 // arrays), so the compiler vectorises them across pixels.
@@ -48,7 +49,7 @@ void fwd_range(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
 template <typename T>
 void fwd_impl(const ShShadingParams<T>& P) {
   const int64_t nchunk = (P.HW + kShChunk - 1) / kShChunk;
-  at::parallel_for(0, P.B * nchunk, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.B * nchunk, kShGrain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nchunk, p0 = (t % nchunk) * kShChunk;
       const int64_t p1 = p0 + kShChunk < P.HW ? p0 + kShChunk : P.HW;
@@ -147,7 +148,7 @@ void bwd_impl(const ShShadingBackwardParams<T>& P) {
   // Fixed chunking (not per thread), so dL/dsh does not depend on the thread count.
   const int64_t nchunk = (P.HW + kShChunk - 1) / kShChunk;
   std::vector<double> partial(static_cast<size_t>(P.B * nchunk * 27), 0.0);
-  at::parallel_for(0, P.B * nchunk, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.B * nchunk, kShGrain, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / nchunk, p0 = (t % nchunk) * kShChunk;
       const int64_t p1 = p0 + kShChunk < P.HW ? p0 + kShChunk : P.HW;

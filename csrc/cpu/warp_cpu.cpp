@@ -21,6 +21,13 @@ namespace jr2net {
 namespace {
 
 constexpr int64_t kTile = 512;  // target pixels per tile
+// Least work (output values) per thread: smaller problems run on fewer threads, where waking the
+// pool would cost more than it saves.
+constexpr int64_t kGrain = 1 << 16;
+
+inline int64_t tile_grain(int64_t channels) {
+  return std::max<int64_t>(1, kGrain / (kTile * (channels + 4)));  // +4: footprint per pixel
+}
 
 template <typename T>
 WarpParams<T> make_params(const WarpInputs& in) {
@@ -62,17 +69,46 @@ DepthWarpFrame<T> frame_of(const WarpParams<T>& P, bool depth, int64_t b) {
   return DepthWarpFrame<T>{};
 }
 
+// Values per target pixel of the position Jacobian kept by the backward: d(depth)->(x, y) for
+// depth_warp (2), dP->(x, y) for correspondence_warp (2 x 3).
+template <bool kDepth>
+constexpr int64_t kJac = kDepth ? 2 : 6;
+
+// Footprints of a tile; optionally covisible[k] (0/1) and jac[k * kJac] (zeros where not
+// covisible), the Jacobian of the projected position w.r.t. the pixel's differentiable input.
 template <typename T, bool kDepth>
 void tile_taps(const WarpParams<T>& P, const DepthWarpFrame<T>& F, int64_t b, int64_t p0,
-               int64_t n, TileTaps<T>& tt, T* covisible) {
+               int64_t n, TileTaps<T>& tt, T* covisible, T* jac = nullptr) {
   const T* K = P.K_src + b * 9;
   const T* sd = P.src_depth ? P.src_depth + b * P.Hs * P.Ws : nullptr;
-  for (int64_t k = 0; k < n; ++k) {
-    T X[3], ray[3];
+  int64_t i = p0 / P.Wt, j = p0 - i * P.Wt;  // row and column, stepped below
+  for (int64_t k = 0; k < n; ++k, ++j) {
+    if (j == P.Wt) {
+      j = 0;
+      ++i;
+    }
+    T X[3], ray[3] = {T(0), T(0), T(0)};
     WarpSample<T> s;
-    const bool ok = warp_point<T, kDepth>(P, F, b, p0 + k, X, ray) &&
+    const bool ok = warp_point<T, kDepth>(P, F, b, p0 + k, i, j, X, ray) &&
                     warp_sample(K, X, P.Hs, P.Ws, sd, P.rel_eps, s);
     if (covisible) covisible[k] = ok ? T(1) : T(0);
+    if (jac) {
+      T* J = jac + k * kJac<kDepth>;
+      T jx[3] = {T(0), T(0), T(0)}, jy[3] = {T(0), T(0), T(0)};
+      if (ok) {
+        warp_project_backward(K, s, T(1), T(0), jx);
+        warp_project_backward(K, s, T(0), T(1), jy);
+      }
+      if (kDepth) {
+        J[0] = jx[0] * ray[0] + jx[1] * ray[1] + jx[2] * ray[2];
+        J[1] = jy[0] * ray[0] + jy[1] * ray[1] + jy[2] * ray[2];
+      } else {
+        for (int d = 0; d < 3; ++d) {
+          J[d] = jx[d];
+          J[3 + d] = jy[d];
+        }
+      }
+    }
     if (!ok) {
       tt.idx[k] = -1;
       continue;
@@ -190,7 +226,7 @@ template <typename T, bool kDepth>
 void fwd_impl(const WarpParams<T>& P) {
   const int64_t HWt = P.Ht * P.Wt;
   const int64_t ntiles = (HWt + kTile - 1) / kTile;
-  at::parallel_for(0, P.B * ntiles, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, P.B * ntiles, tile_grain(P.C), [&](int64_t begin, int64_t end) {
     TileTaps<T> tt(kTile);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / ntiles, p0 = (t % ntiles) * kTile;
@@ -204,13 +240,16 @@ void fwd_impl(const WarpParams<T>& P) {
 
 template <typename T, bool kDepth, bool kSrc, bool kGeo>
 void bwd_impl(const WarpParams<T>& P) {
-  const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws;
+  const int64_t HWt = P.Ht * P.Wt;
   const int64_t ntiles = (HWt + kTile - 1) / kTile;
+  constexpr int64_t nj = kJac<kDepth>;
   // Channels of a batch are split into nchunk ranges, one work unit each; position grads are
-  // accumulated per unit in partial[b][chunk][2][HWt] and summed below.
-  const int64_t nchunk =
-      std::max<int64_t>(1, std::min<int64_t>(P.C, static_cast<int64_t>(at::get_num_threads())));
+  // accumulated per unit in partial[b][chunk][2][HWt] and summed below. The first chunk of each
+  // batch also keeps the per-pixel position Jacobian, so the final pass needs no re-projection.
+  const int64_t threads = P.B * HWt * P.C >= kGrain ? at::get_num_threads() : 1;
+  const int64_t nchunk = std::max<int64_t>(1, std::min<int64_t>(P.C, threads));
   std::vector<T> partial(kGeo ? static_cast<size_t>(P.B * nchunk * 2 * HWt) : 0);
+  std::vector<T> jac(kGeo ? static_cast<size_t>(P.B * HWt * nj) : 0);
   at::parallel_for(0, P.B * nchunk, 1, [&](int64_t begin, int64_t end) {
     TileTaps<T> tt(kTile);
     for (int64_t u = begin; u < end; ++u) {
@@ -220,7 +259,8 @@ void bwd_impl(const WarpParams<T>& P) {
       T* gx_all = kGeo ? partial.data() + u * 2 * HWt : nullptr;
       for (int64_t p0 = 0; p0 < HWt; p0 += kTile) {
         const int64_t n = p0 + kTile < HWt ? kTile : HWt - p0;
-        tile_taps<T, kDepth>(P, F, b, p0, n, tt, nullptr);
+        T* J = kGeo && chunk == 0 ? jac.data() + (b * HWt + p0) * nj : nullptr;
+        tile_taps<T, kDepth>(P, F, b, p0, n, tt, nullptr, J);
         T* gx = kGeo ? gx_all + p0 : nullptr;
         T* gy = kGeo ? gx_all + HWt + p0 : nullptr;
         if (kGeo) {
@@ -234,35 +274,24 @@ void bwd_impl(const WarpParams<T>& P) {
     }
   });
   if (!kGeo) return;
-  // dL/d(dst_depth) or dL/d(points_src) from the summed position grads.
-  at::parallel_for(0, P.B * ntiles, 1, [&](int64_t begin, int64_t end) {
+  // dL/d(dst_depth) or dL/d(points_src) = Jacobianᵀ · (summed dL/dx, dL/dy).
+  at::parallel_for(0, P.B * ntiles, tile_grain(2 * nchunk), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / ntiles, p0 = (t % ntiles) * kTile;
       const int64_t p1 = p0 + kTile < HWt ? p0 + kTile : HWt;
-      const DepthWarpFrame<T> F = frame_of(P, kDepth, b);
-      const T* K = P.K_src + b * 9;
-      const T* sd = P.src_depth ? P.src_depth + b * HWs : nullptr;
       const T* part = partial.data() + b * nchunk * 2 * HWt;
       for (int64_t p = p0; p < p1; ++p) {
-        T X[3], ray[3], gP[3] = {T(0), T(0), T(0)};
-        WarpSample<T> sm;
-        const bool ok = warp_point<T, kDepth>(P, F, b, p, X, ray) &&
-                        warp_sample(K, X, P.Hs, P.Ws, sd, P.rel_eps, sm);
-        if (ok) {
-          T gx = T(0), gy = T(0);
-          for (int64_t ch = 0; ch < nchunk; ++ch) {
-            gx += part[ch * 2 * HWt + p];
-            gy += part[ch * 2 * HWt + HWt + p];
-          }
-          warp_project_backward(K, sm, gx, gy, gP);
+        T gx = T(0), gy = T(0);
+        for (int64_t ch = 0; ch < nchunk; ++ch) {
+          gx += part[ch * 2 * HWt + p];
+          gy += part[ch * 2 * HWt + HWt + p];
         }
+        const T* J = jac.data() + (b * HWt + p) * nj;
         if (kDepth) {
-          P.grad_dst_depth[b * HWt + p] = ok ? gP[0] * ray[0] + gP[1] * ray[1] + gP[2] * ray[2] : T(0);
+          P.grad_dst_depth[b * HWt + p] = gx * J[0] + gy * J[1];
         } else {
           T* gp = P.grad_points + (b * HWt + p) * 3;
-          gp[0] = gP[0];
-          gp[1] = gP[1];
-          gp[2] = gP[2];
+          for (int d = 0; d < 3; ++d) gp[d] = gx * J[d] + gy * J[3 + d];
         }
       }
     }

@@ -19,10 +19,10 @@ __global__ void warp_fwd_kernel(WarpParams<T> P) {
   const int64_t b = n / HWt, p = n - b * HWt;
   DepthWarpFrame<T> F{};
   if (kDepth) F = depth_warp_frame(P.K_dst + b * 9, P.src_T_dst + b * 16);
-  T X[3], ray[3];
+  T X[3], ray[3] = {T(0), T(0), T(0)};
   WarpSample<T> s;
   const T* sd = P.src_depth ? P.src_depth + b * HWs : nullptr;
-  const bool ok = warp_point<T, kDepth>(P, F, b, p, X, ray) &&
+  const bool ok = warp_point<T, kDepth>(P, F, b, p, p / P.Wt, p % P.Wt, X, ray) &&
                   warp_sample(P.K_src + b * 9, X, P.Hs, P.Ws, sd, P.rel_eps, s);
   P.covisible[n] = ok ? T(1) : T(0);
   T* out = P.warped + b * P.C * HWt + p;
@@ -47,11 +47,11 @@ __global__ void warp_bwd_kernel(WarpParams<T> P) {
   const int64_t b = n / HWt, p = n - b * HWt;
   DepthWarpFrame<T> F{};
   if (kDepth) F = depth_warp_frame(P.K_dst + b * 9, P.src_T_dst + b * 16);
-  T X[3], ray[3];
+  T X[3], ray[3] = {T(0), T(0), T(0)};
   WarpSample<T> s;
   const T* K = P.K_src + b * 9;
   const T* sd = P.src_depth ? P.src_depth + b * HWs : nullptr;
-  const bool ok = warp_point<T, kDepth>(P, F, b, p, X, ray) &&
+  const bool ok = warp_point<T, kDepth>(P, F, b, p, p / P.Wt, p % P.Wt, X, ray) &&
                   warp_sample(K, X, P.Hs, P.Ws, sd, P.rel_eps, s);
   if (ok) {
     T w[4];

@@ -159,14 +159,15 @@ JR2_HD void warp_weights(const WarpSample<T>& s, T* w) {
 
 // The 3D point of target pixel (b, p = i*Wt + j) in the source frame; false when the target pixel
 // itself is invalid (dst_depth <= 0, or valid <= 0.5). ray receives dP/d(depth) for depth_warp.
+// The caller passes (i, j) with p so that loops can step them without dividing.
 template <typename T, bool kDepth>
 JR2_HD bool warp_point(const WarpParams<T>& Pm, const DepthWarpFrame<T>& F, int64_t b, int64_t p,
-                       T* P, T* ray) {
+                       int64_t i, int64_t j, T* P, T* ray) {
   const int64_t HWt = Pm.Ht * Pm.Wt;
   if (kDepth) {
     const T d = Pm.dst_depth[b * HWt + p];
     if (!(d > T(0))) return false;
-    depth_warp_ray(F, p / Pm.Wt, p % Pm.Wt, ray);
+    depth_warp_ray(F, i, j, ray);
     for (int k = 0; k < 3; ++k) P[k] = d * ray[k] + F.t[k];
   } else {
     if (!(Pm.valid[b * HWt + p] > T(0.5))) return false;

@@ -1,8 +1,10 @@
 """``jr2net demo``: the main job end to end, offline: reenact a video through a real gRPC server.
 
-Inputs: ``--source``/``--driving`` when given; otherwise the shared media (obama.jpg driven by
-d0.mp4) when the shared data folder is there; otherwise a self-contained pair generated from the
-face model (a rendered face as the source photo, the model animated as the driving video).
+Inputs: ``--source``/``--driving`` when given; otherwise the shared media (s42.jpg, else
+obama.jpg, driven by d0.mp4) when the shared data folder is there; otherwise a self-contained pair
+generated from the face model (a rendered face as the source photo, the model animated as the
+driving video). Face model: ``--face-model``, else ICT-FaceKit when it is imported or in the shared
+folder, else the standard lookup (the embedded generic model on a fresh machine).
 Outputs in ``--out``: reenacted.mp4, side_by_side.mp4 (source | driving | output) and
 contact_sheet.png.
 """
@@ -64,6 +66,18 @@ def pick_inputs(args: argparse.Namespace, out: Path) -> tuple[Path, Path, str]:
     return source, driving, "generated from the face model"
 
 
+def _best_face_model() -> str | None:
+    """ICT-FaceKit when it is installed or in the shared data folder, else the standard lookup."""
+    from jr2net.errors import FaceModelError
+    from jr2net.face.model import resolve_face_model
+
+    try:
+        choice = resolve_face_model("ict")
+    except FaceModelError:
+        return None
+    return str(choice.path) if choice.path is not None else None
+
+
 def run(args: argparse.Namespace) -> int:
     import json
     import sys
@@ -78,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
     except JR2NetError as exc:
         print(f"jr2net demo: cannot prepare inputs: {exc}", file=sys.stderr)
         return 2
+    face_model = args.face_model or _best_face_model()
     print(f"demo: source  {source}\ndemo: driving {driving}  ({origin})")
+    print(f"demo: face model {face_model or 'default lookup'}")
     outputs = {
         "video": out / "reenacted.mp4",
         "side_by_side": out / "side_by_side.mp4",
@@ -93,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
             contact_sheet_path=outputs["contact_sheet"],
             max_frames=args.max_frames or None,
             pose_mode=args.pose_mode,
-            face_model=args.face_model,
+            face_model=face_model,
             progress=not args.no_progress,
         )
     except (FileNotFoundError, ValueError, JR2NetError) as exc:

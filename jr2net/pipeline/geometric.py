@@ -71,6 +71,8 @@ RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
 BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
 FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
 REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
+RATIO_RANGE = (0.67, 1.5)  # relighting ratio limits
+RATIO_SMOOTHING = 3  # neighbour-averaging passes over the per-vertex relighting ratio
 
 
 def _now() -> float:
@@ -177,7 +179,11 @@ class GeometricSession:
         )
         self.n_src_cam = st.rotate_to_camera(n_src, self.R_src)
         self.light_src = coeffs.light.float()[0]  # [9,3]
-        self.E_src = st.irradiance(self.n_src_cam, self.light_src).clamp_min(0.05)
+        # Irradiance ratios are stabilised by a floor of a quarter of the mean irradiance, so
+        # surfaces the light barely reaches (nostrils, under the chin) are not blown up.
+        e_src = st.irradiance(self.n_src_cam, self.light_src).clamp_min(0.0)
+        self.E_floor = 0.25 * float(e_src.mean())
+        self.E_src = e_src + self.E_floor
         lm = model.landmarks68
         self.src_iod = float(
             (
@@ -354,8 +360,12 @@ class GeometricSession:
 
         # -- relight ratio per vertex (goes through the same interpolation as the warp points)
         if self.light_mode != "none":
-            ratio = st.irradiance(normals, self.light_src).clamp_min(0.0) / self.E_src
-            ratio.clamp_(0.4, 2.5)
+            ratio = st.irradiance(normals, self.light_src).clamp_min(0.0).add_(self.E_floor)
+            ratio.div_(self.E_src).clamp_(RATIO_RANGE[0], RATIO_RANGE[1])
+            for _ in range(
+                RATIO_SMOOTHING
+            ):  # the model's small folds (nostrils) are not the photo's
+                ratio = self.reenactor.adjacency @ ratio
             ratio[self.unlit] = 1.0
             self.attr[0, :, 6:9] = ratio
         t3 = _now()
@@ -371,16 +381,15 @@ class GeometricSession:
         timings["warp"] = t4 - t3
 
         # -- relight
-        ratio_map = interp[..., 6:9].permute(0, 3, 1, 2)
+        planes = interp[..., 3:9].permute(0, 3, 1, 2).contiguous()  # fill colour, ratio
+        ratio_map = planes[:, 3:6]
         relit = warped * ratio_map
         t5 = _now()
         timings["relight"] = (t5 - t4) + (t3 - t2)
 
         # -- fill the non-covisible face pixels
-        fill = interp[..., 3:6].permute(0, 3, 1, 2) * ratio_map
-        cov_soft = (
-            F.avg_pool2d(covisible, 3, stride=1, padding=1, count_include_pad=False) * covisible
-        )
+        fill = planes[:, 0:3] * ratio_map
+        cov_soft = st.box_blur3(covisible).mul_(covisible)
         face = fill + cov_soft * (relit - fill)
         t6 = _now()
         timings["fill"] = t6 - t5
