@@ -8,6 +8,7 @@ Run: ``.venv/bin/python -m benchmarks.pipeline [--face-model ict|generic|PATH] [
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -114,6 +115,10 @@ def run(
         },
         "session_setup_s": {"median": setup_med, "all": setups},
         "reenactor_init_s": init_s,
+        "torch_threads": torch.get_num_threads(),
+        "load_average_1min_at_end": os.getloadavg()[
+            0
+        ],  # the machine is shared: context for figures
         "targets": {
             "per_frame_ms": TARGET_TOTAL_MS,
             "per_frame_met": total_med <= TARGET_TOTAL_MS,

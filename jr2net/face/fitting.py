@@ -635,8 +635,10 @@ class SourceFitter:
         prior_scale_identity: float = 1.0,
         prior_scale_expression: float = 0.3,
         time_budget_s: float | None = None,
+        final_fit_identity: bool = True,
     ) -> None:
         self.model = model
+        self.final_fit_identity = bool(final_fit_identity)
         self.solver = LandmarkSolver.from_model(model, n_identity=n_identity)
         self.n_identity = self.solver.n_identity
         self.photometric = bool(photometric)
@@ -708,6 +710,7 @@ class SourceFitter:
         # noise variance, estimated from this loose first fit; a short second pass uses it.
         d2 = np.sum((info.projected - target) ** 2, axis=1) / _iod(target) ** 2
         sigma2 = float(np.clip(d2.mean() / 2.0, 5e-5, 1e-2))
+        sigma2_raw = sigma2
         inflation = 1.0
         if self.landmark_noise_ref > 0:
             # Residuals well above what a good detection leaves mean the detector erred coherently
@@ -740,13 +743,16 @@ class SourceFitter:
                     coeffs.identity[0].double().numpy(),
                     coeffs.expression[0].double().numpy(),
                 )
-                w_ref = self.final_landmark_weight * sigma2
+                w_ref = self.final_landmark_weight * (
+                    sigma2 if self.final_fit_identity else sigma2_raw
+                )
                 q, info = self.solver.solve(
                     target,
                     Kn,
                     q,
                     iterations=6,
                     pose_iterations=0,
+                    fit_identity=self.final_fit_identity,
                     w_identity=self.w_identity,
                     w_expression=self.w_expression,
                     alpha_ref=q.alpha.copy(),

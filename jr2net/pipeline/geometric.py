@@ -36,9 +36,11 @@ Stages and their documented behaviour:
   by the head's rigid motion extrapolated over the box (hair, ears, neck follow the head) plus the
   non-rigid face motion close to the face (the skin under a dropping jaw follows it), fading to zero
   at the box border; the face layer goes on top with a feathered mask.
-- **no face** in a driving frame: the last reenacted output is repeated (``fallback="last_output"``)
-  or, before the first one, the source image at output size (``fallback="source"``);
-  ``face_found`` is False. Never an exception. Bad arrays raise TypeError / ValueError.
+- **no face** in a driving frame (or a fit that diverged to non-finite values): the last reenacted
+  output is repeated (``fallback="last_output"``) or, before the first one, the source image at
+  output size (``fallback="source"``); ``face_found`` is False. Never an exception. Bad arrays
+  raise TypeError / ValueError. A target head far outside the frame (or filling it many times
+  over) is drawn as the plain background.
 
 ``options.extra`` also accepts ``feather`` (mask feather radius in crop pixels, default crop/64)
 and ``background_warp`` (``1``/``0``).
@@ -82,6 +84,15 @@ def _now() -> float:
 def _pose_matrix(coeffs) -> tuple[Tensor, Tensor]:
     """(R [3,3], t [3]) of batch-1 coefficients (model rotation before the OpenCV flip)."""
     return euler_rotation(coeffs.angles.float())[0], coeffs.translation.float()[0]
+
+
+def _finite(coeffs) -> bool:
+    """Whether a fit's pose and expression are usable (a diverged fit counts as no face)."""
+    return bool(
+        torch.isfinite(coeffs.expression).all()
+        and torch.isfinite(coeffs.angles).all()
+        and torch.isfinite(coeffs.translation).all()
+    )
 
 
 def _option_int(extra: dict[str, str], key: str, default: int) -> int:
@@ -283,7 +294,7 @@ class GeometricSession:
                 timings["fit"] = (t1 - t0) - track
             else:
                 timings["track"] = t1 - t0
-            if fit is None:
+            if fit is None or not _finite(fit.coeffs):
                 return self._fallback(timings, t_start)
             image = self._reenact(frame, fit, timings)
         self._last_output = image
@@ -349,9 +360,13 @@ class GeometricSession:
         p = project_points(verts_cam[:, self.reenactor.box_vertices], self.K_out[None])[0]
         box = st.square_box(p, RENDER_BOX_SCALE, (Ho, Wo))
         x0, y0, side = box
-        K_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
         t1 = _now()
         timings["recombine"] = t1 - t0
+        if side > 2 * max(Ho, Wo) or x0 >= Wo or y0 >= Ho or x0 + side <= 0 or y0 + side <= 0:
+            # Degenerate target (head out of the frame, or filling it many times over): nothing
+            # sensible to draw; keep the background rather than allocating huge buffers.
+            return self.bg_u8.copy()
+        K_crop = crop_intrinsics(self.K_out[None], (x0, y0, x0 + side, y0 + side), S)
 
         # -- rasterize the driving view in the output crop
         rast = rasterize(verts_cam, self.faces, K_crop, (S, S), cull_backfaces=True)
