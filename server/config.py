@@ -48,7 +48,6 @@ class ServerConfig:
     workers: int = 0
     default_mode: str = "geometric"
     face_model: str | None = None
-    checkpoint: str | None = None
     preload: bool = True
     log_level: str = "INFO"
 
@@ -118,7 +117,6 @@ SETTINGS: dict[str, Setting] = {
     "workers": Setting("threads running model work off the event loop (0: one per CPU)", "N"),
     "default_mode": Setting("mode for sessions that do not choose one (geometric|learned)", "MODE"),
     "face_model": Setting("face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"),
-    "checkpoint": Setting("DCNet/RecAugNet checkpoint enabling mode 'learned'", "FILE"),
     "preload": Setting("build the default reenactor at start-up so the first session is fast"),
     "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
 }
@@ -228,10 +226,7 @@ class ReenactorFactory:
         self._lock = threading.Lock()
 
     def available_modes(self) -> list[str]:
-        modes = ["geometric"]
-        if self.config.checkpoint or "learned" in self._cache:
-            modes.append("learned")
-        return modes
+        return ["geometric"] + [m for m in MODES if m != "geometric" and m in self._cache]
 
     def check_mode(self, mode: str) -> None:
         """ValueError (-> INVALID_ARGUMENT) unless this server can serve ``mode``."""
@@ -239,8 +234,8 @@ class ReenactorFactory:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode not in self.available_modes():
             raise ValueError(
-                f"mode {mode!r} needs a DCNet/RecAugNet checkpoint: start the server with "
-                "--checkpoint FILE (or JR2NET_CHECKPOINT); this server only serves 'geometric'"
+                f"mode {mode!r} (DCNet/RecAugNet) is not available in this version: the learned "
+                "networks are not implemented yet; use mode 'geometric'"
             )
 
     def get(self, mode: str) -> Any:
@@ -260,11 +255,7 @@ class ReenactorFactory:
             from jr2net.pipeline.geometric import GeometricReenactor
 
             return GeometricReenactor(face_model=self.config.face_model)
-        try:
-            from jr2net.pipeline.learned import LearnedReenactor  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise ValueError(f"mode 'learned' is not available in this installation ({exc})") from exc
-        return LearnedReenactor(checkpoint=self.config.checkpoint, face_model=self.config.face_model)
+        raise ValueError(f"mode {mode!r} is not available in this version")
 
 
 def replace(config: ServerConfig, **changes: Any) -> ServerConfig:

@@ -284,7 +284,7 @@ def test_no_face_source_is_invalid_argument(loop, server, images_dir):
     [
         (b"not an image at all", {}, "source image"),
         (None, {"crop_size": 8}, "crop_size"),
-        (None, {"mode": "learned"}, "checkpoint"),
+        (None, {"mode": "learned"}, "not available"),
         (None, {"output_size": (100000, 10)}, "output size"),
     ],
 )

@@ -63,10 +63,10 @@ def test_token_file_is_read_and_empty_file_refused(tmp_path):
         load_config({"token_file": str(token_file)}, env={}).resolved_token()
 
 
-def test_learned_mode_without_checkpoint_is_refused_clearly():
+def test_learned_mode_is_refused_clearly():
     factory = ReenactorFactory(ServerConfig())
     assert factory.available_modes() == ["geometric"]
-    with pytest.raises(ValueError, match="checkpoint"):
+    with pytest.raises(ValueError, match="not available"):
         factory.get("learned")
     with pytest.raises(ValueError, match="mode must be one of"):
         factory.get("fancy")
