@@ -215,3 +215,14 @@ def test_render_mesh_drops_the_neck_keeps_landmarks_and_normals_match_the_model(
     ref = vertex_normals(mesh.vertices[None], mesh.faces)[0]
     fast = st.fast_vertex_normals(mesh.vertices, mesh.faces_long, reenactor.normal_op)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_reconstruct_returns_coefficients_landmarks_and_an_optional_mesh(reenactor, obama):
+    rec = reenactor.reconstruct(obama, with_mesh=True)
+    assert rec.landmarks.shape == (68, 2)
+    assert rec.vertices.shape == (reenactor.model.n_vertices, 3)
+    assert rec.faces.shape == (reenactor.model.n_faces, 3)
+    for key in ("identity", "expression", "angles", "translation", "light", "K"):
+        assert key in rec.coefficients
+    assert rec.timings["total"] > 0.0
+    assert reenactor.reconstruct(obama).vertices is None

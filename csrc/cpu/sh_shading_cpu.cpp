@@ -63,9 +63,10 @@ void fwd_impl(const ShShadingParams<T>& P) {
 }
 
 // Backward over pixels [p0, p1) of batch b; returns dL/dsh of the range in out (27 values).
-// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given. All per-pixel grads are
-// written (branch-free, so the loop vectorises); the caller drops the ones not requested.
-template <typename T, bool kGi, bool kGr, bool kMask>
+// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given; kGm: dL/dmask wanted. The
+// normals and albedo grads are always written (branch-free, so the loop vectorises); the caller
+// drops the ones not requested.
+template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
 void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                double* out) {
   const int64_t HW = P.HW, o = b * 3 * HW;
@@ -76,35 +77,39 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
   const T *gr0 = kGr ? P.grad_irr + o : nullptr, *gr1 = gr0 + HW, *gr2 = gr1 + HW;
   T *ga0 = P.grad_albedo + o, *ga1 = ga0 + HW, *ga2 = ga1 + HW;
   T *gn0 = P.grad_normals + o, *gn1 = gn0 + HW, *gn2 = gn1 + HW;
-  T* gmk = kMask ? P.grad_mask + b * HW : nullptr;
+  T* gmk = kGm ? P.grad_mask + b * HW : nullptr;
   T sh[27];
   for (int k = 0; k < 27; ++k) sh[k] = P.sh[b * 27 + k];
-  // Lanes: kL pixels per step with per-lane dL/dsh accumulators, so the pixel math and the
-  // reduction both vectorise without reassociating a single sum.
-  constexpr int kL = 8;
-  T acc[27][kL] = {};
-  int64_t p = p0;
-  for (; p + kL <= p1; p += kL) {
-    T H[9][kL], u[3][kL];
+  // Blocks of kBlk pixels: pass 1 (vectorised across pixels) writes the per-pixel grads and keeps
+  // the 9 basis values and the 3 dL/d(unmasked irradiance) of each pixel in small stack buffers;
+  // pass 2 reduces dL/dsh[k,c] = Σ_p u_c(p)·H_k(p) as 27 contiguous dot products (few live
+  // registers, unlike per-lane accumulators for all 27 values, which spill).
+  constexpr int kBlk = 256;
+  alignas(64) T H[9][kBlk];
+  alignas(64) T u[3][kBlk];
+  double acc[27] = {};
+  for (int64_t q0 = p0; q0 < p1; q0 += kBlk) {
+    const int n = static_cast<int>(q0 + kBlk < p1 ? kBlk : p1 - q0);
 #pragma omp simd
-    for (int l = 0; l < kL; ++l) {
-      const int64_t q = p + l;
+    for (int l = 0; l < n; ++l) {
+      const int64_t q = q0 + l;
       const T x = nx[q], y = ny[q], z = nz[q];
       const T m = kMask ? mk[q] : T(1);
-      sh_basis(x, y, z, &H[0][l], kL);
-      const T e0 = sh_irradiance(sh + 0, &H[0][l], kL), e1 = sh_irradiance(sh + 1, &H[0][l], kL);
-      const T e2 = sh_irradiance(sh + 2, &H[0][l], kL);
+      sh_basis(x, y, z, &H[0][l], kBlk);
+      const T e0 = sh_irradiance(sh + 0, &H[0][l], kBlk);
+      const T e1 = sh_irradiance(sh + 1, &H[0][l], kBlk);
+      const T e2 = sh_irradiance(sh + 2, &H[0][l], kBlk);
       const T g_img0 = kGi ? gi0[q] : T(0), g_img1 = kGi ? gi1[q] : T(0);
       const T g_img2 = kGi ? gi2[q] : T(0);
       // dL/d(masked irradiance) per channel
-      const T q0 = g_img0 * a0[q] + (kGr ? gr0[q] : T(0));
-      const T q1 = g_img1 * a1[q] + (kGr ? gr1[q] : T(0));
-      const T q2 = g_img2 * a2[q] + (kGr ? gr2[q] : T(0));
+      const T q0_ = g_img0 * a0[q] + (kGr ? gr0[q] : T(0));
+      const T q1_ = g_img1 * a1[q] + (kGr ? gr1[q] : T(0));
+      const T q2_ = g_img2 * a2[q] + (kGr ? gr2[q] : T(0));
       ga0[q] = g_img0 * e0 * m;
       ga1[q] = g_img1 * e1 * m;
       ga2[q] = g_img2 * e2 * m;
-      if (kMask) gmk[q] = q0 * e0 + q1 * e1 + q2 * e2;
-      const T u0 = q0 * m, u1 = q1 * m, u2 = q2 * m;  // dL/d(unmasked irradiance)
+      if (kGm) gmk[q] = q0_ * e0 + q1_ * e1 + q2_ * e2;
+      const T u0 = q0_ * m, u1 = q1_ * m, u2 = q2_ * m;  // dL/d(unmasked irradiance)
       u[0][l] = u0;
       u[1][l] = u1;
       u[2][l] = u2;
@@ -116,30 +121,31 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
       gn1[q] = u0 * dy0 + u1 * dy1 + u2 * dy2;
       gn2[q] = u0 * dz0 + u1 * dz1 + u2 * dz2;
     }
-    for (int k = 0; k < 9; ++k) {
-      for (int c = 0; c < 3; ++c) {
-        for (int l = 0; l < kL; ++l) acc[k * 3 + c][l] += u[c][l] * H[k][l];
+    for (int c = 0; c < 3; ++c) {
+      T s0 = T(0);  // H_0 is constant: Σ u_c
+#pragma omp simd reduction(+ : s0)
+      for (int l = 0; l < n; ++l) s0 += u[c][l];
+      acc[c] += static_cast<double>(s0) * kShC0;
+      for (int k = 1; k < 9; ++k) {
+        T sk = T(0);
+#pragma omp simd reduction(+ : sk)
+        for (int l = 0; l < n; ++l) sk += u[c][l] * H[k][l];
+        acc[k * 3 + c] += static_cast<double>(sk);
       }
     }
   }
-  double tail[27] = {};
-  for (; p < p1; ++p) {  // the last < kL pixels, through the shared per-pixel function
-    sh_shading_pixel_backward(P, sh, b, p, tail);
-  }
-  for (int k = 0; k < 27; ++k) {
-    double s = tail[k];
-    for (int l = 0; l < kL; ++l) s += static_cast<double>(acc[k][l]);
-    out[k] = s;
-  }
+  for (int k = 0; k < 27; ++k) out[k] = acc[k];
 }
 
 template <typename T, bool kGi, bool kGr>
 void bwd_range_m(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                  double* out) {
-  if (P.mask) {
-    bwd_range<T, kGi, kGr, true>(P, b, p0, p1, out);
+  if (P.mask && P.grad_mask) {
+    bwd_range<T, kGi, kGr, true, true>(P, b, p0, p1, out);
+  } else if (P.mask) {
+    bwd_range<T, kGi, kGr, true, false>(P, b, p0, p1, out);
   } else {
-    bwd_range<T, kGi, kGr, false>(P, b, p0, p1, out);
+    bwd_range<T, kGi, kGr, false, false>(P, b, p0, p1, out);
   }
 }
 
@@ -203,7 +209,7 @@ ShGrads sh_shading_bwd_cpu(const std::optional<at::Tensor>& grad_image,
                            std::array<bool, 4> needs) {
   // The kernel writes every per-pixel grad (branch-free loop); unrequested ones are dropped.
   at::Tensor gn = at::empty_like(normals), ga = at::empty_like(albedo), gs = at::empty_like(sh);
-  at::Tensor gm = mask ? at::empty_like(*mask) : at::Tensor();
+  at::Tensor gm = mask && needs[3] ? at::empty_like(*mask) : at::Tensor();
   auto keep = [&]() -> ShGrads {
     return {needs[0] ? gn : at::Tensor(), needs[1] ? ga : at::Tensor(),
             needs[2] ? gs : at::Tensor(), needs[3] ? gm : at::Tensor()};

@@ -636,7 +636,17 @@ class SourceFitter:
         prior_scale_expression: float = 0.3,
         time_budget_s: float | None = None,
         final_fit_identity: bool = True,
+        identity_jaw_weight: float | None = None,
+        identity_brow_weight: float = 1.0,
+        final_residual_iod: float = 1.0,
+        final_max_relax: int = 0,
+        final_relax_factor: float = 0.25,
     ) -> None:
+        self.identity_jaw_weight = identity_jaw_weight
+        self.identity_brow_weight = float(identity_brow_weight)
+        self.final_residual_iod = float(final_residual_iod)
+        self.final_max_relax = int(final_max_relax)
+        self.final_relax_factor = float(final_relax_factor)
         self.model = model
         self.final_fit_identity = bool(final_fit_identity)
         self.solver = LandmarkSolver.from_model(model, n_identity=n_identity)
@@ -699,6 +709,11 @@ class SourceFitter:
         K = default_intrinsics((H, W))
         Kn = K[0].double().numpy()
         target = np.asarray(detection.landmarks, dtype=np.float64)
+        default_weights = self.solver.weights
+        if self.identity_jaw_weight is not None:
+            self.solver.weights = default_weights.copy()
+            self.solver.weights[0:17] *= self.identity_jaw_weight
+            self.solver.weights[17:27] *= self.identity_brow_weight
         p, info = self.solver.solve(
             target,
             Kn,
@@ -728,6 +743,7 @@ class SourceFitter:
                 w_expression=max(self.w_expression, self.prior_scale_expression * sigma2),
                 w_expression_l1=self.w_expression_l1,
             )
+        self.solver.weights = default_weights
         t0 = timer.add("landmarks", t0)
         coeffs = _params_to_coeffs(p, self.model, self.n_albedo)
         vid = info.vertex_ids
@@ -746,21 +762,28 @@ class SourceFitter:
                 w_ref = self.final_landmark_weight * (
                     sigma2 if self.final_fit_identity else sigma2_raw
                 )
-                q, info = self.solver.solve(
-                    target,
-                    Kn,
-                    q,
-                    iterations=6,
-                    pose_iterations=0,
-                    fit_identity=self.final_fit_identity,
-                    w_identity=self.w_identity,
-                    w_expression=self.w_expression,
-                    alpha_ref=q.alpha.copy(),
-                    w_alpha_ref=w_ref,
-                    beta_ref=q.beta.copy(),
-                    w_smooth=w_ref,
-                    w_expression_l1=self.w_expression_l1,
-                )
+                q0 = q.copy()
+                for attempt in range(self.final_max_relax + 1):
+                    q, info = self.solver.solve(
+                        target,
+                        Kn,
+                        q,
+                        iterations=6,
+                        pose_iterations=0,
+                        fit_identity=self.final_fit_identity,
+                        w_identity=self.w_identity,
+                        w_expression=self.w_expression,
+                        alpha_ref=q0.alpha,
+                        w_alpha_ref=w_ref,
+                        beta_ref=q0.beta,
+                        w_smooth=w_ref,
+                        w_expression_l1=self.w_expression_l1,
+                    )
+                    # Discrepancy principle: loosen the pull towards the photometric solution until
+                    # the landmark residual is within the tolerance a good detection leaves.
+                    if info.residual_px / _iod(target) <= self.final_residual_iod:
+                        break
+                    w_ref *= self.final_relax_factor
                 coeffs.identity = torch.as_tensor(q.alpha, dtype=torch.float32)[None]
                 coeffs.expression = torch.as_tensor(q.beta, dtype=torch.float32)[None]
                 coeffs.angles = torch.as_tensor(matrix_to_euler(q.R), dtype=torch.float32)[None]

@@ -32,10 +32,12 @@ Stages and their documented behaviour:
   source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a
   synthetic mouth (teeth-like bands by the lip line, a dark cavity behind). They are relit by the
   same ratio (except the synthetic mouth) and blended over a soft co-visibility edge.
-- **composite**: the source photo is the background, itself warped in a box 1.6x the face crop:
-  by the head's rigid motion extrapolated over the box (hair, ears, neck follow the head) plus the
-  non-rigid face motion close to the face (the skin under a dropping jaw follows it), fading to zero
-  at the box border; the face layer goes on top with a feathered mask.
+- **composite**: the source photo is the background, itself warped over a box covering 1.6x the
+  face crop and the source's own face: by the head's rigid motion (extrapolated from the face,
+  its mean far from it, so hair, ears, neck and the old head position follow the head) plus the
+  non-rigid face motion close to the face (the skin under a dropping jaw follows it), fading to
+  zero at the box border; the face layer goes on top with a feathered mask. Large head motions
+  stretch the shoulders/background near the head (no inpainting).
 - **no face** in a driving frame (or a fit that diverged to non-finite values): the last reenacted
   output is repeated (``fallback="last_output"``) or, before the first one, the source image at
   output size (``fallback="source"``); ``face_found`` is False. Never an exception. Bad arrays
@@ -48,6 +50,7 @@ and ``background_warp`` (``1``/``0``).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -221,6 +224,7 @@ class GeometricSession:
         known = visible.clone()
         self.unlit = torch.zeros(V, dtype=torch.bool)
         socket = pm.region_mask("mouth_socket")
+        # Mouth-socket vertices the photo does not show get a synthetic mouth inside.
         if socket.any():
             hidden_socket = socket & ~visible
             skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
@@ -243,8 +247,9 @@ class GeometricSession:
         self.attr[0, :, 0:3] = self.src_verts_cam[0]
         self.attr[0, :, 3:6] = self.vertex_colors
         self.attr[0, :, 6:9] = 1.0
-        # Background-warp field: a FIELD_GRID² grid over a box BACKGROUND_BOX_SCALE times the render
-        # box; the render crop maps onto its centre (FIELD_GRID / BACKGROUND_BOX_SCALE cells).
+        # Background-warp field: face cells (the render crop in field_inner² cells, as fine as the
+        # FIELD_GRID² grid over a box BACKGROUND_BOX_SCALE times the crop) resampled per frame
+        # onto the grid of the actual background box.
         inner = int(round(FIELD_GRID / BACKGROUND_BOX_SCALE))
         self.field_factor = S / inner
         self.field_inner = inner
@@ -434,11 +439,16 @@ class GeometricSession:
         x0, y0, side = box
         alpha = st.feather(valid, self.feather_radius)
 
-        # Background box: BACKGROUND_BOX_SCALE times the render box, same centre.
-        nb, inner = FIELD_GRID, self.field_inner
-        bside = int(round(side * nb / inner))
-        bx0 = x0 + side // 2 - bside // 2
-        by0 = y0 + side // 2 - bside // 2
+        # Background box: the render box grown BACKGROUND_BOX_SCALE times, grown further to also
+        # cover the source's face, so a head that moved away does not leave its old self behind.
+        half = side * BACKGROUND_BOX_SCALE / 2
+        cx, cy = x0 + side / 2, y0 + side / 2
+        sx0, sy0, sside = self.src_box
+        lo_x, hi_x = min(cx - half, sx0 - 0.3 * sside), max(cx + half, sx0 + 1.3 * sside)
+        lo_y, hi_y = min(cy - half, sy0 - 0.3 * sside), max(cy + half, sy0 + 1.3 * sside)
+        bside = int(math.ceil(max(hi_x - lo_x, hi_y - lo_y)))
+        bx0 = int(math.floor((lo_x + hi_x - bside) / 2))
+        by0 = int(math.floor((lo_y + hi_y - bside) / 2))
         # Visible part of the background box in the frame.
         fx0, fy0 = max(bx0, 0), max(by0, 0)
         fx1, fy1 = min(bx0 + bside, Wo), min(by0 + bside, Ho)
@@ -447,7 +457,7 @@ class GeometricSession:
             return out
 
         if self.background_warp:
-            field = self._background_field(valid, points, depth, box, pose)  # [1,2,nb,nb] px
+            field = self._background_field(valid, points, depth, box, (bx0, by0, bside), pose)
             field = F.interpolate(field, size=(bside, bside), mode="bilinear", align_corners=False)
             field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0].permute(1, 2, 0)
             grid = self._grid[fy0:fy1, fx0:fx1] + field * self._px_to_grid
@@ -485,16 +495,18 @@ class GeometricSession:
         points: Tensor,
         depth: Tensor,
         box: tuple[int, int, int],
+        bbox: tuple[int, int, int],
         pose: tuple[Tensor, Tensor],
     ) -> Tensor:
-        """Background displacement (output px, target -> source) on the coarse box grid.
+        """Background displacement ``[1,2,n,n]`` (output px, target -> source) over ``bbox``.
 
         Per face cell: the full (non-rigid) displacement from the warp's source points and the
-        rigid one (the target point moved by the head pose only). The rigid one is extrapolated
-        over the whole box and faded out at its border; the non-rigid remainder only near the face.
+        rigid one (the target point moved by the head pose only). Both are resampled onto the
+        background box's coarse grid; the rigid one is extrapolated over the whole box and faded out
+        at its border, the non-rigid remainder only near the face.
         """
         x0, y0, side = box
-        nb, inner = FIELD_GRID, self.field_inner
+        inner = self.field_inner
         cells = F.adaptive_avg_pool2d(
             torch.cat([valid, points.permute(0, 3, 1, 2) * valid, depth.unsqueeze(1) * valid], 1),
             inner,
@@ -512,14 +524,21 @@ class GeometricSession:
         full = p_src[0].view(inner, inner, 2) - p_tgt
         rigid = p_rig[0].view(inner, inner, 2) - p_tgt
         w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
-        off = (nb - inner) // 2
-        big = full.new_zeros(1, 5, nb, nb)
-        big[0, 0:2, off : off + inner, off : off + inner] = rigid.permute(2, 0, 1)
-        big[0, 2:4, off : off + inner, off : off + inner] = (full - rigid).permute(2, 0, 1)
-        big[:, 4:5, off : off + inner, off : off + inner] = w_cell
-        big[:, :4] *= big[:, 4:5]
-        ext, support = st.extend_field(big[:, :4], big[:, 4:5], 1, 2)
-        return ext[:, :2] * (support * self.window) + ext[:, 2:4] * support.pow(4)
+        face = torch.cat([rigid.permute(2, 0, 1), (full - rigid).permute(2, 0, 1)], 0)[None]
+        face = torch.cat([face * w_cell, w_cell], 1)  # [1,5,n,n], displacements premultiplied
+        # Resample onto the background grid: cell centres of bbox in face-crop grid units.
+        bx0, by0, bside = bbox
+        c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
+        gx = (2 * (c + bx0 - x0) + 1) / side - 1
+        gy = (2 * (c + by0 - y0) + 1) / side - 1
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
+        big = F.grid_sample(face, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        w = big[:, 4:5]
+        ext, support = st.extend_field(big[:, :4] / w.clamp_min(1e-6), w, 1, 2)
+        # Far from the face the head's mean rigid motion (the old head position follows it).
+        mean_rigid = (face[:, 0:2].sum((2, 3)) / w_cell.sum().clamp_min(1.0))[:, :, None, None]
+        rigid_ext = mean_rigid + support * (ext[:, :2] - mean_rigid)
+        return rigid_ext * self.window + ext[:, 2:4] * support.pow(4)
 
     def close(self) -> None:
         """Release per-session state (buffers, tracker)."""
