@@ -60,6 +60,7 @@ bench: build $(BENCH_STAMP)
 	echo "bench: libEGL not found, the moderngl peer will be skipped (apt-get install -y libegl1 libgl1-mesa-dri)"
 	$(PY) -m benchmarks.kernels
 	$(PY) -m benchmarks.fitting
+	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.server
 	$(PY) -m benchmarks.quality
 

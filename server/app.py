@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -38,6 +39,8 @@ class ReenactmentServer:
 
     def __init__(self, config: ServerConfig, reenactors: dict[str, Any] | None = None) -> None:
         self.config = config.validate()
+        if self.config.torch_threads:
+            torch.set_num_threads(self.config.torch_threads)
         self.metrics = ServerMetrics()
         self.factory = ReenactorFactory(self.config, reenactors)
         self.pool = concurrent.futures.ThreadPoolExecutor(

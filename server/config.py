@@ -46,6 +46,7 @@ class ServerConfig:
     idle_timeout: float = 30.0
     drain_timeout: float = 20.0
     workers: int = 0
+    torch_threads: int = 1
     default_mode: str = "geometric"
     face_model: str | None = None
     preload: bool = True
@@ -64,6 +65,8 @@ class ServerConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in -1..65535 (-1 disables), got {self.metrics_port}")
+        if self.torch_threads < 0:
+            raise ValueError(f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: one per CPU), got {self.workers}")
         if self.default_mode not in MODES:
@@ -115,7 +118,10 @@ SETTINGS: dict[str, Setting] = {
         "on SIGTERM/SIGINT: health NOT_SERVING, refuse new sessions (UNAVAILABLE), finish in-flight "
         "frames, stop after at most this many seconds", "SECONDS"),
     "workers": Setting("threads running model work off the event loop (0: one per CPU)", "N"),
-    "default_mode": Setting("mode for sessions that do not choose one (geometric|learned)", "MODE"),
+    "torch_threads": Setting(
+        "torch intra-op threads (0: torch's default); 1 keeps concurrent sessions from "
+        "oversubscribing the cores", "N"),
+    "default_mode": Setting("mode for sessions that do not choose one (only geometric in this version)", "MODE"),
     "face_model": Setting("face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"),
     "preload": Setting("build the default reenactor at start-up so the first session is fast"),
     "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
