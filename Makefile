@@ -36,7 +36,10 @@ install: $(INSTALL_STAMP)
 
 # Incremental rebuild of the extension (ninja) after any csrc/ change.
 build: $(INSTALL_STAMP)
-	$(PY) setup.py -q build_ext --inplace 2>&1 | grep -v -E "^(running|copying|creating)" || true
+	@mkdir -p build
+	@echo "building jr2net._C (incremental; log: build/build_ext.log)"
+	@$(PY) setup.py -q build_ext --inplace > build/build_ext.log 2>&1 || \
+		{ grep -v -i "warning" build/build_ext.log | tail -40; echo "build failed: see build/build_ext.log"; exit 1; }
 	$(PY) -c "import torch, jr2net._C"
 
 pytest: build

@@ -63,9 +63,8 @@ void fwd_impl(const ShShadingParams<T>& P) {
 }
 
 // Backward over pixels [p0, p1) of batch b; returns dL/dsh of the range in out (27 values).
-// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given; kGm: dL/dmask wanted. The
-// normals and albedo grads are always written (branch-free, so the loop vectorises); the caller
-// drops the ones not requested.
+// kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given. All per-pixel grads are
+// written (branch-free, so the loop vectorises); the caller drops the ones not requested.
 template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
 void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                double* out) {
@@ -80,36 +79,32 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
   T* gmk = kGm ? P.grad_mask + b * HW : nullptr;
   T sh[27];
   for (int k = 0; k < 27; ++k) sh[k] = P.sh[b * 27 + k];
-  // Blocks of kBlk pixels: pass 1 (vectorised across pixels) writes the per-pixel grads and keeps
-  // the 9 basis values and the 3 dL/d(unmasked irradiance) of each pixel in small stack buffers;
-  // pass 2 reduces dL/dsh[k,c] = Σ_p u_c(p)·H_k(p) as 27 contiguous dot products (few live
-  // registers, unlike per-lane accumulators for all 27 values, which spill).
-  constexpr int kBlk = 256;
-  alignas(64) T H[9][kBlk];
-  alignas(64) T u[3][kBlk];
-  double acc[27] = {};
-  for (int64_t q0 = p0; q0 < p1; q0 += kBlk) {
-    const int n = static_cast<int>(q0 + kBlk < p1 ? kBlk : p1 - q0);
+  // Lanes: kL pixels per step with per-lane dL/dsh accumulators, so the pixel math and the
+  // reduction both vectorise without reassociating a single sum.
+  constexpr int kL = 16;
+  T acc[27][kL] = {};
+  int64_t p = p0;
+  for (; p + kL <= p1; p += kL) {
+    T H[9][kL], u[3][kL];
 #pragma omp simd
-    for (int l = 0; l < n; ++l) {
-      const int64_t q = q0 + l;
+    for (int l = 0; l < kL; ++l) {
+      const int64_t q = p + l;
       const T x = nx[q], y = ny[q], z = nz[q];
       const T m = kMask ? mk[q] : T(1);
-      sh_basis(x, y, z, &H[0][l], kBlk);
-      const T e0 = sh_irradiance(sh + 0, &H[0][l], kBlk);
-      const T e1 = sh_irradiance(sh + 1, &H[0][l], kBlk);
-      const T e2 = sh_irradiance(sh + 2, &H[0][l], kBlk);
+      sh_basis(x, y, z, &H[0][l], kL);
+      const T e0 = sh_irradiance(sh + 0, &H[0][l], kL), e1 = sh_irradiance(sh + 1, &H[0][l], kL);
+      const T e2 = sh_irradiance(sh + 2, &H[0][l], kL);
       const T g_img0 = kGi ? gi0[q] : T(0), g_img1 = kGi ? gi1[q] : T(0);
       const T g_img2 = kGi ? gi2[q] : T(0);
       // dL/d(masked irradiance) per channel
-      const T q0_ = g_img0 * a0[q] + (kGr ? gr0[q] : T(0));
-      const T q1_ = g_img1 * a1[q] + (kGr ? gr1[q] : T(0));
-      const T q2_ = g_img2 * a2[q] + (kGr ? gr2[q] : T(0));
+      const T q0 = g_img0 * a0[q] + (kGr ? gr0[q] : T(0));
+      const T q1 = g_img1 * a1[q] + (kGr ? gr1[q] : T(0));
+      const T q2 = g_img2 * a2[q] + (kGr ? gr2[q] : T(0));
       ga0[q] = g_img0 * e0 * m;
       ga1[q] = g_img1 * e1 * m;
       ga2[q] = g_img2 * e2 * m;
-      if (kGm) gmk[q] = q0_ * e0 + q1_ * e1 + q2_ * e2;
-      const T u0 = q0_ * m, u1 = q1_ * m, u2 = q2_ * m;  // dL/d(unmasked irradiance)
+      if (kGm) gmk[q] = q0 * e0 + q1 * e1 + q2 * e2;
+      const T u0 = q0 * m, u1 = q1 * m, u2 = q2 * m;  // dL/d(unmasked irradiance)
       u[0][l] = u0;
       u[1][l] = u1;
       u[2][l] = u2;
@@ -121,20 +116,21 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
       gn1[q] = u0 * dy0 + u1 * dy1 + u2 * dy2;
       gn2[q] = u0 * dz0 + u1 * dz1 + u2 * dz2;
     }
-    for (int c = 0; c < 3; ++c) {
-      T s0 = T(0);  // H_0 is constant: Σ u_c
-#pragma omp simd reduction(+ : s0)
-      for (int l = 0; l < n; ++l) s0 += u[c][l];
-      acc[c] += static_cast<double>(s0) * kShC0;
-      for (int k = 1; k < 9; ++k) {
-        T sk = T(0);
-#pragma omp simd reduction(+ : sk)
-        for (int l = 0; l < n; ++l) sk += u[c][l] * H[k][l];
-        acc[k * 3 + c] += static_cast<double>(sk);
+    for (int k = 0; k < 9; ++k) {
+      for (int c = 0; c < 3; ++c) {
+        for (int l = 0; l < kL; ++l) acc[k * 3 + c][l] += u[c][l] * H[k][l];
       }
     }
   }
-  for (int k = 0; k < 27; ++k) out[k] = acc[k];
+  double tail[27] = {};
+  for (; p < p1; ++p) {  // the last < kL pixels, through the shared per-pixel function
+    sh_shading_pixel_backward(P, sh, b, p, tail);
+  }
+  for (int k = 0; k < 27; ++k) {
+    double s = tail[k];
+    for (int l = 0; l < kL; ++l) s += static_cast<double>(acc[k][l]);
+    out[k] = s;
+  }
 }
 
 template <typename T, bool kGi, bool kGr>
