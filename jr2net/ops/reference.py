@@ -223,9 +223,13 @@ def interpolate_ref(attr: torch.Tensor, rast: torch.Tensor, faces: torch.Tensor)
 SH_C0, SH_C1, SH_C2, SH_C3, SH_C4 = 0.886227, 1.023328, 0.858086, 0.247708, 0.429043
 
 
-def sh_basis_ref(normals: torch.Tensor) -> torch.Tensor:
-    """The 9 SH irradiance basis values of camera-frame normals [B,3,H,W] -> [B,9,H,W]."""
-    x, y, z = normals[:, 0], normals[:, 1], normals[:, 2]
+def sh_basis_ref(normals: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The 9 SH irradiance basis values (DESIGN §3 order and constants) of camera-frame normals.
+
+    ``normals`` holds (x, y, z) along ``dim`` ([B,3,H,W] -> [B,9,H,W] by default; ``dim=-1`` for
+    [..., 3] -> [..., 9]).
+    """
+    x, y, z = normals.unbind(dim)
     basis = [
         torch.full_like(x, SH_C0),
         SH_C1 * y,
@@ -237,7 +241,7 @@ def sh_basis_ref(normals: torch.Tensor) -> torch.Tensor:
         SH_C2 * x * z,
         SH_C4 * (x * x - y * y),
     ]
-    return torch.stack(basis, dim=1)
+    return torch.stack(basis, dim=dim)
 
 
 def sh_shading_ref(

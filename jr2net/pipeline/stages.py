@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jr2net.ops.reference import sh_basis_ref
+
 R_FLIP = torch.tensor([1.0, -1.0, -1.0])
 
 # SH irradiance basis constants (DESIGN §3), in basis order.
-_SH_C = (0.886227, 1.023328, 1.023328, 1.023328, 0.858086, 0.858086, 0.247708, 0.858086, 0.429043)
 
 
 def check_frame(frame: object, name: str = "frame") -> np.ndarray:
@@ -133,29 +134,9 @@ def absolute_pose(
     return R_drv.clone(), t_out
 
 
-def sh_basis(normals: Tensor) -> Tensor:
-    """SH irradiance basis ``[..., 9]`` (constants folded in) of unit normals ``[..., 3]``."""
-    x, y, z = normals.unbind(-1)
-    c = _SH_C
-    return torch.stack(
-        [
-            torch.full_like(x, c[0]),
-            c[1] * y,
-            c[2] * z,
-            c[3] * x,
-            c[4] * x * y,
-            c[5] * y * z,
-            c[6] * (3 * z * z - 1),
-            c[7] * x * z,
-            c[8] * (x * x - y * y),
-        ],
-        dim=-1,
-    )
-
-
 def irradiance(normals: Tensor, light: Tensor) -> Tensor:
     """Irradiance ``[..., 3]`` of unit camera-frame normals under SH light ``[9, 3]``."""
-    return sh_basis(normals) @ light
+    return sh_basis_ref(normals, dim=-1) @ light
 
 
 def normal_operator(faces: Tensor, n_vertices: int) -> Tensor:
