@@ -7,7 +7,7 @@ median forward / backward times, the kernel's speed-up and its backward/forward 
 installed (``make bench`` installs requirements-bench.txt): kornia's warp_frame_depth vs depth_warp,
 and moderngl (OpenGL via EGL; on a CPU-only machine Mesa llvmpipe) rendering the same mesh with
 readback vs rasterize. Prints the tables and writes benchmarks/results/kernels.json.
-Run: ``.venv/bin/python -m benchmarks.kernels [--quick]``.
+Run: ``.venv/bin/python -m benchmarks.kernels [--quick] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -381,12 +381,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256² batch 1 only")
     parser.add_argument("--no-reference", action="store_true", help="time the kernels only")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads, always set explicitly (default 1: on a shared machine multi-threaded "
+        "timings mostly measure how soon the scheduler runs the second thread)",
+    )
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.2f}")
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    load_start = _loadavg()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {_fmt_load(load_start)} (1/5/15 min) on {os.cpu_count()} CPUs"
+    )
 
     verts, faces = _load_ict()
     sizes = (256,) if args.quick else (256, 512)
@@ -440,30 +450,48 @@ def main(argv: Sequence[str] | None = None) -> int:
             if batch == 1:
                 peers.append(moderngl_peer(scene))
 
+    load_end = _loadavg()
+    header = (
+        f"{torch.get_num_threads()} threads, load average {_fmt_load(load_start)} at start, "
+        f"{_fmt_load(load_end)} at end (1/5/15 min, {os.cpu_count()} CPUs)"
+    )
     print_table(
         rows,
         ["op", "config", "kernel_fwd_ms", "ref_fwd_ms", "fwd_speedup", "kernel_bwd_ms",
          "ref_bwd_ms", "bwd_speedup", "bwd/fwd", "best_fwd_ms", "best bwd/fwd", "ref"],
-        title="Kernels vs pure-PyTorch references (median ms; best_*: the kernel's best run)",
+        title="Kernels vs pure-PyTorch references (median ms; best_*: the kernel's best run); "
+        + header,
     )  # fmt: skip
     print_table(
         peers,
         ["peer", "config", "peer_ms", "ours_ms", "speedup", "best_speedup", "note"],
-        title="Peers (median ms)",
+        title=f"Peers (median ms); {header}",
     )
 
     targets = _targets(rows, peers)
     print_table(
         targets,
         ["target", "measured", "status", "best", "status_best"],
-        title="Targets (median; best run in the last two columns)",
+        title=f"Targets (median; best run in the last two columns); {header}",
     )
     write_results(
         "kernels",
-        {"threads": torch.get_num_threads(), "load_average": load, "rows": rows, "peers": peers,
-         "targets": targets},
+        {"threads": torch.get_num_threads(), "load_average": load_start[0],
+         "load_average_start": list(load_start), "load_average_end": list(load_end),
+         "rows": rows, "peers": peers, "targets": targets},
     )  # fmt: skip
     return 0
+
+
+def _loadavg() -> tuple[float, float, float]:
+    """The 1/5/15-minute load averages (NaN where the OS has none), to judge timing noise."""
+    if hasattr(os, "getloadavg"):
+        return os.getloadavg()
+    return (float("nan"),) * 3
+
+
+def _fmt_load(load: tuple[float, float, float]) -> str:
+    return "/".join(f"{v:.2f}" for v in load)
 
 
 def _find(rows: list[dict[str, Any]], op: str, config: str) -> dict[str, Any] | None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -84,6 +87,33 @@ def test_correspondence_warp_matches_reference_forward_and_backward(shape, with_
     ref, ref_cov = correspondence_warp_ref(src, pts, valid, K, src_depth, rel_eps)
     assert torch.equal(cov, ref_cov)
     assert 0.1 < cov.mean().item() < 0.95  # the case exercises both outcomes
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    grad = torch.randn(out.shape, generator=gen)
+    g = torch.autograd.grad(out, [src, pts], grad)
+    g_ref = torch.autograd.grad(ref, [src, pts], grad)
+    torch.testing.assert_close(g[0], g_ref[0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g[1], g_ref[1], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shape, margin",
+    [
+        ((1, 9, 140, 150, 130, 140), 3.0),  # several pixel blocks per plane, many planes
+        ((2, 3, 1, 12, 5, 7), 0.0),  # 1-pixel-high source: the lower tap is the upper one
+        ((2, 3, 10, 1, 6, 5), 0.0),  # 1-pixel-wide source
+    ],
+)
+def test_many_channels_and_degenerate_sources_match_reference(shape, margin):
+    B, C, Hs, Ws, Ht, Wt = shape
+    gen = torch.Generator().manual_seed(4)
+    src = torch.rand(B, C, Hs, Ws, generator=gen).requires_grad_()
+    K = _K(0.8 * max(Ws, Hs), (Ws - 1) / 2, (Hs - 1) / 2, B)
+    pts = _random_points(B, Ht, Wt, K, Hs, Ws, gen, margin=margin).requires_grad_()
+    valid = (torch.rand(B, 1, Ht, Wt, generator=gen) > 0.2).float()
+    out, cov = correspondence_warp(src, pts, valid, K)
+    ref, ref_cov = correspondence_warp_ref(src, pts, valid, K)
+    assert torch.equal(cov, ref_cov)
+    assert cov.mean().item() > 0.3
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     grad = torch.randn(out.shape, generator=gen)
     g = torch.autograd.grad(out, [src, pts], grad)
@@ -468,3 +498,14 @@ def test_correspondence_warp_follows_a_non_rigid_expression(ict_model_path):
     rigid_err = (rigid - dst_img).abs().amax(dim=1, keepdim=True)[both]
     ours_err = (warped - dst_img).abs().amax(dim=1, keepdim=True)[both]
     assert ours_err.mean() < 0.5 * rigid_err.mean()
+
+
+def test_baseline_cpu_copies_match_reference_too():
+    """The kernels run an AVX-512 copy where the CPU has one; JR2NET_NO_AVX512=1 forces the
+    baseline copy, so rerun the reference comparisons with it in a fresh process."""
+    env = dict(os.environ, JR2NET_NO_AVX512="1")
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+           "-k", "(matches_reference or gradcheck) and not baseline"]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout

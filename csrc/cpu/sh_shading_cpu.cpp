@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
+#include <cstdlib>
 #include <vector>
 
 #include "sh_shading.h"
@@ -14,13 +15,26 @@ namespace jr2net {
 
 namespace {
 
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == '1';
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define JR2_SH_X86_DISPATCH 1
+#define JR2_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define JR2_SH_X86_DISPATCH 0
+#define JR2_ALWAYS_INLINE
+#endif
+
 constexpr int64_t kShChunk = 8192;  // pixels per partial sum of dL/dsh
 constexpr int64_t kShGrain = 4;     // chunks per thread at least (small images stay on one)
 
 // The pixel loops below are `omp simd` with loop-invariant plane pointers held in scalars (not
 // arrays), so the compiler vectorises them across pixels.
 template <typename T, bool kMask>
-void fwd_range(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
+JR2_ALWAYS_INLINE inline void fwd_range(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
   const int64_t HW = P.HW, o = b * 3 * HW;
   const T *nx = P.normals + o, *ny = nx + HW, *nz = ny + HW;
   const T *a0 = P.albedo + o, *a1 = a0 + HW, *a2 = a1 + HW;
@@ -46,6 +60,37 @@ void fwd_range(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
   }
 }
 
+// Forward and backward are dispatched alike (see bwd_range_isa), so their ratio compares like
+// with like.
+template <typename T, bool kMask>
+void fwd_range_base(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
+  fwd_range<T, kMask>(P, b, p0, p1);
+}
+#if JR2_SH_X86_DISPATCH
+template <typename T, bool kMask>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
+fwd_range_avx512(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
+  fwd_range<T, kMask>(P, b, p0, p1);
+}
+#endif
+// JR2NET_NO_AVX512=1 forces the baseline copies (tests use it to cover them on AVX-512 CPUs).
+inline bool has_avx512() {
+#if JR2_SH_X86_DISPATCH
+  static const bool yes = __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512vl") && !env_flag("JR2NET_NO_AVX512");
+  return yes;
+#else
+  return false;
+#endif
+}
+template <typename T, bool kMask>
+void fwd_range_isa(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
+#if JR2_SH_X86_DISPATCH
+  if (has_avx512()) return fwd_range_avx512<T, kMask>(P, b, p0, p1);
+#endif
+  fwd_range_base<T, kMask>(P, b, p0, p1);
+}
+
 template <typename T>
 void fwd_impl(const ShShadingParams<T>& P) {
   const int64_t nchunk = (P.HW + kShChunk - 1) / kShChunk;
@@ -54,9 +99,9 @@ void fwd_impl(const ShShadingParams<T>& P) {
       const int64_t b = t / nchunk, p0 = (t % nchunk) * kShChunk;
       const int64_t p1 = p0 + kShChunk < P.HW ? p0 + kShChunk : P.HW;
       if (P.mask) {
-        fwd_range<T, true>(P, b, p0, p1);
+        fwd_range_isa<T, true>(P, b, p0, p1);
       } else {
-        fwd_range<T, false>(P, b, p0, p1);
+        fwd_range_isa<T, false>(P, b, p0, p1);
       }
     }
   });
@@ -65,8 +110,8 @@ void fwd_impl(const ShShadingParams<T>& P) {
 // Backward over pixels [p0, p1) of batch b; returns dL/dsh of the range in out (27 values).
 // kGi/kGr: grad_image/grad_irradiance given; kMask: a mask is given. All per-pixel grads are
 // written (branch-free, so the loop vectorises); the caller drops the ones not requested.
-template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
-void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
+template <typename T, bool kGi, bool kGr, bool kMask, bool kGm, int kL>
+JR2_ALWAYS_INLINE inline void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                double* out) {
   const int64_t HW = P.HW, o = b * 3 * HW;
   const T *nx = P.normals + o, *ny = nx + HW, *nz = ny + HW;
@@ -80,8 +125,7 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
   T sh[27];
   for (int k = 0; k < 27; ++k) sh[k] = P.sh[b * 27 + k];
   // Lanes: kL pixels per step with per-lane dL/dsh accumulators, so the pixel math and the
-  // reduction both vectorise without reassociating a single sum.
-  constexpr int kL = 16;
+  // reduction both vectorise without reassociating a single sum (kL: 8 for SSE, 16 for AVX-512).
   T acc[27][kL] = {};
   int64_t p = p0;
   for (; p + kL <= p1; p += kL) {
@@ -133,15 +177,41 @@ void bwd_range(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64
   }
 }
 
+// The backward keeps 27 dL/dsh accumulators per SIMD lane; with SSE's 16 registers they spill,
+// with AVX-512's 32 they fit, so where the CPU has AVX-512 a copy compiled for it is used
+// (runtime dispatch; same arithmetic up to FMA contraction).
+template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
+void bwd_range_base(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
+                    double* out) {
+  bwd_range<T, kGi, kGr, kMask, kGm, 8>(P, b, p0, p1, out);
+}
+#if JR2_SH_X86_DISPATCH
+template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
+bwd_range_avx512(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
+                 double* out) {
+  bwd_range<T, kGi, kGr, kMask, kGm, 16>(P, b, p0, p1, out);
+}
+#endif
+
+template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
+void bwd_range_isa(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
+                   double* out) {
+#if JR2_SH_X86_DISPATCH
+  if (has_avx512()) return bwd_range_avx512<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
+#endif
+  bwd_range_base<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
+}
+
 template <typename T, bool kGi, bool kGr>
 void bwd_range_m(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                  double* out) {
   if (P.mask && P.grad_mask) {
-    bwd_range<T, kGi, kGr, true, true>(P, b, p0, p1, out);
+    bwd_range_isa<T, kGi, kGr, true, true>(P, b, p0, p1, out);
   } else if (P.mask) {
-    bwd_range<T, kGi, kGr, true, false>(P, b, p0, p1, out);
+    bwd_range_isa<T, kGi, kGr, true, false>(P, b, p0, p1, out);
   } else {
-    bwd_range<T, kGi, kGr, false, false>(P, b, p0, p1, out);
+    bwd_range_isa<T, kGi, kGr, false, false>(P, b, p0, p1, out);
   }
 }
 

@@ -14,6 +14,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <vector>
 
@@ -22,6 +23,19 @@
 namespace jr2net {
 
 namespace {
+
+inline bool env_flag(const char* name) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] == '1';
+}
+
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define JR2_WARP_X86_DISPATCH 1
+#define JR2_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define JR2_WARP_X86_DISPATCH 0
+#define JR2_ALWAYS_INLINE
+#endif
 
 constexpr int64_t kBlock = 16384;  // target pixels per work unit of a plane
 // Least work (output values) per thread: smaller problems run on fewer threads, where waking the
@@ -172,10 +186,12 @@ inline int64_t tap_dy(const WarpParams<T>& P) {
 }
 
 // warped[b, c, rows r0:r1] from the taps. Channel planes are the outer loop (callers), so one
-// source plane stays in L2 while its output streams.
+// source plane stays in L2 while its output streams. The run loop is branch-free loads + FMAs;
+// gather_plane_isa runs a copy compiled for AVX-512 where the CPU has it (wider arithmetic; the
+// tap loads stay scalar under generic tuning; same maths up to FMA contraction).
 template <typename T>
-void gather_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, int64_t r0,
-                  int64_t r1) {
+JR2_ALWAYS_INLINE inline void gather_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
+                                           int64_t c, int64_t r0, int64_t r1) {
   const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws, dx = tap_dx(P), dy = tap_dy(P);
   const T* __restrict s = P.src + (b * P.C + c) * HWs;
   // The next plane of this batch is read at the same taps: prefetch them now (into L2), since
@@ -191,19 +207,60 @@ void gather_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t 
     for (int32_t q = 0; q < tt.nspan.data()[r]; ++q) {
       const int64_t ja = sp[2 * q], je = sp[2 * q + 1];
       std::fill(o + j, o + ja, T(0));
-      for (j = ja; j < je; ++j, ++m) {
-        const int64_t t = idx[m];
-        if (ahead) {
-          __builtin_prefetch(s + t + ahead, 0, 2);
-          __builtin_prefetch(s + t + dy + ahead, 0, 2);
+      if (ahead) {  // one prefetch per cache line of taps is plenty
+        for (int64_t k = m; k < m + (je - ja); k += 8) {
+          __builtin_prefetch(s + idx[k] + ahead, 0, 2);
+          __builtin_prefetch(s + idx[k] + dy + ahead, 0, 2);
         }
-        const T s00 = s[t], s01 = s[t + dx], s10 = s[t + dy], s11 = s[t + dy + dx];
-        const T top = s00 + fx[m] * (s01 - s00), bot = s10 + fx[m] * (s11 - s10);
-        o[j] = top + fy[m] * (bot - top);  // fewer loads than the 4-weight form
       }
+      const int64_t n = je - ja;
+      const int32_t* __restrict id = idx + m;
+      const T *__restrict ux = fx + m, *__restrict uy = fy + m;
+      T* __restrict os = o + ja;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t t = id[k];
+        const T s00 = s[t], s01 = s[t + dx], s10 = s[t + dy], s11 = s[t + dy + dx];
+        const T top = s00 + ux[k] * (s01 - s00), bot = s10 + ux[k] * (s11 - s10);
+        os[k] = top + uy[k] * (bot - top);  // fewer loads than the 4-weight form
+      }
+      j = je;
+      m += n;
     }
     std::fill(o + j, o + P.Wt, T(0));
   }
+}
+
+template <typename T>
+void gather_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c,
+                       int64_t r0, int64_t r1) {
+  gather_plane(P, tt, b, c, r0, r1);
+}
+#if JR2_WARP_X86_DISPATCH
+template <typename T>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
+gather_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, int64_t r0,
+                    int64_t r1) {
+  gather_plane(P, tt, b, c, r0, r1);
+}
+#endif
+// JR2NET_NO_AVX512=1 forces the baseline copies (tests use it to cover them on AVX-512 CPUs).
+inline bool has_avx512() {
+#if JR2_WARP_X86_DISPATCH
+  static const bool yes = __builtin_cpu_supports("avx512f") &&
+                          __builtin_cpu_supports("avx512vl") && !env_flag("JR2NET_NO_AVX512");
+  return yes;
+#else
+  return false;
+#endif
+}
+template <typename T>
+void gather_plane_isa(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c,
+                      int64_t r0, int64_t r1) {
+#if JR2_WARP_X86_DISPATCH
+  if (has_avx512()) return gather_plane_avx512(P, tt, b, c, r0, r1);
+#endif
+  gather_plane_base(P, tt, b, c, r0, r1);
 }
 
 // Backward of one channel plane over target pixels [p0, p1) of batch b: grad_src[b, c] +=
@@ -213,8 +270,9 @@ void gather_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t 
 // only when the footprint moves past it: consecutive target pixels usually share a column, and
 // read-modify-writing it through memory would serialise on store-to-load forwarding.
 template <typename T, bool kSrc, bool kGeo>
-void backward_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c,
-                    T* __restrict gx, T* __restrict gy) {
+JR2_ALWAYS_INLINE inline void backward_plane(const WarpParams<T>& P, const Taps<T>& tt,
+                                             int64_t b, int64_t c, T* __restrict gx,
+                                             T* __restrict gy) {
   const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws, dx = tap_dx(P), dy = tap_dy(P);
   const T* __restrict s = P.src + (b * P.C + c) * HWs;
   T* __restrict gs = kSrc ? P.grad_src + (b * P.C + c) * HWs : nullptr;
@@ -229,16 +287,31 @@ void backward_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_
     const int32_t* sp = tt.spans.data() + r * (P.Wt + 1);
     int64_t m = 0;
     for (int32_t q = 0; q < tt.nspan.data()[r]; ++q) {
-      for (int64_t j = sp[2 * q]; j < sp[2 * q + 1]; ++j, ++m) {
-        const int64_t t = idx[m];
-        if (ahead) {
-          if (kGeo) __builtin_prefetch(s + t + ahead, 0, 2);
-          if (kSrc) __builtin_prefetch(gs + t + ahead, 1, 2);
+      const int64_t ja = sp[2 * q], n = sp[2 * q + 1] - ja;
+      const int32_t* __restrict id = idx + m;
+      const T *__restrict ux = fx + m, *__restrict uy = fy + m, *__restrict gk = g + ja;
+      if (ahead && kGeo) {  // the next plane's source values at the same taps
+        for (int64_t k = 0; k < n; k += 8) {
+          __builtin_prefetch(s + id[k] + ahead, 0, 2);
+          __builtin_prefetch(s + id[k] + dy + ahead, 0, 2);
         }
-        const T gk = g[j], ux = fx[m], uy = fy[m];
-        if (kSrc) {
-          const T gb = gk * uy, gt = gk - gb;  // bottom and top row shares
-          const T b01 = gt * ux, b00 = gt - b01, b11 = gb * ux, b10 = gb - b11;
+      }
+      if (kGeo) {  // dL/dx, dL/dy of the projected positions: branch-free, vectorises
+        T* __restrict ox = gx + i * P.Wt + ja;
+        T* __restrict oy = gy + i * P.Wt + ja;
+#pragma omp simd
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t t = id[k];
+          const T s00 = s[t], s01 = s[t + dx], s10 = s[t + dy], s11 = s[t + dy + dx];
+          ox[k] += gk[k] * ((T(1) - uy[k]) * (s01 - s00) + uy[k] * (s11 - s10));
+          oy[k] += gk[k] * ((T(1) - ux[k]) * (s10 - s00) + ux[k] * (s11 - s01));
+        }
+      }
+      if (kSrc) {
+        for (int64_t k = 0; k < n; ++k) {
+          const int64_t t = id[k];
+          const T gb = gk[k] * uy[k], gt = gk[k] - gb;  // bottom and top row shares
+          const T b01 = gt * ux[k], b00 = gt - b01, b11 = gb * ux[k], b10 = gb - b11;
           if (t == ip) {
             a00 += b00;
             a01 += b01;
@@ -266,13 +339,8 @@ void backward_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_
             a11 = b11;
           }
         }
-        if (kGeo) {
-          const int64_t p = i * P.Wt + j;
-          const T s00 = s[t], s01 = s[t + dx], s10 = s[t + dy], s11 = s[t + dy + dx];
-          gx[p] += gk * ((T(1) - uy) * (s01 - s00) + uy * (s11 - s10));
-          gy[p] += gk * ((T(1) - ux) * (s10 - s00) + ux * (s11 - s01));
-        }
       }
+      m += n;
     }
   }
   if (kSrc && ip >= 0) {
@@ -283,20 +351,52 @@ void backward_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_
   }
 }
 
+// Zeroes grad_src[b, c] (kSrc) and runs backward_plane on it; dispatched like gather_plane.
+template <typename T, bool kSrc, bool kGeo>
+JR2_ALWAYS_INLINE inline void backward_plane_z(const WarpParams<T>& P, const Taps<T>& tt,
+                                               int64_t b, int64_t c, T* gx, T* gy) {
+  if (kSrc) {
+    T* gs = P.grad_src + (b * P.C + c) * P.Hs * P.Ws;
+    std::fill(gs, gs + P.Hs * P.Ws, T(0));
+  }
+  backward_plane<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+}
+template <typename T, bool kSrc, bool kGeo>
+void backward_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
+                         T* gy) {
+  backward_plane_z<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+}
+#if JR2_WARP_X86_DISPATCH
+template <typename T, bool kSrc, bool kGeo>
+__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
+backward_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
+                      T* gy) {
+  backward_plane_z<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+}
+#endif
+template <typename T, bool kSrc, bool kGeo>
+void backward_plane_isa(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
+                        T* gy) {
+#if JR2_WARP_X86_DISPATCH
+  if (has_avx512()) return backward_plane_avx512<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+#endif
+  backward_plane_base<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+}
+
 // Work units of the forward: (b, c, block of target rows), planes outermost, so a thread's
 // contiguous range of units walks whole channel planes and both threads stream.
 template <typename T, bool kDepth>
 void fwd_impl(const WarpParams<T>& P) {
   Taps<T> tt(P.B * P.Ht, P.Wt);
   all_taps<T, kDepth>(P, tt, P.covisible, nullptr);
-  const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(P.Ht, kBlock / P.Wt));
+  const int64_t rows = std::max<int64_t>(1, kBlock / std::max<int64_t>(1, P.Wt));
   const int64_t nblk = (P.Ht + rows - 1) / rows;
-  const int64_t grain = std::max<int64_t>(1, kGrain / (rows * P.Wt));
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(1, rows * P.Wt));
   at::parallel_for(0, P.B * P.C * nblk, grain, [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       const int64_t plane = u / nblk, r0 = (u % nblk) * rows;
       const int64_t r1 = r0 + rows < P.Ht ? r0 + rows : P.Ht;
-      gather_plane(P, tt, plane / P.C, plane % P.C, r0, r1);
+      gather_plane_isa(P, tt, plane / P.C, plane % P.C, r0, r1);
     }
   });
 }
@@ -322,13 +422,7 @@ void bwd_impl(const WarpParams<T>& P) {
       T* gx = kGeo ? partial.data() + u * 2 * HWt : nullptr;
       T* gy = kGeo ? gx + HWt : nullptr;
       if (kGeo) std::fill(gx, gx + 2 * HWt, T(0));
-      for (int64_t c = c0; c < c1; ++c) {
-        if (kSrc) {
-          T* gs = P.grad_src + (b * P.C + c) * HWs;
-          std::fill(gs, gs + HWs, T(0));
-        }
-        backward_plane<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
-      }
+      for (int64_t c = c0; c < c1; ++c) backward_plane_isa<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
     }
   });
   if (!kGeo) return;
