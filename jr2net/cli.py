@@ -8,7 +8,6 @@ import pkgutil
 import sys
 
 
-
 def _command_modules() -> dict[str, object]:
     """Every module in ``jr2net.commands``, keyed by the sub-command name it declares."""
     import jr2net.commands as package
