@@ -45,11 +45,10 @@ build: $(INSTALL_STAMP)
 pytest: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test: pytest cuda-check
+test: lint pytest cuda-check
 
 lint: deps
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check . || true
 
 # Benchmark peers (kornia, moderngl), installed with torch pinned so pip cannot replace it.
 BENCH_STAMP := $(VENV)/.bench-stamp
