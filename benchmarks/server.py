@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import time
 
 from benchmarks.common import print_table, write_results
@@ -53,7 +54,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         except FileNotFoundError:
             face_model = None
     config = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, max_sessions=8,
-                          face_model=face_model, workers=args.workers)
+                          face_model=face_model, workers=args.workers,
+                          torch_threads=args.torch_threads)
     t0 = time.perf_counter()
     server = await ReenactmentServer(config).start()
     startup = time.perf_counter() - t0
@@ -95,7 +97,8 @@ async def main_async(args: argparse.Namespace) -> dict:
     print("\nTargets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
     return {
         "config": {"source": source_path.name, "driving": driving_path.name, "crop": CROP,
-                   "output": list(OUTPUT), "frames_per_stream": args.frames, "workers": config.worker_count},
+                   "output": list(OUTPUT), "frames_per_stream": args.frames, "workers": config.worker_count,
+                   "torch_threads": config.torch_threads, "load_average": list(os.getloadavg())},
         "server_startup_s": startup,
         "session_setup": setup_rows,
         "scenarios": scenarios,
@@ -109,6 +112,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=3, help="sessions opened for the setup timing")
     parser.add_argument("--face-model", help="face model (default: shared ICT model, else the lookup)")
     parser.add_argument("--workers", type=int, default=0, help="server worker threads (0: one per CPU)")
+    parser.add_argument("--torch-threads", type=int, default=ServerConfig.torch_threads,
+                        help="torch intra-op threads in the server (0: torch's default)")
     args = parser.parse_args()
     payload = asyncio.run(main_async(args))
     write_results("server", payload)

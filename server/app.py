@@ -65,7 +65,9 @@ class ReenactmentServer:
         self._stopped = asyncio.Event()
         if c.preload:
             t0 = time.perf_counter()
-            await asyncio.wrap_future(self.pool.submit(self.factory.get, c.default_mode))
+            reenactor = await asyncio.wrap_future(self.pool.submit(self.factory.get, c.default_mode))
+            if hasattr(reenactor, "warm_up"):
+                await asyncio.wrap_future(self.pool.submit(reenactor.warm_up))
             log.info("%s reenactor ready in %.2f s", c.default_mode, time.perf_counter() - t0)
         interceptors = []
         token = c.resolved_token()

@@ -226,3 +226,7 @@ def test_reconstruct_returns_coefficients_landmarks_and_an_optional_mesh(reenact
         assert key in rec.coefficients
     assert rec.timings["total"] > 0.0
     assert reenactor.reconstruct(obama).vertices is None
+
+
+def test_warm_up_runs_a_full_session_on_a_face_rendered_from_the_model(reenactor):
+    assert reenactor.warm_up() is True

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jr2net.errors import NoFaceError
 from jr2net.face.camera import crop_intrinsics, euler_rotation
 from jr2net.face.camera import project as project_points
 from jr2net.face.model import FaceModel, load_face_model
@@ -593,6 +594,26 @@ class GeometricReenactor:
         self.adjacency = st.vertex_adjacency(pm.faces, pm.n_vertices)
         # Vertices whose projection bounds the face (the render crop): a subsample of all.
         self.box_vertices = torch.arange(0, pm.n_vertices, 7)
+
+    def warm_up(self) -> bool:
+        """Run one session on a face rendered from the model, so one-time costs (landmark model
+        files, first-call allocations) are not paid by the first real session; True if it ran."""
+        from jr2net.pipeline.synthetic import SIZE, render_face
+
+        ident = torch.zeros(1, min(self.model.n_identity, 10))
+        expr = torch.zeros(1, self.model.n_expression)
+        backdrop = torch.full((1, 3, SIZE, SIZE), 0.45)
+        image = render_face(self.model, ident, expr, torch.zeros(1, 3), backdrop, (1.0, 0.85, 0.75))
+        try:
+            session = self.start_session(image, SessionOptions())
+        except NoFaceError:
+            return False
+        try:
+            for _ in range(2):
+                session.process(image)
+        finally:
+            session.close()
+        return True
 
     def fit_source(self, image: np.ndarray):
         """Fit the source photo (``FitResult``); raises NoFaceError."""
