@@ -250,6 +250,22 @@ class AsyncSession:
                 self.call.cancel()
 
 
+def _open_channel(
+    grpc_api: Any,
+    target: str,
+    root_certificates: str | Path | bytes | None,
+    tls: bool,
+    max_message_bytes: int,
+) -> Any:
+    """A channel from ``grpc`` or ``grpc.aio`` (same call shapes): TLS when roots are given or ``tls``."""
+    options = _channel_options(max_message_bytes)
+    roots = _read_bytes(root_certificates)
+    if roots is not None or tls:
+        creds = grpc.ssl_channel_credentials(root_certificates=roots)
+        return grpc_api.secure_channel(target, creds, options=options)
+    return grpc_api.insecure_channel(target, options=options)
+
+
 class AsyncReenactClient:
     """grpc.aio client. Use as ``async with AsyncReenactClient("host:port") as client: ...``."""
 
@@ -264,13 +280,7 @@ class AsyncReenactClient:
     ) -> None:
         self.target = target
         self.metadata = _metadata(token)
-        options = _channel_options(max_message_bytes)
-        roots = _read_bytes(root_certificates)
-        if roots is not None or tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=roots)
-            self.channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
+        self.channel = _open_channel(grpc.aio, target, root_certificates, tls, max_message_bytes)
         self.stub = pb2_grpc.ReenactmentStub(self.channel)
 
     async def __aenter__(self) -> AsyncReenactClient:
@@ -334,13 +344,7 @@ class ReenactClient:
     ) -> None:
         self.target = target
         self.metadata = _metadata(token)
-        options = _channel_options(max_message_bytes)
-        roots = _read_bytes(root_certificates)
-        if roots is not None or tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=roots)
-            self.channel = grpc.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.channel = _open_channel(grpc, target, root_certificates, tls, max_message_bytes)
         self.stub = pb2_grpc.ReenactmentStub(self.channel)
         self.last_ready: Any = None
 

@@ -58,6 +58,7 @@ import torch
 
 from jr2net.face.camera import crop_intrinsics, default_intrinsics, model_to_camera, project
 from jr2net.face.coeffs import FaceCoefficients
+from jr2net.face.landmarks import interocular_distance
 from jr2net.ops.reference import sh_basis_ref
 
 if TYPE_CHECKING:
@@ -573,7 +574,8 @@ def _check_image(image: np.ndarray, arg: str = "image") -> np.ndarray:
 
 
 def _iod(landmarks: np.ndarray) -> float:
-    return max(float(np.linalg.norm(landmarks[36] - landmarks[45])), 1e-6)
+    """Inter-ocular distance, floored so degenerate detections never divide by zero."""
+    return max(interocular_distance(landmarks), 1e-6)
 
 
 def _params_to_coeffs(
