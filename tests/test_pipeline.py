@@ -230,3 +230,16 @@ def test_reconstruct_returns_coefficients_landmarks_and_an_optional_mesh(reenact
 
 def test_warm_up_runs_a_full_session_on_a_face_rendered_from_the_model(reenactor):
     assert reenactor.warm_up() is True
+
+
+@pytest.mark.parametrize("n_in,n_out", [(7, 19), (19, 7), (16, 16)])
+def test_bilinear_matrix_matches_torch_interpolate(n_in, n_out):
+    import torch
+    import torch.nn.functional as F
+
+    from jr2net.pipeline.stages import bilinear_matrix
+
+    x = torch.randn(n_in, dtype=torch.float64)
+    expected = F.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0]
+    got = bilinear_matrix(n_in, n_out).to(torch.float64) @ x
+    assert torch.allclose(got, expected, atol=1e-5)

@@ -257,11 +257,16 @@ class GeometricSession:
         self.window = st.border_window(FIELD_GRID, 0.22)
         j = (torch.arange(inner, dtype=torch.float32) + 0.5) / inner
         self._cell_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [n,n,2] (x,y)
-        # Normalised grid_sample coordinates of every output pixel (align_corners=False).
+        # Normalised grid_sample coordinates of every output pixel (align_corners=False), as
+        # [2,Ho,Wo] planes (the upsampled field adds to them without a transpose).
         gx = ((2 * torch.arange(Wo, dtype=torch.float32) + 1) / Wo - 1).expand(Ho, Wo)
         gy = ((2 * torch.arange(Ho, dtype=torch.float32) + 1) / Ho - 1)[:, None].expand(Ho, Wo)
-        self._grid = torch.stack([gx, gy], dim=-1)  # [Ho,Wo,2]
-        self._px_to_grid = torch.tensor([2.0 / Wo, 2.0 / Ho])
+        self._grid = torch.stack([gx, gy], dim=0)  # [2,Ho,Wo]
+        self._px_to_grid = torch.tensor([2.0 / Wo, 2.0 / Ho]).view(2, 1, 1)
+        self._field_upsampler: dict[int, Tensor] = {}  # box side -> [side, FIELD_GRID] matrix
+        # The background in uint8 units plus 0.5: warped and blended in these units, the output
+        # is one truncating cast (bilinear weights sum to 1, so the offset survives sampling).
+        self.bg255 = (self.bg * 255.0).add_(0.5).contiguous()
         self._K_out_inv = torch.linalg.inv(self.K_out)
 
     def _sample_vertex_colors(self) -> tuple[Tensor, Tensor]:
@@ -453,20 +458,21 @@ class GeometricSession:
         # Visible part of the background box in the frame.
         fx0, fy0 = max(bx0, 0), max(by0, 0)
         fx1, fy1 = min(bx0 + bside, Wo), min(by0 + bside, Ho)
-        out = self.bg_u8.copy()
+        out = self.bg_u8.copy()  # a fresh array per frame: callers may keep returned frames
         if fx1 <= fx0 or fy1 <= fy0:
             return out
 
+        # region: the warped background box in uint8 units + 0.5 (see bg255).
         if self.background_warp:
             field = self._background_field(valid, points, depth, box, (bx0, by0, bside), pose)
-            field = F.interpolate(field, size=(bside, bside), mode="bilinear", align_corners=False)
-            field = field[0, :, fy0 - by0 : fy1 - by0, fx0 - bx0 : fx1 - bx0].permute(1, 2, 0)
-            grid = self._grid[fy0:fy1, fx0:fx1] + field * self._px_to_grid
+            grid = self._sample_grid(
+                field[0] * self._px_to_grid, bside, (bx0, by0), (fx0, fy0, fx1, fy1)
+            )
             region = F.grid_sample(
-                self.bg, grid[None], mode="bilinear", padding_mode="border", align_corners=False
+                self.bg255, grid[None], mode="bilinear", padding_mode="border", align_corners=False
             )
         else:
-            region = self.bg[:, :, fy0:fy1, fx0:fx1].clone()
+            region = self.bg255[:, :, fy0:fy1, fx0:fx1].clone()
 
         # Face layer (crop resampled to its box in the output frame), clipped to the region.
         layer = torch.cat([face, alpha], dim=1)
@@ -482,13 +488,42 @@ class GeometricSession:
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
         if lx1 > lx0 and ly1 > ly0:
             part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
-            rgb, a = part[:3], part[3:4]
+            rgb = part[:3].mul(255.0).add_(0.5).clamp_(0.5, 255.5)  # uint8 units, as region
+            a = part[3:4].clamp(0.0, 1.0)
             sub = region[0, :, ly0 - fy0 : ly1 - fy0, lx0 - fx0 : lx1 - fx0]
-            sub.add_(a * (rgb - sub))
-        out[fy0:fy1, fx0:fx1] = (
-            region[0].mul_(255.0).add_(0.5).clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-        )
+            sub.add_(rgb.sub_(sub).mul_(a))
+        # Values lie in [0.5, 255.5] (convex blends of such): truncation rounds to nearest.
+        # numpy's cast and per-channel strided stores are ~3x faster than torch's here.
+        planes = region[0].numpy().astype(np.uint8)
+        dst = out[fy0:fy1, fx0:fx1]
+        for c in range(3):
+            dst[..., c] = planes[c]
         return out
+
+    def _sample_grid(
+        self, field: Tensor, bside: int, origin: tuple[int, int], window: tuple[int, int, int, int]
+    ) -> Tensor:
+        """grid_sample grid ``[h,w,2]`` over ``window`` of the frame: identity plus ``field``
+        (``[2,n,n]``, grid units, over the box of side ``bside`` at ``origin``) upsampled bilinearly.
+
+        Same values as ``F.interpolate(align_corners=False)`` then adding the identity grid, as two
+        small matrix products that write the grid's [h,w,2] layout directly (cheaper on CPU)."""
+        bx0, by0 = origin
+        fx0, fy0, fx1, fy1 = window
+        A = self._field_upsampler.get(bside)
+        if A is None:
+            if len(self._field_upsampler) > 16:
+                self._field_upsampler.clear()
+            A = self._field_upsampler[bside] = st.bilinear_matrix(field.shape[-1], bside)
+        Ay, Ax = A[fy0 - by0 : fy1 - by0], A[fx0 - bx0 : fx1 - bx0]
+        n, h, w = field.shape[-1], fy1 - fy0, fx1 - fx0
+        g = torch.empty(n + 1, w, 2)
+        g[:n] = (field @ Ax.T).permute(1, 2, 0)  # columns upsampled
+        g[:n, :, 0] += self._grid[0, 0, fx0:fx1]  # rows of Ay sum to 1: x identity per column
+        g[n, :, 0] = 0.0
+        g[n, :, 1] = 1.0  # picks the y identity from Ay's extra column
+        Ay = torch.cat([Ay, self._grid[1, fy0:fy1, :1]], 1)  # [h, n+1]
+        return (Ay @ g.view(n + 1, w * 2)).view(h, w, 2)
 
     def _background_field(
         self,
@@ -508,9 +543,9 @@ class GeometricSession:
         """
         x0, y0, side = box
         inner = self.field_inner
+        # rasterize and interpolate give zeros off the mesh (DESIGN §4): no premultiplying.
         cells = F.adaptive_avg_pool2d(
-            torch.cat([valid, points.permute(0, 3, 1, 2) * valid, depth.unsqueeze(1) * valid], 1),
-            inner,
+            torch.cat([valid, points.permute(0, 3, 1, 2), depth.unsqueeze(1)], 1), inner
         )
         w_cell = cells[:, :1]
         cells = cells[:, 1:] / w_cell.clamp_min(1e-6)

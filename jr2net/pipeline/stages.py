@@ -7,6 +7,7 @@ fill -> composite.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -241,22 +242,47 @@ def feather(mask: Tensor, radius: int) -> Tensor:
     return soft * mask
 
 
+@functools.lru_cache(maxsize=16)
+def _box_blur_matrix(n: int, radius: int, passes: int) -> Tensor:
+    """``[n,n]`` matrix of ``passes`` 1-D box blurs of ``radius`` (edge windows averaged over their
+    inside part, as ``avg_pool2d(count_include_pad=False)``): separable, so 2-D is ``M @ x @ M.T``."""
+    i = torch.arange(n, dtype=torch.float64)
+    step = ((i[:, None] - i[None, :]).abs() <= radius).double()
+    step /= step.sum(1, keepdim=True)
+    return torch.linalg.matrix_power(step, passes).float()
+
+
 def extend_field(field: Tensor, weight: Tensor, passes: int, radius: int) -> tuple[Tensor, Tensor]:
     """Extrapolate a field ``[1,C,H,W]`` known where ``weight`` > 0 (normalised convolution).
 
     ``passes`` box blurs of ``radius`` spread the known values outwards; returns the smooth field
     and its support (0..1: how much known data is nearby). Known cells keep their own values.
     """
-    k = 2 * radius + 1
-    fw, w = field * weight, weight
-    for _ in range(max(1, passes) + 2):
-        fw = F.avg_pool2d(fw, k, stride=1, padding=radius, count_include_pad=False)
-        w = F.avg_pool2d(w, k, stride=1, padding=radius, count_include_pad=False)
+    n_pass = max(1, passes) + 2
+    H, W = field.shape[-2:]
+    Mh, Mw = _box_blur_matrix(H, radius, n_pass), _box_blur_matrix(W, radius, n_pass)
+    C = field.shape[1]
+    fw = Mh @ torch.cat([field * weight, weight], 1) @ Mw.T
+    fw, w = fw[:, :C], fw[:, C:]
     smooth = fw / w.clamp_min(1e-6)
     smooth = weight * field + (1 - weight) * smooth
     support = (w * 6).clamp(max=1.0)
     support = torch.maximum(support, weight)
     return smooth, support
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> Tensor:
+    """``[n_out,n_in]`` matrix of 1-D bilinear resampling as ``F.interpolate(align_corners=False)``
+    does it (edge-clamped): ``M @ x`` upsamples ``x`` along its first axis; rows sum to 1."""
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    i0 = src.floor().long().clamp_max(n_in - 1)
+    i1 = (i0 + 1).clamp_max(n_in - 1)
+    lam = src - i0
+    rows = torch.arange(n_out)
+    M = torch.zeros(n_out, n_in, dtype=torch.float64)
+    M.index_put_((rows, i0), 1 - lam, accumulate=True)
+    M.index_put_((rows, i1), lam, accumulate=True)
+    return M.float()
 
 
 def border_window(size: int, margin: float) -> Tensor:
