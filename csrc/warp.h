@@ -123,6 +123,39 @@ inline std::tuple<at::Tensor, at::Tensor> backward(const WarpInputs& in,
 
 }  // namespace warp_detail
 
+namespace warp_detail {
+inline WarpInputs depth_inputs(const at::Tensor& src, const at::Tensor& dst_depth,
+                               const at::Tensor& K_src, const at::Tensor& K_dst,
+                               const at::Tensor& src_T_dst,
+                               const std::optional<at::Tensor>& src_depth, double rel_eps) {
+  WarpInputs in;
+  in.src = src;
+  in.dst_depth = dst_depth;
+  in.K_src = K_src;
+  in.K_dst = K_dst;
+  in.src_T_dst = src_T_dst;
+  in.src_depth = src_depth;
+  in.rel_eps = rel_eps;
+  in.depth = true;
+  return in;
+}
+
+inline WarpInputs correspondence_inputs(const at::Tensor& src, const at::Tensor& points_src,
+                                        const at::Tensor& valid, const at::Tensor& K_src,
+                                        const std::optional<at::Tensor>& src_depth,
+                                        double rel_eps) {
+  WarpInputs in;
+  in.src = src;
+  in.points = points_src;
+  in.valid = valid;
+  in.K_src = K_src;
+  in.src_depth = src_depth;
+  in.rel_eps = rel_eps;
+  in.depth = false;
+  return in;
+}
+}  // namespace warp_detail
+
 // depth_warp (seed Eq. 2): warp src into the target view given the target depth. -> (warped, covisible)
 inline std::tuple<at::Tensor, at::Tensor> depth_warp_fwd(const at::Tensor& src,
                                                          const at::Tensor& dst_depth,
@@ -131,16 +164,8 @@ inline std::tuple<at::Tensor, at::Tensor> depth_warp_fwd(const at::Tensor& src,
                                                          const at::Tensor& src_T_dst,
                                                          const std::optional<at::Tensor>& src_depth,
                                                          double rel_eps) {
-  WarpInputs in;
-  in.src = src;
-  in.dst_depth = dst_depth;
-  in.K_src = K_src;
-  in.K_dst = K_dst;
-  in.src_T_dst = src_T_dst;
-  in.src_depth = src_depth;
-  in.rel_eps = rel_eps;
-  in.depth = true;
-  return warp_detail::forward(in);
+  return warp_detail::forward(
+      warp_detail::depth_inputs(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps));
 }
 
 // -> (grad_src, grad_dst_depth), undefined where not requested.
@@ -148,31 +173,17 @@ inline std::tuple<at::Tensor, at::Tensor> depth_warp_bwd(
     const at::Tensor& grad_warped, const at::Tensor& src, const at::Tensor& dst_depth,
     const at::Tensor& K_src, const at::Tensor& K_dst, const at::Tensor& src_T_dst,
     const std::optional<at::Tensor>& src_depth, double rel_eps, bool need_src, bool need_depth) {
-  WarpInputs in;
-  in.src = src;
-  in.dst_depth = dst_depth;
-  in.K_src = K_src;
-  in.K_dst = K_dst;
-  in.src_T_dst = src_T_dst;
-  in.src_depth = src_depth;
-  in.rel_eps = rel_eps;
-  in.depth = true;
-  return warp_detail::backward(in, grad_warped, need_src, need_depth);
+  return warp_detail::backward(
+      warp_detail::depth_inputs(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps),
+      grad_warped, need_src, need_depth);
 }
 
 // correspondence_warp: warp src to target pixels whose source-frame 3D points are known.
 inline std::tuple<at::Tensor, at::Tensor> correspondence_warp_fwd(
     const at::Tensor& src, const at::Tensor& points_src, const at::Tensor& valid,
     const at::Tensor& K_src, const std::optional<at::Tensor>& src_depth, double rel_eps) {
-  WarpInputs in;
-  in.src = src;
-  in.points = points_src;
-  in.valid = valid;
-  in.K_src = K_src;
-  in.src_depth = src_depth;
-  in.rel_eps = rel_eps;
-  in.depth = false;
-  return warp_detail::forward(in);
+  return warp_detail::forward(
+      warp_detail::correspondence_inputs(src, points_src, valid, K_src, src_depth, rel_eps));
 }
 
 // -> (grad_src, grad_points_src), undefined where not requested.
@@ -180,15 +191,9 @@ inline std::tuple<at::Tensor, at::Tensor> correspondence_warp_bwd(
     const at::Tensor& grad_warped, const at::Tensor& src, const at::Tensor& points_src,
     const at::Tensor& valid, const at::Tensor& K_src, const std::optional<at::Tensor>& src_depth,
     double rel_eps, bool need_src, bool need_points) {
-  WarpInputs in;
-  in.src = src;
-  in.points = points_src;
-  in.valid = valid;
-  in.K_src = K_src;
-  in.src_depth = src_depth;
-  in.rel_eps = rel_eps;
-  in.depth = false;
-  return warp_detail::backward(in, grad_warped, need_src, need_points);
+  return warp_detail::backward(
+      warp_detail::correspondence_inputs(src, points_src, valid, K_src, src_depth, rel_eps),
+      grad_warped, need_src, need_points);
 }
 
 }  // namespace jr2net

@@ -10,23 +10,12 @@
 #include <vector>
 
 #include "sh_shading.h"
+#include "cpu/cpu_features.h"
 
 namespace jr2net {
 
 namespace {
 
-inline bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] == '1';
-}
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JR2_SH_X86_DISPATCH 1
-#define JR2_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define JR2_SH_X86_DISPATCH 0
-#define JR2_ALWAYS_INLINE
-#endif
 
 constexpr int64_t kShChunk = 8192;  // pixels per partial sum of dL/dsh
 constexpr int64_t kShGrain = 4;     // chunks per thread at least (small images stay on one)
@@ -66,26 +55,16 @@ template <typename T, bool kMask>
 void fwd_range_base(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
   fwd_range<T, kMask>(P, b, p0, p1);
 }
-#if JR2_SH_X86_DISPATCH
+#if JR2_X86_DISPATCH
 template <typename T, bool kMask>
 __attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
 fwd_range_avx512(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
   fwd_range<T, kMask>(P, b, p0, p1);
 }
 #endif
-// JR2NET_NO_AVX512=1 forces the baseline copies (tests use it to cover them on AVX-512 CPUs).
-inline bool has_avx512() {
-#if JR2_SH_X86_DISPATCH
-  static const bool yes = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512vl") && !env_flag("JR2NET_NO_AVX512");
-  return yes;
-#else
-  return false;
-#endif
-}
 template <typename T, bool kMask>
 void fwd_range_isa(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
-#if JR2_SH_X86_DISPATCH
+#if JR2_X86_DISPATCH
   if (has_avx512()) return fwd_range_avx512<T, kMask>(P, b, p0, p1);
 #endif
   fwd_range_base<T, kMask>(P, b, p0, p1);
@@ -185,7 +164,7 @@ void bwd_range_base(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, 
                     double* out) {
   bwd_range<T, kGi, kGr, kMask, kGm, 8>(P, b, p0, p1, out);
 }
-#if JR2_SH_X86_DISPATCH
+#if JR2_X86_DISPATCH
 template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
 __attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
 bwd_range_avx512(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
@@ -197,7 +176,7 @@ bwd_range_avx512(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int
 template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
 void bwd_range_isa(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                    double* out) {
-#if JR2_SH_X86_DISPATCH
+#if JR2_X86_DISPATCH
   if (has_avx512()) return bwd_range_avx512<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
 #endif
   bwd_range_base<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);

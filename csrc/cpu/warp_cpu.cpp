@@ -19,23 +19,12 @@
 #include <vector>
 
 #include "warp.h"
+#include "cpu/cpu_features.h"
 
 namespace jr2net {
 
 namespace {
 
-inline bool env_flag(const char* name) {
-  const char* v = std::getenv(name);
-  return v != nullptr && v[0] == '1';
-}
-
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define JR2_WARP_X86_DISPATCH 1
-#define JR2_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define JR2_WARP_X86_DISPATCH 0
-#define JR2_ALWAYS_INLINE
-#endif
 
 constexpr int64_t kBlock = 16384;  // target pixels per work unit of a plane
 // Least work (output values) per thread: smaller problems run on fewer threads, where waking the
@@ -236,7 +225,7 @@ void gather_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int
                        int64_t r0, int64_t r1) {
   gather_plane(P, tt, b, c, r0, r1);
 }
-#if JR2_WARP_X86_DISPATCH
+#if JR2_X86_DISPATCH
 template <typename T>
 __attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
 gather_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, int64_t r0,
@@ -244,20 +233,10 @@ gather_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_
   gather_plane(P, tt, b, c, r0, r1);
 }
 #endif
-// JR2NET_NO_AVX512=1 forces the baseline copies (tests use it to cover them on AVX-512 CPUs).
-inline bool has_avx512() {
-#if JR2_WARP_X86_DISPATCH
-  static const bool yes = __builtin_cpu_supports("avx512f") &&
-                          __builtin_cpu_supports("avx512vl") && !env_flag("JR2NET_NO_AVX512");
-  return yes;
-#else
-  return false;
-#endif
-}
 template <typename T>
 void gather_plane_isa(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c,
                       int64_t r0, int64_t r1) {
-#if JR2_WARP_X86_DISPATCH
+#if JR2_X86_DISPATCH
   if (has_avx512()) return gather_plane_avx512(P, tt, b, c, r0, r1);
 #endif
   gather_plane_base(P, tt, b, c, r0, r1);
@@ -366,7 +345,7 @@ void backward_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, i
                          T* gy) {
   backward_plane_z<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
 }
-#if JR2_WARP_X86_DISPATCH
+#if JR2_X86_DISPATCH
 template <typename T, bool kSrc, bool kGeo>
 __attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
 backward_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
@@ -377,7 +356,7 @@ backward_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int6
 template <typename T, bool kSrc, bool kGeo>
 void backward_plane_isa(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
                         T* gy) {
-#if JR2_WARP_X86_DISPATCH
+#if JR2_X86_DISPATCH
   if (has_avx512()) return backward_plane_avx512<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
 #endif
   backward_plane_base<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
