@@ -1,14 +1,19 @@
-"""One streaming session: frame admission with the drop policy, serial processing off the event loop,
-and strictly ordered replies.
+"""One streaming session: frame admission with the drop policy, two-stage processing off the event
+loop, and strictly ordered replies.
 
-Every admitted frame gets a *slot* in ``replies`` (arrival order). A single worker coroutine per
-session takes queued slots one at a time and runs decode -> ``ReenactmentSession.process`` -> encode
-in the server's shared thread pool, so the pipeline sees frames serially and in order. A writer
-coroutine sends the slots' replies in arrival order, so clients see replies in the order they sent
-frames. Drop policy (also in proto/jr2net.proto): at most ``max_in_flight`` frames are unanswered
-(queued or being processed); a frame arriving when that many are unanswered makes the OLDEST QUEUED
-frame answer ``FrameError{code: "DROPPED"}`` (if every unanswered frame is already being
-processed, the new frame itself is dropped).
+Every admitted frame gets a *slot* in ``replies`` (arrival order). Frames go through two stages, each
+run in the server's shared thread pool by its own coroutine, serially and in arrival order:
+
+1. decode -> ``analyse`` (tracking and fitting) for a ``StagedSession``, else decode -> ``process``;
+2. ``synthesise`` (rendering and compositing) for a ``StagedSession`` -> encode.
+
+Stage 1 of frame n+1 overlaps stage 2 of frame n (at most one analysed frame waits between them), so
+on a multi-core machine a stream sustains the rate of its slower stage rather than the sum of both.
+A writer coroutine sends the slots' replies in arrival order, so clients see replies in the order
+they sent frames. Drop policy (also in proto/jr2net.proto): at most ``max_in_flight`` frames are
+unanswered (queued or being processed); a frame arriving when that many are unanswered makes the
+OLDEST QUEUED frame answer ``FrameError{code: "DROPPED"}`` (if every unanswered frame is already
+being processed, the new frame itself is dropped).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -25,6 +31,7 @@ from typing import Any
 import grpc
 
 from jr2net.errors import InvalidImageError, NoFaceError
+from jr2net.pipeline.base import StagedSession
 from jr2net.server.metrics import ServerMetrics
 from jr2net.server.protocol import pb2
 
@@ -83,6 +90,8 @@ class _Slot:
     future: asyncio.Future
     frame: Any = None  # the pb2.Frame while queued; None once started or answered
     timings: dict[str, float] = field(default_factory=dict)
+    analysis: Any = None  # stage 1's output while the slot waits for stage 2
+    analysed: float = 0.0  # perf_counter when stage 1 finished
 
 
 class StreamSession:
@@ -113,9 +122,17 @@ class StreamSession:
         self._loop = asyncio.get_running_loop()
         self.replies: deque[_Slot] = deque()
         self.pending: deque[_Slot] = deque()
-        self.processing: _Slot | None = None
-        self._running: concurrent.futures.Future | None = None
+        self.staged = isinstance(pipeline_session, StagedSession)
+        self._stage1: _Slot | None = None  # being decoded + analysed
+        self._handoff: _Slot | None = None  # analysed, waiting for stage 2
+        self._stage2: _Slot | None = None  # being synthesised + encoded
+        self._running: set[concurrent.futures.Future] = set()
+        self._running_lock = threading.Lock()
+        self._close_pending = False
         self._work = asyncio.Event()
+        self._handoff_ready = asyncio.Event()
+        self._handoff_free = asyncio.Event()
+        self._handoff_free.set()
         self._slot_added = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -130,7 +147,8 @@ class StreamSession:
 
     @property
     def unanswered(self) -> int:
-        return len(self.pending) + (self.processing is not None)
+        started = (self._stage1, self._handoff, self._stage2)
+        return len(self.pending) + sum(slot is not None for slot in started)
 
     def _new_slot(self, frame_id: int, ts: int) -> _Slot:
         slot = _Slot(frame_id, ts, time.perf_counter(), self._loop.create_future())
@@ -249,27 +267,75 @@ class StreamSession:
             self._check_done()
 
     async def work_loop(self) -> None:
-        """Process queued frames one at a time in the thread pool."""
+        """Run the two processing stages (see the module docstring) until cancelled."""
+        await asyncio.gather(self._stage1_loop(), self._stage2_loop())
+
+    async def _in_pool(self, fn: Callable[..., Any], *args: Any) -> Any:
+        future = self.pool.submit(fn, *args)
+        with self._running_lock:
+            self._running.add(future)
+        future.add_done_callback(self._work_done)
+        return await asyncio.wrap_future(future)
+
+    def _work_done(self, future: concurrent.futures.Future) -> None:
+        """(Any thread.) Forget a finished pool job; close the pipeline if it was the last one."""
+        with self._running_lock:
+            self._running.discard(future)
+            close_now = self._close_pending and not self._running
+            if close_now:
+                self._close_pending = False
+        if close_now:
+            self._submit_close()
+
+    async def _stage1_loop(self) -> None:
         while True:
             while not self.pending:
                 self._work.clear()
                 await self._work.wait()
+            while self._handoff is not None:
+                self._handoff_free.clear()
+                await self._handoff_free.wait()
+            if not self.pending:  # the queued frame was dropped while stage 2 was busy
+                continue
             slot = self.pending.popleft()
             frame, slot.frame = slot.frame, None
-            self.processing = slot
+            self._stage1 = slot
             slot.timings["queue"] = time.perf_counter() - slot.admitted
             try:
-                self._running = self.pool.submit(self._process, frame, slot.timings)
-                response, result = await asyncio.wrap_future(self._running)
+                done, outcome = await self._in_pool(self._analyse, frame, slot.timings)
             finally:
-                self.processing = None
-            self.metrics.frames.labels(result=result).inc()
-            if result in ("ok", "fallback"):
-                slot.timings["total"] = time.perf_counter() - slot.admitted
-                self.metrics.observe_timings(slot.timings)
-                response.output.timings.update(slot.timings)
-            if not slot.future.done():
-                slot.future.set_result(response)
+                self._stage1 = None
+            if done:
+                self._answer(slot, *outcome)
+                continue
+            slot.frame, slot.analysis, slot.analysed = frame, outcome, time.perf_counter()
+            self._handoff = slot
+            self._handoff_ready.set()
+
+    async def _stage2_loop(self) -> None:
+        while True:
+            while self._handoff is None:
+                self._handoff_ready.clear()
+                await self._handoff_ready.wait()
+            slot, self._handoff = self._handoff, None
+            self._handoff_free.set()
+            frame, analysis, slot.frame, slot.analysis = slot.frame, slot.analysis, None, None
+            self._stage2 = slot
+            slot.timings["handoff"] = time.perf_counter() - slot.analysed
+            try:
+                outcome = await self._in_pool(self._synthesise, frame, analysis, slot.timings)
+            finally:
+                self._stage2 = None
+            self._answer(slot, *outcome)
+
+    def _answer(self, slot: _Slot, response: Any, result: str) -> None:
+        self.metrics.frames.labels(result=result).inc()
+        if result in ("ok", "fallback"):
+            slot.timings["total"] = time.perf_counter() - slot.admitted
+            self.metrics.observe_timings(slot.timings)
+            response.output.timings.update(slot.timings)
+        if not slot.future.done():
+            slot.future.set_result(response)
 
     async def idle_watch(self) -> None:
         """End the stream DEADLINE_EXCEEDED after ``idle_timeout`` s of silence with nothing in flight."""
@@ -286,59 +352,79 @@ class StreamSession:
 
     # ---- the thread-pool part ------------------------------------------------------------------
 
-    def _process(self, frame: Any, timings: dict[str, float]) -> tuple[Any, str]:
-        """decode -> pipeline -> encode for one frame; never raises (errors become FrameError)."""
-        from jr2net.io.images import encode_image
+    @staticmethod
+    def _error(frame: Any, code: str, message: str) -> Any:
+        return pb2.StreamResponse(error=pb2.FrameError(
+            frame_id=frame.frame_id, capture_ts_us=frame.capture_ts_us, code=code, message=message,
+        ))
 
-        def error(code: str, message: str) -> Any:
-            return pb2.StreamResponse(error=pb2.FrameError(
-                frame_id=frame.frame_id, capture_ts_us=frame.capture_ts_us, code=code, message=message,
-            ))
-
+    def _guarded(self, frame: Any, work: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run ``work``; errors become (True, (FrameError response, result)), never an exception."""
         try:
+            return False, work()
+        except (InvalidImageError, NoFaceError) as exc:
+            return True, (self._error(frame, "INVALID_ARGUMENT", str(exc)), "invalid")
+        except (ValueError, TypeError) as exc:  # the pipeline contract's "unusable frame" errors
+            return True, (self._error(frame, "INVALID_ARGUMENT", str(exc)), "invalid")
+        except Exception as exc:  # a bug: keep the stream alive, log it with the traceback
+            log.exception("session %s: frame %d failed", self.session_id, frame.frame_id)
+            return True, (self._error(frame, "INTERNAL", f"internal error: {type(exc).__name__}: {exc}"),
+                          "internal")
+
+    def _analyse(self, frame: Any, timings: dict[str, float]) -> tuple[bool, Any]:
+        """Stage 1 (thread pool): decode, then analyse (or the whole ``process``)."""
+
+        def work() -> Any:
             t0 = time.perf_counter()
             image = decode_image(frame, self.max_frame_pixels)
             t1 = time.perf_counter()
-            try:
-                result = self.pipeline.process(image)
-            except (ValueError, TypeError) as exc:  # the contract's "unusable frame" errors
-                raise InvalidImageError(str(exc)) from exc
-            t2 = time.perf_counter()
-            fmt = self.output.format
-            data = encode_image(result.image, FORMAT_NAMES[fmt], quality=self.output.quality)
-            t3 = time.perf_counter()
-        except (InvalidImageError, NoFaceError) as exc:
-            return error("INVALID_ARGUMENT", str(exc)), "invalid"
-        except Exception as exc:  # a bug: keep the stream alive, log it with the traceback
-            log.exception("session %s: frame %d failed", self.session_id, frame.frame_id)
-            return error("INTERNAL", f"internal error: {type(exc).__name__}: {exc}"), "internal"
-        timings.update({k: float(v) for k, v in result.timings.items()})
-        timings.update({"decode": t1 - t0, "pipeline": t2 - t1, "encode": t3 - t2})
-        h, w = result.image.shape[:2]
-        out = pb2.OutputFrame(
-            frame_id=frame.frame_id, capture_ts_us=frame.capture_ts_us, format=fmt, data=data,
-            width=w, height=h, face_found=bool(result.face_found), fallback=result.fallback or "",
-        )
-        return pb2.StreamResponse(output=out), ("ok" if result.face_found else "fallback")
+            step = self.pipeline.analyse if self.staged else self.pipeline.process
+            out = step(image)
+            timings.update({"decode": t1 - t0, "pipeline": time.perf_counter() - t1})
+            return out
+
+        return self._guarded(frame, work)
+
+    def _synthesise(self, frame: Any, analysis: Any, timings: dict[str, float]) -> tuple[Any, str]:
+        """Stage 2 (thread pool): synthesise (staged sessions), then encode the output frame."""
+        from jr2net.io.images import encode_image
+
+        def work() -> Any:
+            t0 = time.perf_counter()
+            result = self.pipeline.synthesise(analysis) if self.staged else analysis
+            t1 = time.perf_counter()
+            data = encode_image(result.image, FORMAT_NAMES[self.output.format],
+                                quality=self.output.quality)
+            timings.update({k: float(v) for k, v in result.timings.items()})
+            timings["pipeline"] = timings.get("pipeline", 0.0) + (t1 - t0)
+            timings["encode"] = time.perf_counter() - t1
+            h, w = result.image.shape[:2]
+            out = pb2.OutputFrame(
+                frame_id=frame.frame_id, capture_ts_us=frame.capture_ts_us, format=self.output.format,
+                data=data, width=w, height=h, face_found=bool(result.face_found),
+                fallback=result.fallback or "",
+            )
+            return pb2.StreamResponse(output=out), ("ok" if result.face_found else "fallback")
+
+        done, outcome = self._guarded(frame, work)
+        return outcome
 
     def close(self) -> None:
-        """Close the pipeline session in the pool once any running frame has finished."""
+        """Close the pipeline session in the pool once the frames being processed have finished."""
+        with self._running_lock:
+            self._close_pending = bool(self._running)
+            close_now = not self._close_pending
+        if close_now:
+            self._submit_close()
 
+    def _submit_close(self) -> None:
         def do_close() -> None:
             try:
                 self.pipeline.close()
             except Exception:
                 log.exception("session %s: close failed", self.session_id)
 
-        running = self._running
-
-        def submit(_: Any = None) -> None:
-            try:
-                self.pool.submit(do_close)
-            except RuntimeError:  # pool already shut down (server stopping)
-                do_close()
-
-        if running is not None and not running.done():
-            running.add_done_callback(submit)
-        else:
-            submit()
+        try:
+            self.pool.submit(do_close)
+        except RuntimeError:  # pool already shut down (server stopping)
+            do_close()

@@ -12,7 +12,7 @@ from jr2net.face.landmarks import detect_largest_face
 from jr2net.io.images import load_image
 from jr2net.io.video import VideoReader
 from jr2net.pipeline import stages as st
-from jr2net.pipeline.base import SessionOptions
+from jr2net.pipeline.base import SessionOptions, StagedSession
 from jr2net.pipeline.geometric import STAGES, GeometricReenactor
 
 CLOSED, OPEN = 0, 45  # d0.mp4 frames: mouth closed / wide open smile
@@ -117,6 +117,25 @@ def test_no_face_frames_fall_back_to_source_then_last_output(small_run):
     previous = after[-2] if len(after) > 1 else good[-1]
     np.testing.assert_array_equal(last.image, previous.image)
     assert last.timings["total"] > 0.0
+
+
+def test_analysing_a_frame_ahead_of_synthesis_gives_the_same_frames_as_process(reenactor, obama, d0):
+    """The server overlaps analyse(n+1) with synthesise(n): that order must not change any output."""
+    options = SessionOptions(output_width=256, output_height=256)
+    serial = reenactor.start_session(obama, options)
+    staged = reenactor.start_session(obama, options)
+    assert isinstance(staged, StagedSession)
+    frames = d0[:5]
+    expected = [serial.process(f) for f in frames]
+    got, ahead = [], staged.analyse(frames[0])
+    for frame in frames[1:] + [None]:
+        nxt = staged.analyse(frame) if frame is not None else None
+        got.append(staged.synthesise(ahead))
+        ahead = nxt
+    for e, g in zip(expected, got, strict=True):
+        assert g.face_found and e.face_found
+        np.testing.assert_array_equal(g.image, e.image)
+        assert set(STAGES) <= set(g.timings)
 
 
 def test_output_size_option_sets_the_frame_size(small_run):

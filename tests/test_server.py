@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from jr2net.clients.client import AsyncReenactClient, ReenactClient, make_frame, session_config
 from jr2net.io.images import encode_image
+from jr2net.pipeline.base import FrameResult
 from jr2net.server.app import ReenactmentServer
 from jr2net.server.config import ReenactorFactory, ServerConfig
 from jr2net.server.protocol import SERVICE_NAME, pb2, pb2_grpc
@@ -165,7 +166,7 @@ def test_d0_round_trip_every_frame_answered_in_order(server, source_bytes, d0_fr
     assert (ready.output_width, ready.output_height) == (256, 256)
     assert json.loads(ready.source_fit_json)  # the fit summary is a JSON object
     stages = set(results[-1].timings)
-    assert {"queue", "decode", "pipeline", "encode", "total"} <= stages
+    assert {"queue", "decode", "handoff", "pipeline", "encode", "total"} <= stages
     after = scrape(server)
     answered = sum(metric(after, "jr2net_frames_total", result=k) - metric(before, "jr2net_frames_total", result=k)
                    for k in ("ok", "fallback"))
@@ -271,6 +272,93 @@ def test_drop_policy_drops_the_oldest_queued_frame():
     dropped, queued = asyncio.run(go())
     assert dropped == [0, 1, 2]
     assert queued == [3, 4, 5]
+
+
+class _RecordingPipeline:
+    """A pipeline that echoes frames and records the order its stages start and end in.
+
+    ``synthesise(0)`` blocks until ``analyse(1)`` has started: it returns in time only if the
+    session overlaps the stages (serial stages would make it time out).
+    """
+
+    def __init__(self, staged: bool) -> None:
+        self.events: list[tuple[str, int]] = []
+        self.second_analysis = threading.Event()
+        self.count = 0
+        if staged:
+            self.analyse, self.synthesise = self._analyse, self._synthesise
+
+    def _analyse(self, frame: np.ndarray) -> tuple[int, np.ndarray]:
+        n, self.count = self.count, self.count + 1
+        self.events.append(("analyse", n))
+        if n == 1:
+            self.second_analysis.set()
+        return n, frame
+
+    def _synthesise(self, analysis: tuple[int, np.ndarray]) -> FrameResult:
+        n, frame = analysis
+        self.events.append(("synthesise", n))
+        if n == 0 and not self.second_analysis.wait(5.0):
+            raise RuntimeError("stage 1 of frame 1 never overlapped stage 2 of frame 0")
+        return FrameResult(frame, {"echo": 0.0})
+
+    def process(self, frame: np.ndarray) -> FrameResult:
+        self.events.append(("process", self.count))
+        self.count += 1
+        return FrameResult(frame, {"echo": 0.0})
+
+    def close(self) -> None:
+        self.events.append(("close", -1))
+
+
+def _run_session(pipeline: _RecordingPipeline, frames: int) -> list:
+    """Feed ``frames`` JPEG frames to a StreamSession on a 2-thread pool; the responses in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jr2net.server.metrics import ServerMetrics
+    from jr2net.server.session import OutputSpec, StreamSession
+
+    data = encode_image(np.full((32, 32, 3), 128, np.uint8), "JPEG")
+
+    async def go():
+        written = []
+
+        async def write(response):
+            written.append(response)
+
+        with ThreadPoolExecutor(2) as pool:
+            session = StreamSession("t", pipeline, output=OutputSpec(), max_in_flight=frames,
+                                    max_frame_pixels=1 << 20, idle_timeout=30, pool=pool,
+                                    metrics=ServerMetrics(), write=write)
+            tasks = [asyncio.create_task(session.work_loop()), asyncio.create_task(session.write_loop())]
+            for i in range(frames):
+                session.admit(pb2.Frame(frame_id=i, format=pb2.JPEG, data=data, width=32, height=32))
+            session.eof = True
+            await asyncio.wait_for(session.finished, 10)
+            for task in tasks:
+                task.cancel()
+            session.close()
+        return written
+
+    return asyncio.run(go())
+
+
+def test_staged_pipeline_overlaps_analysis_of_the_next_frame_with_synthesis():
+    pipeline = _RecordingPipeline(staged=True)
+    written = _run_session(pipeline, 4)
+    assert [w.output.frame_id for w in written] == [0, 1, 2, 3], [w.error.message for w in written]
+    assert {"queue", "handoff", "decode", "encode", "echo", "total"} <= set(written[0].output.timings)
+    analysed = [n for kind, n in pipeline.events if kind == "analyse"]
+    synthesised = [n for kind, n in pipeline.events if kind == "synthesise"]
+    assert analysed == synthesised == [0, 1, 2, 3]  # each stage in frame order
+    assert pipeline.events[-1] == ("close", -1)  # closed after the last frame
+
+
+def test_single_stage_pipeline_is_served_by_process():
+    pipeline = _RecordingPipeline(staged=False)
+    written = _run_session(pipeline, 3)
+    assert [w.output.frame_id for w in written] == [0, 1, 2]
+    assert [kind for kind, _ in pipeline.events] == ["process"] * 3 + ["close"]
 
 
 def test_no_face_source_is_invalid_argument(loop, server, images_dir):

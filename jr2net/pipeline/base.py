@@ -7,7 +7,7 @@ Images cross this boundary as uint8 ``[H, W, 3]`` RGB numpy arrays (the I/O edge
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -48,6 +48,25 @@ class ReenactmentSession(Protocol):
     """One source face driven by a stream of frames; ``process`` is called serially."""
 
     def process(self, frame: np.ndarray) -> FrameResult: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class StagedSession(Protocol):
+    """A session whose ``process`` is ``synthesise(analyse(frame))``, so callers can pipeline it.
+
+    ``analyse`` (tracking and fitting) and ``synthesise`` (rendering and compositing) are each
+    called serially and in frame order, but ``analyse`` of frame n+1 may run while ``synthesise``
+    of frame n runs in another thread: on a multi-core machine a stream then sustains the rate
+    of its slower stage instead of the sum of both.
+    """
+
+    def process(self, frame: np.ndarray) -> FrameResult: ...
+
+    def analyse(self, frame: np.ndarray) -> Any: ...
+
+    def synthesise(self, analysis: Any) -> FrameResult: ...
 
     def close(self) -> None: ...
 

@@ -118,8 +118,18 @@ class _Reference:
     beta: Tensor
 
 
+@dataclass
+class FrameAnalysis:
+    """What ``GeometricSession.analyse`` hands to ``synthesise``: the frame and its driving fit."""
+
+    frame: np.ndarray
+    fit: object | None  # FitResult, or None: no face (or a diverged fit) -> fallback
+    timings: dict[str, float]
+    seconds: float  # wall time of the analysis (counted in the frame's "total")
+
+
 class GeometricSession:
-    """One source face driven by a stream of frames (``process`` is called serially)."""
+    """One source face driven by a stream of frames; a ``StagedSession`` (see pipeline.base)."""
 
     def __init__(self, reenactor: GeometricReenactor, source: np.ndarray, options: SessionOptions):
         t0 = _now()
@@ -290,24 +300,36 @@ class GeometricSession:
 
     def process(self, frame: np.ndarray) -> FrameResult:
         """Reenact one driving frame (uint8 ``[H,W,3]``); no-face frames give the documented fallback."""
+        return self.synthesise(self.analyse(frame))
+
+    def analyse(self, frame: np.ndarray) -> FrameAnalysis:
+        """Stage 1 of ``process``: track and fit the driving frame (pose + expression)."""
         t_start = _now()
         frame = st.check_frame(frame, "frame")
         timings = dict.fromkeys(STAGES, 0.0)
         with torch.inference_mode():
-            t0 = _now()
             fit = self._driving.fit(frame)
-            t1 = _now()
-            if fit is not None:
-                ft = getattr(fit, "timings", {}) or {}
-                track = sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect"))
-                track = min(track, t1 - t0)
-                timings["track"] = track
-                timings["fit"] = (t1 - t0) - track
-            else:
-                timings["track"] = t1 - t0
-            if fit is None or not _finite(fit.coeffs):
-                return self._fallback(timings, t_start)
-            image = self._reenact(frame, fit, timings)
+        t1 = _now()
+        if fit is not None:
+            ft = getattr(fit, "timings", {}) or {}
+            track = min(sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect")),
+                        t1 - t_start)
+            timings["track"] = track
+            timings["fit"] = (t1 - t_start) - track
+        else:
+            timings["track"] = t1 - t_start
+        if fit is not None and not _finite(fit.coeffs):
+            fit = None
+        return FrameAnalysis(frame, fit, timings, t1 - t_start)
+
+    def synthesise(self, analysis: FrameAnalysis) -> FrameResult:
+        """Stage 2 of ``process``: recombine, render, warp, relight, fill and composite (or fall back)."""
+        t_start = _now() - analysis.seconds
+        timings = analysis.timings
+        if analysis.fit is None:
+            return self._fallback(timings, t_start)
+        with torch.inference_mode():
+            image = self._reenact(analysis.frame, analysis.fit, timings)
         self._last_output = image
         timings["total"] = _now() - t_start
         return FrameResult(image=image, timings=timings, face_found=True, fallback="")
