@@ -119,11 +119,21 @@ class _Reference:
 
 
 @dataclass
-class FrameAnalysis:
-    """What ``GeometricSession.analyse`` hands to ``synthesise``: the frame and its driving fit."""
+class RecombinedFace:
+    """The recombined face in the output camera: what stage 2 renders."""
 
-    frame: np.ndarray
-    fit: object | None  # FitResult, or None: no face (or a diverged fit) -> fallback
+    verts_cam: Tensor  # [1,V,3] camera-space vertices
+    R: Tensor
+    t: Tensor
+    box: tuple[int, int, int]  # square render crop (x0, y0, side) in output pixels
+    ratio: Tensor | None = None  # [V,3] per-vertex relighting ratio; None when light="none"
+
+
+@dataclass
+class FrameAnalysis:
+    """What ``GeometricSession.analyse`` hands to ``synthesise``."""
+
+    target: RecombinedFace | None  # None: no face (or a diverged fit) -> the documented fallback
     timings: dict[str, float]
     seconds: float  # wall time of the analysis (counted in the frame's "total")
 
@@ -303,33 +313,38 @@ class GeometricSession:
         return self.synthesise(self.analyse(frame))
 
     def analyse(self, frame: np.ndarray) -> FrameAnalysis:
-        """Stage 1 of ``process``: track and fit the driving frame (pose + expression)."""
+        """Stage 1 of ``process``: track and fit the driving frame, recombine it with the source."""
         t_start = _now()
         frame = st.check_frame(frame, "frame")
         timings = dict.fromkeys(STAGES, 0.0)
         with torch.inference_mode():
             fit = self._driving.fit(frame)
-        t1 = _now()
-        if fit is not None:
-            ft = getattr(fit, "timings", {}) or {}
-            track = min(sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect")),
-                        t1 - t_start)
-            timings["track"] = track
-            timings["fit"] = (t1 - t_start) - track
-        else:
-            timings["track"] = t1 - t_start
-        if fit is not None and not _finite(fit.coeffs):
-            fit = None
-        return FrameAnalysis(frame, fit, timings, t1 - t_start)
+            t1 = _now()
+            if fit is not None:
+                ft = getattr(fit, "timings", {}) or {}
+                track = min(sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect")),
+                            t1 - t_start)
+                timings["track"] = track
+                timings["fit"] = (t1 - t_start) - track
+            else:
+                timings["track"] = t1 - t_start
+            target = None
+            if fit is not None and _finite(fit.coeffs):
+                target, normals = self._recombine(fit)
+                t2 = _now()
+                timings["recombine"] = t2 - t1
+                target.ratio = self._relight_ratio(normals)  # per vertex, so it belongs here
+                timings["relight"] = _now() - t2
+        return FrameAnalysis(target, timings, _now() - t_start)
 
     def synthesise(self, analysis: FrameAnalysis) -> FrameResult:
-        """Stage 2 of ``process``: recombine, render, warp, relight, fill and composite (or fall back)."""
+        """Stage 2 of ``process``: render, warp, relight, fill and composite (or fall back)."""
         t_start = _now() - analysis.seconds
         timings = analysis.timings
-        if analysis.fit is None:
+        if analysis.target is None:
             return self._fallback(timings, t_start)
         with torch.inference_mode():
-            image = self._reenact(analysis.frame, analysis.fit, timings)
+            image = self._render(analysis.target, timings)
         self._last_output = image
         timings["total"] = _now() - t_start
         return FrameResult(image=image, timings=timings, face_found=True, fallback="")
@@ -379,11 +394,9 @@ class GeometricSession:
         ref = self._reference_for(fit)
         return (self.beta_src + beta - ref.beta).clamp_(0.0, 1.0)
 
-    def _reenact(self, frame: np.ndarray, fit, timings: dict[str, float]) -> np.ndarray:
-        S = self.crop
-        Ho, Wo = self.out_hw
-        t0 = _now()
-        # -- recombine: source identity + driving expression, pose per pose_mode
+    def _recombine(self, fit) -> tuple[RecombinedFace, Tensor]:
+        """Source identity + driving expression, posed per pose_mode, its square render box, and
+        its camera-space vertex normals."""
         V = self.id_shape.shape[0]
         verts = self.id_shape + (self.target_expression(fit) @ self.expr_basis).view(V, 3)
         R, t = self.target_pose(fit)
@@ -391,10 +404,27 @@ class GeometricSession:
         normals = st.fast_vertex_normals(verts, self.reenactor.faces_long, self.reenactor.normal_op)
         normals = st.rotate_to_camera(normals, R)
         p = project_points(verts_cam[:, self.reenactor.box_vertices], self.K_out[None])[0]
-        box = st.square_box(p, RENDER_BOX_SCALE, (Ho, Wo))
+        box = st.square_box(p, RENDER_BOX_SCALE, self.out_hw)
+        return RecombinedFace(verts_cam, R, t, box), normals
+
+    def _relight_ratio(self, normals: Tensor) -> Tensor | None:
+        """Per-vertex relighting ratio (goes through the same interpolation as the warp points)."""
+        if self.light_mode == "none":
+            return None
+        ratio = st.irradiance(normals, self.light_src).clamp_min(0.0).add_(self.E_floor)
+        ratio.div_(self.E_src).clamp_(RATIO_RANGE[0], RATIO_RANGE[1])
+        for _ in range(RATIO_SMOOTHING):  # the model's small folds (nostrils) are not the photo's
+            ratio = self.reenactor.adjacency @ ratio
+        ratio[self.unlit] = 1.0
+        return ratio
+
+    def _render(self, target: RecombinedFace, timings: dict[str, float]) -> np.ndarray:
+        """Rasterise the recombined face, warp the source into it, relight, fill and composite."""
+        S = self.crop
+        Ho, Wo = self.out_hw
+        verts_cam, R, t, box = target.verts_cam, target.R, target.t, target.box
         x0, y0, side = box
         t1 = _now()
-        timings["recombine"] = t1 - t0
         if side > 2 * max(Ho, Wo) or x0 >= Wo or y0 >= Ho or x0 + side <= 0 or y0 + side <= 0:
             # Degenerate target (head out of the frame, or filling it many times over): nothing
             # sensible to draw; keep the background rather than allocating huge buffers.
@@ -406,16 +436,8 @@ class GeometricSession:
         t2 = _now()
         timings["rasterize"] = t2 - t1
 
-        # -- relight ratio per vertex (goes through the same interpolation as the warp points)
-        if self.light_mode != "none":
-            ratio = st.irradiance(normals, self.light_src).clamp_min(0.0).add_(self.E_floor)
-            ratio.div_(self.E_src).clamp_(RATIO_RANGE[0], RATIO_RANGE[1])
-            for _ in range(
-                RATIO_SMOOTHING
-            ):  # the model's small folds (nostrils) are not the photo's
-                ratio = self.reenactor.adjacency @ ratio
-            ratio[self.unlit] = 1.0
-            self.attr[0, :, 6:9] = ratio
+        if target.ratio is not None:
+            self.attr[0, :, 6:9] = target.ratio
         t3 = _now()
 
         # -- warp: source pixels moved to the target pixels (non-rigid correspondences)
@@ -433,7 +455,7 @@ class GeometricSession:
         ratio_map = planes[:, 3:6]
         relit = warped * ratio_map
         t5 = _now()
-        timings["relight"] = (t5 - t4) + (t3 - t2)
+        timings["relight"] += (t5 - t4) + (t3 - t2)
 
         # -- fill the non-covisible face pixels
         fill = planes[:, 0:3] * ratio_map
