@@ -8,16 +8,26 @@ looped), JPEG frames both ways. Scenarios:
 - one stream paced at 30 fps: end-to-end p99 latency (target <= 80 ms), drops, errors;
 - four concurrent streams paced at 30 fps: throughput and errors (target: zero errors).
 
-Run: ``.venv/bin/python -m benchmarks.server [--frames N] [--face-model FILE]``; prints tables and
-writes benchmarks/results/server.json.
+Each scenario set runs twice: against a server in the benchmark's own process (client and server
+share one event loop and the GIL), and against ``jr2net serve`` in a separate process, as deployed
+(the client is then another process on the same 2 cores).
+
+Run: ``.venv/bin/python -m benchmarks.server [--frames N] [--face-model FILE] [--server-mode M]``;
+prints tables and writes benchmarks/results/server.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+from collections.abc import AsyncIterator
 
 from benchmarks.common import print_table, write_results
 from jr2net.clients.client import AsyncReenactClient, session_config
@@ -42,10 +52,73 @@ async def _setup_times(address: str, source: bytes, sessions: int) -> list[dict[
     return rows
 
 
+@contextlib.asynccontextmanager
+async def _in_process_server(config: ServerConfig) -> AsyncIterator[str]:
+    server = await ReenactmentServer(config).start()
+    try:
+        yield server.address
+    finally:
+        await server.stop(0)
+
+
+@contextlib.asynccontextmanager
+async def _server_process(config: ServerConfig) -> AsyncIterator[str]:
+    """``jr2net serve`` in a child process on a free loopback port; SIGTERM (drain) at the end."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "jr2net.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--metrics-port", "-1", "--workers", str(config.workers),
+           "--torch-threads", str(config.torch_threads), "--log-level", "WARNING"]
+    if config.face_model:
+        cmd += ["--face-model", config.face_model]
+    child = subprocess.Popen(cmd)
+    address = f"127.0.0.1:{port}"
+    try:
+        async with AsyncReenactClient(address) as client:
+            deadline = time.monotonic() + 120
+            while True:
+                if child.poll() is not None:
+                    raise RuntimeError(f"jr2net serve exited with {child.returncode}: {cmd}")
+                try:
+                    await client.server_info(timeout=2)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.2)
+        yield address
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
+async def _run_scenarios(mode: str, config: ServerConfig, args: argparse.Namespace, source_path,
+                         driving_path, clip: list[bytes]) -> dict:
+    source = source_path.read_bytes()
+    serve = _in_process_server if mode == "in-process" else _server_process
+    t0 = time.perf_counter()
+    async with serve(config) as address:
+        startup = time.perf_counter() - t0
+        common = dict(server=address, source=source_path, driving=driving_path,
+                      crop_size=CROP, output_size=OUTPUT, driving_frames=clip)
+        setup_rows = await _setup_times(address, source, args.sessions)
+        # Warm-up stream (first-frame costs: tracker init, allocator) is not measured.
+        await run_load_async(streams=1, frames=10, fps=0, **common)
+        scenarios = {
+            "single_unpaced": await run_load_async(streams=1, frames=args.frames, fps=0, **common),
+            "single_30fps": await run_load_async(streams=1, frames=args.frames, fps=30, **common),
+            "four_30fps": await run_load_async(streams=4, frames=args.frames, fps=30, **common),
+        }
+    return _report(mode, startup, setup_rows, scenarios)
+
+
 async def main_async(args: argparse.Namespace) -> dict:
     source_path = shared_path("data", "images", "s42.jpg")
     driving_path = shared_path("data", "videos", "d0.mp4")
-    source = source_path.read_bytes()
     clip = load_driving_frames(driving_path, 78)
     face_model = args.face_model
     if face_model is None:
@@ -56,23 +129,21 @@ async def main_async(args: argparse.Namespace) -> dict:
     config = ServerConfig(host="127.0.0.1", port=0, metrics_port=-1, max_sessions=8,
                           face_model=face_model, workers=args.workers,
                           torch_threads=args.torch_threads)
-    t0 = time.perf_counter()
-    server = await ReenactmentServer(config).start()
-    startup = time.perf_counter() - t0
-    try:
-        common = dict(server=server.address, source=source_path, driving=driving_path,
-                      crop_size=CROP, output_size=OUTPUT, driving_frames=clip)
-        setup_rows = await _setup_times(server.address, source, args.sessions)
-        # Warm-up stream (first-frame costs: tracker init, allocator) is not measured.
-        await run_load_async(streams=1, frames=10, fps=0, **common)
-        scenarios = {
-            "single_unpaced": await run_load_async(streams=1, frames=args.frames, fps=0, **common),
-            "single_30fps": await run_load_async(streams=1, frames=args.frames, fps=30, **common),
-            "four_30fps": await run_load_async(streams=4, frames=args.frames, fps=30, **common),
-        }
-    finally:
-        await server.stop(0)
+    modes = ["in-process", "subprocess"] if args.server_mode == "both" else [args.server_mode]
+    runs = {}
+    for mode in modes:
+        print(f"\n=== server {mode} ===", flush=True)
+        runs[mode] = await _run_scenarios(mode, config, args, source_path, driving_path, clip)
+    return {
+        "config": {"source": source_path.name, "driving": driving_path.name, "crop": CROP,
+                   "output": list(OUTPUT), "frames_per_stream": args.frames, "workers": config.worker_count,
+                   "torch_threads": config.torch_threads, "load_average": list(os.getloadavg())},
+        "runs": runs,
+    }
 
+
+def _report(mode: str, startup: float, setup_rows: list[dict], scenarios: dict) -> dict:
+    """Print one mode's tables; its JSON section with the targets judged."""
     print_table(setup_rows, ["session", "setup_s", "open_s"], title="Session setup (target < 2 s)")
     rows = []
     for name, r in scenarios.items():
@@ -94,11 +165,9 @@ async def main_async(args: argparse.Namespace) -> dict:
         "four_streams_zero_errors": four["errors"] == 0 and not four["failed_streams"],
         "session_setup_s<2": setup_max < 2.0,
     }
-    print("\nTargets: " + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
+    print(f"\nTargets ({mode} server): "
+          + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in targets.items()))
     return {
-        "config": {"source": source_path.name, "driving": driving_path.name, "crop": CROP,
-                   "output": list(OUTPUT), "frames_per_stream": args.frames, "workers": config.worker_count,
-                   "torch_threads": config.torch_threads, "load_average": list(os.getloadavg())},
         "server_startup_s": startup,
         "session_setup": setup_rows,
         "scenarios": scenarios,
@@ -114,6 +183,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="server worker threads (0: one per CPU)")
     parser.add_argument("--torch-threads", type=int, default=ServerConfig.torch_threads,
                         help="torch intra-op threads in the server (0: torch's default)")
+    parser.add_argument("--server-mode", choices=("in-process", "subprocess", "both"), default="both",
+                        help="server in this process, in a child `jr2net serve`, or both (default)")
     args = parser.parse_args()
     payload = asyncio.run(main_async(args))
     write_results("server", payload)
