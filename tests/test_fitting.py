@@ -15,8 +15,10 @@ from jr2net.face.fitting import (
     DrivingFitter,
     LandmarkSolver,
     SourceFitter,
+    _params_to_coeffs,
     euler_to_matrix,
     matrix_to_euler,
+    surface_metric,
 )
 from jr2net.face.model import FaceModel
 
@@ -103,6 +105,102 @@ def test_jaw_landmarks_slide_to_the_silhouette_when_the_head_turns(solver):
         assert uv[turned[i], 0] <= uv[frontal[i], 0] + 1e-6
     # The chin never slides.
     assert turned[8] == 8
+
+
+def test_surface_metric_ignores_similarity_changes_of_the_face(ict):
+    arrays = ict.to_arrays()
+    v = arrays["vertices"].astype(np.float64)
+    face = arrays["region"] == list(ict.region_names).index("face")
+    c = v[face].mean(axis=0)
+    basis = arrays["identity_basis"][:4].astype(np.float64)
+    real_mode = basis[0].copy()
+    basis[0] = (v - c) * 0.02  # 2 % larger
+    basis[1] = np.array([1.5, -0.5, 2.0])  # moved
+    basis[2] = np.cross(np.array([0.0, 0.02, 0.0]), v - c)  # turned (linearised)
+    basis[3] = real_mode
+    arrays["identity_basis"] = basis.astype(np.float32)
+    G = surface_metric(FaceModel.from_arrays(arrays), 4)
+    assert G.shape == (4 + ict.n_expression,) * 2
+    np.testing.assert_allclose(G, G.T, atol=1e-9)
+    assert np.linalg.eigvalsh(G).min() > -1e-9
+    d = np.diag(G)
+    assert d[:3].max() < 1e-4 * d[3]  # what an alignment removes costs nothing
+    assert abs(d[:4].mean() - 1.0) < 1e-9
+    # Expression vs identity: the ratio of their mean squared similarity-free face displacements.
+    X = v[face] - c
+    eye = np.eye(3)
+    T = [np.tile(eye[k], (len(X), 1)) for k in range(3)] + [np.cross(eye[k], X) for k in range(3)]
+    T = np.stack([t.ravel() for t in T + [X]], axis=1)
+
+    def msd(disp: np.ndarray) -> float:
+        r = disp[face].ravel()
+        r = r - T @ np.linalg.lstsq(T, r, rcond=None)[0]
+        return float(r @ r) / len(X)
+
+    jaw = ict.expression_names.index("jawOpen")
+    expr = ict.expression_basis[jaw].numpy().astype(np.float64)
+    np.testing.assert_allclose(d[4 + jaw] / d[3], msd(expr) / msd(real_mode), rtol=1e-3)
+
+
+def _exact_landmarks(fitter: SourceFitter, seed: int, smile: bool = False):
+    """Coefficients of a random face and its exact 68 landmarks in a 512^2 image (``smile``: only
+    jawOpen and mouthSmile_L set, expressions that move landmarks)."""
+    solver = fitter.solver
+    rng = np.random.default_rng(seed)
+    K = default_intrinsics((512, 512))[0].double().numpy()
+    p, _ = _random_params(solver, rng, yaw_max=0.3)
+    if smile:
+        names = fitter.model.expression_names
+        p.beta[:] = 0.0
+        p.beta[names.index("jawOpen")] = 0.5
+        p.beta[names.index("mouthSmile_L")] = 0.6
+    target, _ = solver.project(p, K, solver.select_contour(p, K))
+    return _params_to_coeffs(p, fitter.model, fitter.n_albedo), target, K
+
+
+def test_final_landmark_pass_keeps_a_shape_that_matches_the_landmarks(source_fitter):
+    coeffs, target, K = _exact_landmarks(source_fitter, 3, smile=True)
+    out, info = source_fitter._final_pass(target, K, coeffs.clone(), sigma2=5e-4)
+    assert info.residual_px / np.linalg.norm(target[36] - target[45]) < 0.005
+    # The surface stays put (identity modes that barely move it may drift towards the prior).
+    model = source_fitter.model
+    face = model.region == list(model.region_names).index("face")
+    moved = model.shape(out.identity, out.expression) - model.shape(
+        coeffs.identity, coeffs.expression
+    )
+    assert float(moved[0, face].pow(2).sum(dim=1).mean().sqrt()) < 0.3  # mm RMS
+    assert (out.expression - coeffs.expression).abs().max() < 0.05
+
+
+def test_final_landmark_pass_reaches_the_residual_tolerance(source_fitter):
+    coeffs, target, K = _exact_landmarks(source_fitter, 4)
+    iod = np.linalg.norm(target[36] - target[45])
+    moved = target.copy()
+    mouth = moved[48:68]
+    moved[48:68] = mouth.mean(axis=0) + (mouth - mouth.mean(axis=0)) * np.array([1.3, 1.0])
+    moved[0:17, 0] += np.sign(moved[0:17, 0] - moved[8, 0]) * 0.06 * iod  # a wider jaw
+    start = np.linalg.norm(moved - target, axis=1).mean() / iod  # coeffs project onto target
+    assert start > source_fitter.final_residual_iod
+    _, info = source_fitter._final_pass(moved, K, coeffs.clone(), sigma2=5e-4)
+    assert info.residual_px / iod <= source_fitter.final_residual_iod
+
+
+def test_final_landmark_pass_is_robust_to_one_far_off_landmark(ict, source_fitter):
+    coeffs, target, K = _exact_landmarks(source_fitter, 5)
+    iod = np.linalg.norm(target[36] - target[45])
+    bad = target.copy()
+    bad[57, 1] += 0.4 * iod  # one lower-lip point far below the lip
+    x0 = torch.cat([coeffs.identity, coeffs.expression], dim=1)[0].double().numpy()
+    G = surface_metric(ict, source_fitter.n_identity)
+
+    def surface_change(fitter: SourceFitter) -> float:
+        out, _ = fitter._final_pass(bad, K, coeffs.clone(), sigma2=5e-4)
+        d = torch.cat([out.identity, out.expression], dim=1)[0].double().numpy() - x0
+        return float(d @ G @ d)
+
+    plain = SourceFitter(ict, final_irls_floor=1e3)  # all landmarks weighed equally
+    plain.solver = source_fitter.solver
+    assert surface_change(source_fitter) < 0.5 * surface_change(plain)
 
 
 def test_source_fit_raises_no_face_on_a_dog(source_fitter, images_dir):
