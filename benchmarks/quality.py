@@ -1,15 +1,15 @@
 """Reenactment quality, same identity (acceptance): ours vs copy-source vs a 2D similarity warp.
 
 For every video in the shared videos folder the source is the first frame with a face and the
-ground truth is every later frame (capped at ``--max-frames`` evaluated frames per video, spread
-evenly; every frame is still streamed through the session so the tracker sees the video). Metrics
+ground truth is every later frame (``--max-frames N`` evaluates N of them, spread evenly; every
+frame is still streamed through the session so the tracker sees the video). Metrics
 (PSNR, SSIM, L1 from ``jr2net.eval.metrics``) are computed over the face region: the convex hull of
 the ground-truth frame's dlib landmarks, the same mask for every method. Pose and expression are
 ``relative`` by default (the product's default: the source is the first frame, so the driving's
 motion since that frame is applied to it; ``--pose-mode absolute --expression absolute`` uses the
 driving fits as they are). Writes benchmarks/results/quality.json and a
 side-by-side PNG per video (source | driving GT | ours | similarity baseline, a few frames).
-Run: ``.venv/bin/python -m benchmarks.quality [--max-frames 40] [--face-model ict]``.
+Run: ``.venv/bin/python -m benchmarks.quality [--max-frames N] [--face-model ict]``.
 """
 
 from __future__ import annotations
@@ -55,10 +55,13 @@ def evaluate_video(
         raise RuntimeError(f"{path.name}: no frame with a face")
     source = frames[start]
     src_det = detect_faces(source)[0]
-    frames = frames[: start + 1 + max_stream]
+    if max_stream > 0:
+        frames = frames[: start + 1 + max_stream]
     later = list(range(start + 1, len(frames)))
-    step = max(1, len(later) // max_frames)
-    eval_ids = set(later[::step][:max_frames])
+    if 0 < max_frames < len(later):  # evenly spread over the streamed frames
+        eval_ids = {later[int(k)] for k in np.linspace(0, len(later) - 1, max_frames).round()}
+    else:
+        eval_ids = set(later)
     session = reenactor.start_session(
         source,
         SessionOptions(pose_mode=pose_mode, extra={"light": light, "expression": expression}),
@@ -140,13 +143,14 @@ def _side_by_side(name: str, source: np.ndarray, samples: list, n: int = 4) -> N
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--face-model", default="ict", help="ict (shared), generic, or a .npz path")
-    ap.add_argument("--max-frames", type=int, default=40, help="evaluated frames per video")
+    ap.add_argument("--max-frames", type=int, default=0,
+                    help="evaluated frames per video, evenly spread (default 0: every later frame)")
     ap.add_argument("--light", default="source", choices=("source", "none"))
     ap.add_argument(
         "--max-stream",
         type=int,
-        default=120,
-        help="frames streamed per video after the source (the evaluated ones are among them)",
+        default=0,
+        help="frames streamed per video after the source (default 0: the whole video)",
     )
     ap.add_argument("--expression", default="relative", choices=("relative", "absolute"))
     ap.add_argument("--pose-mode", default="relative", choices=("relative", "absolute"))
