@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "ops/interpolate.h"
 #include "rasterize.h"
 
 namespace jr2net {
@@ -77,6 +78,25 @@ inline std::vector<at::Tensor> interpolate_bwd(const at::Tensor& grad_out, const
 #endif
   }
   return interpolate_bwd_cpu(grad_out, attr, rast, faces);
+}
+
+// Kernel parameters from (validated) tensors, shared by the CPU and CUDA glue; the caller sets the
+// output / gradient pointers.
+template <typename T>
+interp::InterpParams<T> interpolate_params(const at::Tensor& attr, const at::Tensor& rast,
+                                           const at::Tensor& faces) {
+  interp::InterpParams<T> p{};
+  p.attr = attr.data_ptr<T>();
+  p.rast = rast.data_ptr<T>();
+  p.faces = faces.data_ptr<int32_t>();
+  p.B = static_cast<int>(rast.size(0));
+  p.V = static_cast<int>(attr.size(1));
+  p.F = static_cast<int>(faces.size(0));
+  p.H = static_cast<int>(rast.size(1));
+  p.W = static_cast<int>(rast.size(2));
+  p.C = static_cast<int>(attr.size(2));
+  p.attr_batched = attr.size(0) != 1 || rast.size(0) == 1;
+  return p;
 }
 
 }  // namespace jr2net

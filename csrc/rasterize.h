@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "ops/rasterize.h"
+
 namespace jr2net {
 
 // Vertices with camera z <= this (scene units) invalidate their triangles, which are dropped.
@@ -91,6 +93,51 @@ inline void check_rast(const at::Tensor& rast, const at::Tensor& like, const cha
 }
 
 }  // namespace raster_detail
+
+// Kernel parameters from (validated) tensors: one builder per pass, shared by the CPU and CUDA glue.
+template <typename T>
+raster::RasterFwdParams<T, double> rasterize_fwd_params(const at::Tensor& verts,
+                                                        const at::Tensor& faces,
+                                                        const at::Tensor& K, int64_t H, int64_t W,
+                                                        bool cull_backfaces, double near_z,
+                                                        at::Tensor& proj, at::Tensor& zbuf,
+                                                        at::Tensor& rast) {
+  raster::RasterFwdParams<T, double> p;
+  p.verts = verts.data_ptr<T>();
+  p.faces = faces.data_ptr<int32_t>();
+  p.K = K.data_ptr<T>();
+  p.B = static_cast<int>(verts.size(0));
+  p.V = static_cast<int>(verts.size(1));
+  p.F = static_cast<int>(faces.size(0));
+  p.H = static_cast<int>(H);
+  p.W = static_cast<int>(W);
+  p.cull_backfaces = cull_backfaces;
+  p.near_z = near_z;
+  p.proj = proj.data_ptr<double>();
+  p.zbuf = reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>());
+  p.rast = rast.data_ptr<T>();
+  return p;
+}
+
+template <typename T>
+raster::RasterBwdParams<T> rasterize_bwd_params(const at::Tensor& grad_rast,
+                                                const at::Tensor& verts, const at::Tensor& faces,
+                                                const at::Tensor& K, const at::Tensor& rast,
+                                                at::Tensor& grad_verts) {
+  raster::RasterBwdParams<T> p;
+  p.verts = verts.data_ptr<T>();
+  p.faces = faces.data_ptr<int32_t>();
+  p.K = K.data_ptr<T>();
+  p.rast = rast.data_ptr<T>();
+  p.grad_rast = grad_rast.data_ptr<T>();
+  p.B = static_cast<int>(verts.size(0));
+  p.V = static_cast<int>(verts.size(1));
+  p.F = static_cast<int>(faces.size(0));
+  p.H = static_cast<int>(rast.size(1));
+  p.W = static_cast<int>(rast.size(2));
+  p.grad_verts = grad_verts.data_ptr<T>();
+  return p;
+}
 
 // Validates and dispatches the forward pass (see DESIGN §4 and csrc/ops/rasterize.h).
 inline at::Tensor rasterize_fwd(const at::Tensor& verts, const at::Tensor& faces,

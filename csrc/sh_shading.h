@@ -112,4 +112,52 @@ inline ShGrads sh_shading_bwd(const std::optional<at::Tensor>& grad_image,
   return sh_shading_bwd_cpu(grad_image, grad_irradiance, normals, albedo, sh, mask, needs);
 }
 
+// Kernel parameters from (validated) tensors, shared by the CPU and CUDA glue. Undefined tensors
+// (absent mask or incoming grads, unrequested outgoing grads) become null pointers.
+template <typename T>
+T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+ShShadingParams<T> sh_shading_fwd_params(const at::Tensor& normals, const at::Tensor& albedo,
+                                         const at::Tensor& sh,
+                                         const std::optional<at::Tensor>& mask,
+                                         at::Tensor& image, at::Tensor& irradiance) {
+  ShShadingParams<T> P;
+  P.normals = normals.data_ptr<T>();
+  P.albedo = albedo.data_ptr<T>();
+  P.sh = sh.data_ptr<T>();
+  P.mask = mask ? mask->data_ptr<T>() : nullptr;
+  P.image = image.data_ptr<T>();
+  P.irradiance = irradiance.data_ptr<T>();
+  P.B = normals.size(0);
+  P.HW = normals.size(2) * normals.size(3);
+  return P;
+}
+
+// grads: (normals, albedo, sh, mask) outputs, each undefined when not written.
+template <typename T>
+ShShadingBackwardParams<T> sh_shading_bwd_params(const std::optional<at::Tensor>& grad_image,
+                                                 const std::optional<at::Tensor>& grad_irradiance,
+                                                 const at::Tensor& normals,
+                                                 const at::Tensor& albedo, const at::Tensor& sh,
+                                                 const std::optional<at::Tensor>& mask,
+                                                 const std::array<at::Tensor, 4>& grads) {
+  ShShadingBackwardParams<T> P;
+  P.normals = normals.data_ptr<T>();
+  P.albedo = albedo.data_ptr<T>();
+  P.sh = sh.data_ptr<T>();
+  P.mask = mask ? mask->data_ptr<T>() : nullptr;
+  P.grad_image = grad_image ? grad_image->data_ptr<T>() : nullptr;
+  P.grad_irr = grad_irradiance ? grad_irradiance->data_ptr<T>() : nullptr;
+  P.grad_normals = data_or_null<T>(grads[0]);
+  P.grad_albedo = data_or_null<T>(grads[1]);
+  P.grad_sh = data_or_null<T>(grads[2]);
+  P.grad_mask = data_or_null<T>(grads[3]);
+  P.B = normals.size(0);
+  P.HW = normals.size(2) * normals.size(3);
+  return P;
+}
+
 }  // namespace jr2net

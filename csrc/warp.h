@@ -196,4 +196,32 @@ inline std::tuple<at::Tensor, at::Tensor> correspondence_warp_bwd(
       grad_warped, need_src, need_points);
 }
 
+// Kernel parameters from (validated) inputs, shared by the CPU and CUDA glue; the caller sets the
+// output / gradient pointers.
+template <typename T>
+WarpParams<T> warp_params(const WarpInputs& in) {
+  WarpParams<T> P;
+  P.src = in.src.data_ptr<T>();
+  P.src_depth = in.src_depth ? in.src_depth->data_ptr<T>() : nullptr;
+  P.K_src = in.K_src.data_ptr<T>();
+  if (in.depth) {
+    P.dst_depth = in.dst_depth.data_ptr<T>();
+    P.K_dst = in.K_dst.data_ptr<T>();
+    P.src_T_dst = in.src_T_dst.data_ptr<T>();
+    P.Ht = in.dst_depth.size(2);
+    P.Wt = in.dst_depth.size(3);
+  } else {
+    P.points = in.points.data_ptr<T>();
+    P.valid = in.valid.data_ptr<T>();
+    P.Ht = in.points.size(1);
+    P.Wt = in.points.size(2);
+  }
+  P.B = in.src.size(0);
+  P.C = in.src.size(1);
+  P.Hs = in.src.size(2);
+  P.Ws = in.src.size(3);
+  P.rel_eps = static_cast<T>(in.rel_eps);
+  return P;
+}
+
 }  // namespace jr2net

@@ -20,7 +20,7 @@ from jr2net.pipeline.base import SessionOptions
 from jr2net.server.config import ReenactorFactory, ServerConfig
 from jr2net.server.metrics import ServerMetrics
 from jr2net.server.protocol import pb2, pb2_grpc
-from jr2net.server.session import FORMAT_NAMES, OutputSpec, StreamSession, format_name
+from jr2net.server.session import FORMAT_NAMES, OutputSpec, StreamSession, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -284,21 +284,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
 
     def _start_session(self, reenactor: Any, cfg: Any, options: SessionOptions) -> tuple[Any, Any]:
         """Thread-pool part of set-up: decode the source, size the output, fit the source."""
-        from jr2net.io.images import decode_frame, load_image
-
-        src = cfg.source
-        data = bytes(src.data)
-        limit = self.config.max_frame_pixels
-        if src.width * src.height > limit:
-            raise InvalidImageError(f"declared size {src.width}x{src.height} exceeds {limit} pixels")
-        fmt = format_name(src.format, data)
-        if fmt == "RAW_RGB24":
-            image = decode_frame(data, fmt, src.width, src.height, max_pixels=limit)
-        else:
-            image = load_image(data, max_pixels=limit)  # EXIF-upright
-            if (src.width and src.width != image.shape[1]) or (src.height and src.height != image.shape[0]):
-                raise InvalidImageError(
-                    f"decoded size {image.shape[1]}x{image.shape[0]} != declared {src.width}x{src.height}")
+        image = decode_image(cfg.source, self.config.max_frame_pixels, still=True)
         options.output_width, options.output_height = _output_size(cfg, image.shape[1], image.shape[0])
         return image, reenactor.start_session(image, options)
 
@@ -332,20 +318,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         return response
 
     def _reconstruct(self, reenactor: Any, request: Any) -> tuple[Any, tuple[int, ...]]:
-        from jr2net.io.images import decode_frame, load_image
-
-        img = request.image
-        data = bytes(img.data)
-        if not data:
-            raise InvalidImageError("ReconstructRequest.image: empty image data")
-        limit = self.config.max_frame_pixels
-        if img.width * img.height > limit:
-            raise InvalidImageError(f"declared size {img.width}x{img.height} exceeds {limit} pixels")
-        fmt = format_name(img.format, data)
-        if fmt == "RAW_RGB24":
-            image = decode_frame(data, fmt, img.width, img.height, max_pixels=limit)
-        else:
-            image = load_image(data, max_pixels=limit)
+        image = decode_image(request.image, self.config.max_frame_pixels, still=True)
         return reenactor.reconstruct(image, with_mesh=request.with_mesh), image.shape
 
     async def GetServerInfo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:  # noqa: N802

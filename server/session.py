@@ -60,9 +60,13 @@ def format_name(fmt: int, data: bytes) -> str:
     return FORMAT_NAMES[fmt]
 
 
-def decode_image(msg: Any, max_pixels: int) -> Any:
-    """Decode an ``Image``/``Frame`` message to uint8 [H, W, 3]; InvalidImageError if unusable."""
-    from jr2net.io.images import decode_frame
+def decode_image(msg: Any, max_pixels: int, still: bool = False) -> Any:
+    """Decode an ``Image``/``Frame`` message to uint8 [H, W, 3]; InvalidImageError if unusable.
+
+    ``still`` (a session's source, a Reconstruct input): JPEG/PNG are turned upright by their EXIF
+    orientation, and a declared size must match the decoded one.
+    """
+    from jr2net.io.images import decode_frame, load_image
 
     data = bytes(msg.data)
     if not data:
@@ -71,7 +75,15 @@ def decode_image(msg: Any, max_pixels: int) -> Any:
         raise InvalidImageError(
             f"declared size {msg.width}x{msg.height} exceeds the server limit of {max_pixels} pixels"
         )
-    return decode_frame(data, format_name(msg.format, data), msg.width, msg.height, max_pixels=max_pixels)
+    fmt = format_name(msg.format, data)
+    if not still or fmt == "RAW_RGB24":
+        return decode_frame(data, fmt, msg.width, msg.height, max_pixels=max_pixels)
+    image = load_image(data, max_pixels=max_pixels)
+    if (msg.width and msg.width != image.shape[1]) or (msg.height and msg.height != image.shape[0]):
+        raise InvalidImageError(
+            f"decoded size {image.shape[1]}x{image.shape[0]} != declared {msg.width}x{msg.height}"
+        )
+    return image
 
 
 @dataclass
@@ -362,9 +374,8 @@ class StreamSession:
         """Run ``work``; errors become (True, (FrameError response, result)), never an exception."""
         try:
             return False, work()
-        except (InvalidImageError, NoFaceError) as exc:
-            return True, (self._error(frame, "INVALID_ARGUMENT", str(exc)), "invalid")
-        except (ValueError, TypeError) as exc:  # the pipeline contract's "unusable frame" errors
+        # ValueError / TypeError: the pipeline contract's "unusable frame" errors.
+        except (InvalidImageError, NoFaceError, ValueError, TypeError) as exc:
             return True, (self._error(frame, "INVALID_ARGUMENT", str(exc)), "invalid")
         except Exception as exc:  # a bug: keep the stream alive, log it with the traceback
             log.exception("session %s: frame %d failed", self.session_id, frame.frame_id)
@@ -406,8 +417,7 @@ class StreamSession:
             )
             return pb2.StreamResponse(output=out), ("ok" if result.face_found else "fallback")
 
-        done, outcome = self._guarded(frame, work)
-        return outcome
+        return self._guarded(frame, work)[1]
 
     def close(self) -> None:
         """Close the pipeline session in the pool once the frames being processed have finished."""

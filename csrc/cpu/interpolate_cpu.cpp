@@ -96,23 +96,6 @@ void interpolate_bwd_impl(const interp::InterpParams<scalar_t>& p, std::atomic<i
   }
 }
 
-template <typename scalar_t>
-interp::InterpParams<scalar_t> make_params(const at::Tensor& attr, const at::Tensor& rast,
-                                           const at::Tensor& faces) {
-  interp::InterpParams<scalar_t> p{};
-  p.attr = attr.data_ptr<scalar_t>();
-  p.rast = rast.data_ptr<scalar_t>();
-  p.faces = faces.data_ptr<int32_t>();
-  p.B = static_cast<int>(rast.size(0));
-  p.V = static_cast<int>(attr.size(1));
-  p.F = static_cast<int>(faces.size(0));
-  p.H = static_cast<int>(rast.size(1));
-  p.W = static_cast<int>(rast.size(2));
-  p.C = static_cast<int>(attr.size(2));
-  p.attr_batched = attr.size(0) != 1 || rast.size(0) == 1;
-  return p;
-}
-
 void raise_if_bad(const std::atomic<int>& bad, int64_t F) {
   TORCH_CHECK_VALUE(bad.load() == 0, "rast: channel 3 must hold face ids + 1 in [0, ", F,
                     "] (integers); got an invalid id");
@@ -126,7 +109,7 @@ at::Tensor interpolate_fwd_cpu(const at::Tensor& attr, const at::Tensor& rast,
                              attr.options());
   std::atomic<int> bad{0};
   AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_fwd_cpu", [&] {
-    auto p = make_params<scalar_t>(attr, rast, faces);
+    auto p = interpolate_params<scalar_t>(attr, rast, faces);
     p.out = out.data_ptr<scalar_t>();
     interpolate_fwd_impl(p, bad);
   });
@@ -140,7 +123,7 @@ std::vector<at::Tensor> interpolate_bwd_cpu(const at::Tensor& grad_out, const at
   at::Tensor grad_rast = at::empty_like(rast);
   std::atomic<int> bad{0};
   AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_bwd_cpu", [&] {
-    auto p = make_params<scalar_t>(attr, rast, faces);
+    auto p = interpolate_params<scalar_t>(attr, rast, faces);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.grad_attr = grad_attr.data_ptr<scalar_t>();
     p.grad_rast = grad_rast.data_ptr<scalar_t>();

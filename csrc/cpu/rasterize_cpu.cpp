@@ -147,25 +147,13 @@ void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
 
 at::Tensor rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& K,
                              int64_t H, int64_t W, bool cull_backfaces, double near_z) {
-  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  const int64_t B = verts.size(0), V = verts.size(1);
   at::Tensor rast = at::empty({B, H, W, 4}, verts.options());
   at::Tensor proj = at::empty({B, V, 3}, verts.options().dtype(at::kDouble));
   at::Tensor zbuf = at::empty({B, H, W}, verts.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
-    raster::RasterFwdParams<scalar_t, double> p;
-    p.verts = verts.data_ptr<scalar_t>();
-    p.faces = faces.data_ptr<int32_t>();
-    p.K = K.data_ptr<scalar_t>();
-    p.B = static_cast<int>(B);
-    p.V = static_cast<int>(V);
-    p.F = static_cast<int>(F);
-    p.H = static_cast<int>(H);
-    p.W = static_cast<int>(W);
-    p.cull_backfaces = cull_backfaces;
-    p.near_z = near_z;
-    p.proj = proj.data_ptr<double>();
-    p.zbuf = reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>());
-    p.rast = rast.data_ptr<scalar_t>();
+    auto p = rasterize_fwd_params<scalar_t>(verts, faces, K, H, W, cull_backfaces, near_z, proj,
+                                            zbuf, rast);
     rasterize_fwd_impl(p);
   });
   return rast;
@@ -177,18 +165,7 @@ at::Tensor rasterize_bwd_cpu(const at::Tensor& grad_rast, const at::Tensor& vert
   const at::Tensor g = grad_rast.contiguous();
   const at::Tensor r = rast.contiguous();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {
-    raster::RasterBwdParams<scalar_t> p;
-    p.verts = verts.data_ptr<scalar_t>();
-    p.faces = faces.data_ptr<int32_t>();
-    p.K = K.data_ptr<scalar_t>();
-    p.rast = r.data_ptr<scalar_t>();
-    p.grad_rast = g.data_ptr<scalar_t>();
-    p.B = static_cast<int>(verts.size(0));
-    p.V = static_cast<int>(verts.size(1));
-    p.F = static_cast<int>(faces.size(0));
-    p.H = static_cast<int>(rast.size(1));
-    p.W = static_cast<int>(rast.size(2));
-    p.grad_verts = grad_verts.data_ptr<scalar_t>();
+    auto p = rasterize_bwd_params<scalar_t>(g, verts, faces, K, r, grad_verts);
     rasterize_bwd_impl(p);
   });
   return grad_verts;

@@ -233,15 +233,7 @@ std::tuple<at::Tensor, at::Tensor> sh_shading_fwd_cpu(const at::Tensor& normals,
   at::Tensor image = at::empty_like(albedo);
   at::Tensor irr = at::empty_like(albedo);
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_fwd_cpu", [&] {
-    ShShadingParams<scalar_t> P;
-    P.normals = normals.data_ptr<scalar_t>();
-    P.albedo = albedo.data_ptr<scalar_t>();
-    P.sh = sh.data_ptr<scalar_t>();
-    P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
-    P.image = image.data_ptr<scalar_t>();
-    P.irradiance = irr.data_ptr<scalar_t>();
-    P.B = normals.size(0);
-    P.HW = normals.size(2) * normals.size(3);
+    auto P = sh_shading_fwd_params<scalar_t>(normals, albedo, sh, mask, image, irr);
     fwd_impl(P);
   });
   return {image, irr};
@@ -266,19 +258,8 @@ ShGrads sh_shading_bwd_cpu(const std::optional<at::Tensor>& grad_image,
     return keep();
   }
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_bwd_cpu", [&] {
-    ShShadingBackwardParams<scalar_t> P;
-    P.normals = normals.data_ptr<scalar_t>();
-    P.albedo = albedo.data_ptr<scalar_t>();
-    P.sh = sh.data_ptr<scalar_t>();
-    P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
-    P.grad_image = grad_image ? grad_image->data_ptr<scalar_t>() : nullptr;
-    P.grad_irr = grad_irradiance ? grad_irradiance->data_ptr<scalar_t>() : nullptr;
-    P.grad_normals = gn.data_ptr<scalar_t>();
-    P.grad_albedo = ga.data_ptr<scalar_t>();
-    P.grad_sh = gs.data_ptr<scalar_t>();
-    P.grad_mask = gm.defined() ? gm.data_ptr<scalar_t>() : nullptr;
-    P.B = normals.size(0);
-    P.HW = normals.size(2) * normals.size(3);
+    auto P = sh_shading_bwd_params<scalar_t>(grad_image, grad_irradiance, normals, albedo, sh,
+                                             mask, {gn, ga, gs, gm});
     bwd_impl(P);
   });
   return keep();

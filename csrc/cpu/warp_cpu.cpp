@@ -33,30 +33,9 @@ constexpr int64_t kGrain = 1 << 16;
 
 template <typename T>
 WarpParams<T> make_params(const WarpInputs& in) {
-  WarpParams<T> P;
-  P.src = in.src.data_ptr<T>();
-  P.src_depth = in.src_depth ? in.src_depth->data_ptr<T>() : nullptr;
-  P.K_src = in.K_src.data_ptr<T>();
-  if (in.depth) {
-    P.dst_depth = in.dst_depth.data_ptr<T>();
-    P.K_dst = in.K_dst.data_ptr<T>();
-    P.src_T_dst = in.src_T_dst.data_ptr<T>();
-    P.Ht = in.dst_depth.size(2);
-    P.Wt = in.dst_depth.size(3);
-  } else {
-    P.points = in.points.data_ptr<T>();
-    P.valid = in.valid.data_ptr<T>();
-    P.Ht = in.points.size(1);
-    P.Wt = in.points.size(2);
-  }
   TORCH_CHECK_VALUE(in.src.size(2) * in.src.size(3) < (int64_t{1} << 31),
                     "warp: src planes of 2^31 pixels or more are not supported on CPU");
-  P.B = in.src.size(0);
-  P.C = in.src.size(1);
-  P.Hs = in.src.size(2);
-  P.Ws = in.src.size(3);
-  P.rel_eps = static_cast<T>(in.rel_eps);
-  return P;
+  return warp_params<T>(in);
 }
 
 // Footprints of the covisible target pixels, row by row: row r (of B*Ht) owns the slots
@@ -382,7 +361,7 @@ void fwd_impl(const WarpParams<T>& P) {
 
 template <typename T, bool kDepth, bool kSrc, bool kGeo>
 void bwd_impl(const WarpParams<T>& P) {
-  const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws;
+  const int64_t HWt = P.Ht * P.Wt;
   const int64_t ntiles = (HWt + kBlock - 1) / kBlock;
   constexpr int64_t nj = kJac<kDepth>;
   std::vector<T> jac(kGeo ? static_cast<size_t>(P.B * HWt * nj) : 0);

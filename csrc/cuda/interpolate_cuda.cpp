@@ -16,28 +16,6 @@
 
 namespace jr2net {
 
-namespace {
-
-template <typename scalar_t>
-interp::InterpParams<scalar_t> make_params(const at::Tensor& attr, const at::Tensor& rast,
-                                           const at::Tensor& faces) {
-  interp::InterpParams<scalar_t> p{};
-  p.attr = attr.data_ptr<scalar_t>();
-  p.rast = rast.data_ptr<scalar_t>();
-  p.faces = faces.data_ptr<int32_t>();
-  p.B = static_cast<int>(rast.size(0));
-  p.V = static_cast<int>(attr.size(1));
-  p.F = static_cast<int>(faces.size(0));
-  p.H = static_cast<int>(rast.size(1));
-  p.W = static_cast<int>(rast.size(2));
-  p.C = static_cast<int>(attr.size(2));
-  p.attr_batched = attr.size(0) != 1 || rast.size(0) == 1;
-  p.bad_face = nullptr;
-  return p;
-}
-
-}  // namespace
-
 at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
                                 const at::Tensor& faces) {
   const c10::cuda::CUDAGuard guard(attr.device());
@@ -46,7 +24,7 @@ at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
       at::empty({rast.size(0), rast.size(1), rast.size(2), attr.size(2)}, attr.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_fwd_cuda", [&] {
-    auto p = make_params<scalar_t>(attr, rast, faces);
+    auto p = interpolate_params<scalar_t>(attr, rast, faces);
     p.out = out.data_ptr<scalar_t>();
     interp::launch_interpolate_fwd(p, stream);
   });
@@ -62,7 +40,7 @@ std::vector<at::Tensor> interpolate_bwd_cuda(const at::Tensor& grad_out, const a
   at::Tensor grad_rast = at::empty_like(rast);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_bwd_cuda", [&] {
-    auto p = make_params<scalar_t>(attr, rast, faces);
+    auto p = interpolate_params<scalar_t>(attr, rast, faces);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.grad_attr = grad_attr.data_ptr<scalar_t>();
     p.grad_rast = grad_rast.data_ptr<scalar_t>();

@@ -27,27 +27,15 @@ void check_faces_range_cuda(const at::Tensor& faces, int64_t V) {
 at::Tensor rasterize_fwd_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& K,
                               int64_t H, int64_t W, bool cull_backfaces, double near_z) {
   const c10::cuda::CUDAGuard guard(verts.device());
-  const int64_t B = verts.size(0), V = verts.size(1), F = faces.size(0);
+  const int64_t B = verts.size(0), V = verts.size(1);
   check_faces_range_cuda(faces, V);
   at::Tensor rast = at::empty({B, H, W, 4}, verts.options());
   at::Tensor proj = at::empty({B, V, 3}, verts.options().dtype(at::kDouble));
   at::Tensor zbuf = at::empty({B, H, W}, verts.options().dtype(at::kLong));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cuda", [&] {
-    raster::RasterFwdParams<scalar_t, double> p;
-    p.verts = verts.data_ptr<scalar_t>();
-    p.faces = faces.data_ptr<int32_t>();
-    p.K = K.data_ptr<scalar_t>();
-    p.B = static_cast<int>(B);
-    p.V = static_cast<int>(V);
-    p.F = static_cast<int>(F);
-    p.H = static_cast<int>(H);
-    p.W = static_cast<int>(W);
-    p.cull_backfaces = cull_backfaces;
-    p.near_z = near_z;
-    p.proj = proj.data_ptr<double>();
-    p.zbuf = reinterpret_cast<unsigned long long*>(zbuf.data_ptr<int64_t>());
-    p.rast = rast.data_ptr<scalar_t>();
+    auto p = rasterize_fwd_params<scalar_t>(verts, faces, K, H, W, cull_backfaces, near_z, proj,
+                                            zbuf, rast);
     raster::launch_rasterize_fwd(p, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());
@@ -60,18 +48,7 @@ at::Tensor rasterize_bwd_cuda(const at::Tensor& grad_rast, const at::Tensor& ver
   at::Tensor grad_verts = at::zeros_like(verts);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cuda", [&] {
-    raster::RasterBwdParams<scalar_t> p;
-    p.verts = verts.data_ptr<scalar_t>();
-    p.faces = faces.data_ptr<int32_t>();
-    p.K = K.data_ptr<scalar_t>();
-    p.rast = rast.data_ptr<scalar_t>();
-    p.grad_rast = grad_rast.data_ptr<scalar_t>();
-    p.B = static_cast<int>(verts.size(0));
-    p.V = static_cast<int>(verts.size(1));
-    p.F = static_cast<int>(faces.size(0));
-    p.H = static_cast<int>(rast.size(1));
-    p.W = static_cast<int>(rast.size(2));
-    p.grad_verts = grad_verts.data_ptr<scalar_t>();
+    auto p = rasterize_bwd_params<scalar_t>(grad_rast, verts, faces, K, rast, grad_verts);
     raster::launch_rasterize_bwd(p, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());

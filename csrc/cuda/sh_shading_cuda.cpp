@@ -22,15 +22,7 @@ std::tuple<at::Tensor, at::Tensor> sh_shading_fwd_cuda(const at::Tensor& normals
   at::Tensor irr = at::empty_like(albedo);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_fwd_cuda", [&] {
-    ShShadingParams<scalar_t> P;
-    P.normals = normals.data_ptr<scalar_t>();
-    P.albedo = albedo.data_ptr<scalar_t>();
-    P.sh = sh.data_ptr<scalar_t>();
-    P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
-    P.image = image.data_ptr<scalar_t>();
-    P.irradiance = irr.data_ptr<scalar_t>();
-    P.B = normals.size(0);
-    P.HW = normals.size(2) * normals.size(3);
+    auto P = sh_shading_fwd_params<scalar_t>(normals, albedo, sh, mask, image, irr);
     sh_shading_fwd_cuda_launch(P, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());
@@ -56,19 +48,8 @@ ShGrads sh_shading_bwd_cuda(const std::optional<at::Tensor>& grad_image,
   }
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_bwd_cuda", [&] {
-    ShShadingBackwardParams<scalar_t> P;
-    P.normals = normals.data_ptr<scalar_t>();
-    P.albedo = albedo.data_ptr<scalar_t>();
-    P.sh = sh.data_ptr<scalar_t>();
-    P.mask = mask ? mask->data_ptr<scalar_t>() : nullptr;
-    P.grad_image = grad_image ? grad_image->data_ptr<scalar_t>() : nullptr;
-    P.grad_irr = grad_irradiance ? grad_irradiance->data_ptr<scalar_t>() : nullptr;
-    P.grad_normals = gn.defined() ? gn.data_ptr<scalar_t>() : nullptr;
-    P.grad_albedo = ga.defined() ? ga.data_ptr<scalar_t>() : nullptr;
-    P.grad_sh = needs[2] ? gs.data_ptr<scalar_t>() : nullptr;
-    P.grad_mask = gm.defined() ? gm.data_ptr<scalar_t>() : nullptr;
-    P.B = normals.size(0);
-    P.HW = normals.size(2) * normals.size(3);
+    auto P = sh_shading_bwd_params<scalar_t>(grad_image, grad_irradiance, normals, albedo, sh,
+                                             mask, {gn, ga, needs[2] ? gs : at::Tensor(), gm});
     sh_shading_bwd_cuda_launch(P, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());

@@ -13,36 +13,6 @@
 
 namespace jr2net {
 
-namespace {
-
-template <typename T>
-WarpParams<T> cuda_params(const WarpInputs& in) {
-  WarpParams<T> P;
-  P.src = in.src.data_ptr<T>();
-  P.src_depth = in.src_depth ? in.src_depth->data_ptr<T>() : nullptr;
-  P.K_src = in.K_src.data_ptr<T>();
-  if (in.depth) {
-    P.dst_depth = in.dst_depth.data_ptr<T>();
-    P.K_dst = in.K_dst.data_ptr<T>();
-    P.src_T_dst = in.src_T_dst.data_ptr<T>();
-    P.Ht = in.dst_depth.size(2);
-    P.Wt = in.dst_depth.size(3);
-  } else {
-    P.points = in.points.data_ptr<T>();
-    P.valid = in.valid.data_ptr<T>();
-    P.Ht = in.points.size(1);
-    P.Wt = in.points.size(2);
-  }
-  P.B = in.src.size(0);
-  P.C = in.src.size(1);
-  P.Hs = in.src.size(2);
-  P.Ws = in.src.size(3);
-  P.rel_eps = static_cast<T>(in.rel_eps);
-  return P;
-}
-
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> warp_fwd_cuda(const WarpInputs& in) {
   const c10::cuda::CUDAGuard guard(in.src.device());
   const at::Tensor& src = in.src;
@@ -52,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> warp_fwd_cuda(const WarpInputs& in) {
   at::Tensor covisible = at::empty({src.size(0), 1, Ht, Wt}, src.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "warp_fwd_cuda", [&] {
-    WarpParams<scalar_t> P = cuda_params<scalar_t>(in);
+    WarpParams<scalar_t> P = warp_params<scalar_t>(in);
     P.warped = warped.data_ptr<scalar_t>();
     P.covisible = covisible.data_ptr<scalar_t>();
     warp_fwd_cuda_launch(P, in.depth, stream);
@@ -74,7 +44,7 @@ std::tuple<at::Tensor, at::Tensor> warp_bwd_cuda(const WarpInputs& in,
   if (!need_src && !need_geometry) return {grad_src, grad_geo};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(in.src.scalar_type(), "warp_bwd_cuda", [&] {
-    WarpParams<scalar_t> P = cuda_params<scalar_t>(in);
+    WarpParams<scalar_t> P = warp_params<scalar_t>(in);
     P.grad_warped = grad_warped.data_ptr<scalar_t>();
     if (need_src) P.grad_src = grad_src.data_ptr<scalar_t>();
     if (need_geometry && in.depth) P.grad_dst_depth = grad_geo.data_ptr<scalar_t>();
