@@ -1,4 +1,4 @@
-"""Server settings and the reenactor factory.
+"""Server settings and the reenactor factory (a cache over ``jr2net.pipeline.registry``).
 
 Every setting comes from, in order of precedence: a command-line flag, an environment variable
 ``JR2NET_<NAME>`` (e.g. ``JR2NET_MAX_SESSIONS=4``), a YAML file (``--config``; keys are the setting
@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-MODES = ("geometric", "learned")
+from jr2net.pipeline import registry
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,9 @@ class ServerConfig:
             raise ValueError(f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: one per CPU), got {self.workers}")
-        if self.default_mode not in MODES:
-            raise ValueError(f"default_mode must be one of {MODES}, got {self.default_mode!r}")
+        modes = tuple(registry.known_modes())
+        if self.default_mode not in modes:
+            raise ValueError(f"default_mode must be one of {modes}, got {self.default_mode!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
         for name in ("tls_cert", "tls_key", "token_file"):
@@ -224,7 +225,11 @@ def load_config(
 
 
 class ReenactorFactory:
-    """Builds (once, thread-safely) and caches the reenactor of each mode."""
+    """Builds (once, thread-safely) and caches the reenactor of each mode.
+
+    Modes and their factories come from ``jr2net.pipeline.registry``; ``overrides`` (mode ->
+    reenactor) replace construction, for embedding and tests, and make a known mode available.
+    """
 
     def __init__(self, config: ServerConfig, overrides: dict[str, Any] | None = None) -> None:
         self.config = config
@@ -232,36 +237,30 @@ class ReenactorFactory:
         self._lock = threading.Lock()
 
     def available_modes(self) -> list[str]:
-        return ["geometric"] + [m for m in MODES if m != "geometric" and m in self._cache]
+        ready = registry.available_modes()
+        return ready + [m for m in registry.known_modes() if m not in ready and m in self._cache]
 
     def check_mode(self, mode: str) -> None:
         """ValueError (-> INVALID_ARGUMENT) unless this server can serve ``mode``."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if mode not in self.available_modes():
-            raise ValueError(
-                f"mode {mode!r} (DCNet/RecAugNet) is not available in this version: the learned "
-                "networks are not implemented yet; use mode 'geometric'"
-            )
+        if mode in self._cache and mode in registry.known_modes():
+            return
+        registry.check_mode(mode)
 
     def get(self, mode: str) -> Any:
         """The reenactor for ``mode`` (built on first use; may take seconds: call off the loop)."""
         self.check_mode(mode)
         with self._lock:
             if mode not in self._cache:
-                self._cache[mode] = self._build(mode)
+                self._cache[mode] = registry.create_reenactor(mode, self.settings())
             return self._cache[mode]
+
+    def settings(self) -> registry.ReenactorSettings:
+        """What every mode's factory gets from this server's configuration."""
+        return registry.ReenactorSettings(face_model=self.config.face_model)
 
     def loaded(self) -> dict[str, Any]:
         with self._lock:
             return dict(self._cache)
-
-    def _build(self, mode: str) -> Any:
-        if mode == "geometric":
-            from jr2net.pipeline.geometric import GeometricReenactor
-
-            return GeometricReenactor(face_model=self.config.face_model)
-        raise ValueError(f"mode {mode!r} is not available in this version")
 
 
 def replace(config: ServerConfig, **changes: Any) -> ServerConfig:

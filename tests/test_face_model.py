@@ -12,7 +12,14 @@ import torch
 from jr2net.errors import FaceModelError
 from jr2net.face.albedo import AlbedoModel, build_laplacian_albedo, mesh_laplacian
 from jr2net.face.coeffs import NEUTRAL_LIGHT_DC, FaceCoefficients
-from jr2net.face.model import FaceModel, load_face_model, resolve_face_model, vertex_normals
+from jr2net.face.mesh import (
+    MeshOperators,
+    fast_vertex_normals,
+    normal_operator,
+    vertex_normals,
+    vertex_normals_np,
+)
+from jr2net.face.model import FaceModel, load_face_model, resolve_face_model
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +117,18 @@ def test_vertex_normals_of_a_tetrahedron_point_away_from_it() -> None:
     assert torch.allclose(n.norm(dim=-1), torch.ones(4))
     assert ((n * (v[0] - v[0].mean(0))).sum(-1) > 0).all()
     assert torch.allclose(n[0], -torch.ones(3) / 3**0.5, atol=1e-6)  # symmetric corner
+
+
+def test_every_vertex_normal_variant_agrees(ict: FaceModel) -> None:
+    verts = ict.shape(torch.randn(1, 5), torch.rand(1, 53) * 0.5)
+    ref = ict.vertex_normals(verts)[0]
+    torch.testing.assert_close(vertex_normals(verts[0], ict.faces), ref)  # unbatched [V,3]
+    op = normal_operator(ict.faces, ict.n_vertices)
+    torch.testing.assert_close(fast_vertex_normals(verts[0], ict.faces, op), ref, atol=1e-5, rtol=1e-4)
+    ops = MeshOperators(ict.faces, ict.n_vertices)
+    torch.testing.assert_close(ops.normals(verts[0]), ref, atol=1e-5, rtol=1e-4)
+    n_np = vertex_normals_np(verts[0].double().numpy(), ict.faces.numpy().astype(np.int64))
+    np.testing.assert_allclose(n_np, ref.double().numpy(), atol=1e-4)
 
 
 def test_landmarks_follow_ibug_layout(ict: FaceModel) -> None:

@@ -303,3 +303,24 @@ def test_load_image_arrays_are_writable_and_frames_are_valid_arrays(images_dir):
     ):
         assert frame.flags.c_contiguous and frame.shape == (24, 32, 3)
         assert frame.copy().flags.writeable  # documented: may be read-only, copy to modify
+
+
+def test_check_image_is_the_one_validator_with_one_size_rule():
+    from jr2net.io.images import MIN_FACE_SIDE, ImageDtypeError, check_image
+
+    ok = np.zeros((MIN_FACE_SIDE, MIN_FACE_SIDE, 3), np.uint8)
+    assert check_image(ok) is ok
+    strided = np.zeros((32, 64, 3), np.uint8)[:, ::2]
+    assert check_image(strided).flags.c_contiguous
+    with pytest.raises(InvalidImageError, match="too small"):
+        check_image(np.zeros((MIN_FACE_SIDE - 1, 64, 3), np.uint8))
+    assert check_image(np.zeros((1, 1, 3), np.uint8), min_side=1).shape == (1, 1, 3)
+    with pytest.raises(InvalidImageError, match="empty"):
+        check_image(np.zeros((0, 4, 3), np.uint8), min_side=1)
+    with pytest.raises(ImageDtypeError, match="frame must have dtype uint8") as err:
+        check_image(np.zeros((32, 32, 3), np.float32), "frame")
+    assert isinstance(err.value, TypeError) and isinstance(err.value, ValueError)
+    with pytest.raises(InvalidImageError, match=r"\[H, W, 3\]"):
+        check_image(np.zeros((32, 32, 4), np.uint8))
+    with pytest.raises(TypeError, match="numpy uint8 array"):
+        check_image([[0, 0, 0]])

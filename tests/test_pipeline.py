@@ -231,10 +231,10 @@ def test_render_mesh_drops_the_neck_keeps_landmarks_and_normals_match_the_model(
     chin_y = float(model.vertices[model.landmarks68[8], 1])
     assert not (kept & face & (model.vertices[:, 1] < chin_y - 30)).any()  # no neck
     assert kept[model.landmarks68.long()].all()
-    from jr2net.face.model import vertex_normals
+    from jr2net.face.mesh import fast_vertex_normals, vertex_normals
 
     ref = vertex_normals(mesh.vertices[None], mesh.faces)[0]
-    fast = st.fast_vertex_normals(mesh.vertices, mesh.faces_long, reenactor.normal_op)
+    fast = fast_vertex_normals(mesh.vertices, mesh.faces_long, reenactor.normal_op)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
 
 

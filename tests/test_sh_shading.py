@@ -199,3 +199,15 @@ def test_baseline_cpu_copies_match_reference_too():
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert " passed" in proc.stdout
+
+
+def test_production_sh_basis_matches_the_oracle():
+    from jr2net.face.sh import irradiance, sh_basis
+    from jr2net.ops.reference import sh_basis_ref
+
+    n = torch.nn.functional.normalize(torch.randn(2, 3, 5, 7), dim=1)
+    torch.testing.assert_close(sh_basis(n), sh_basis_ref(n), rtol=0, atol=0)
+    flat = n.permute(0, 2, 3, 1).reshape(-1, 3)
+    torch.testing.assert_close(sh_basis(flat, dim=-1), sh_basis_ref(flat, dim=-1), rtol=0, atol=0)
+    light = torch.randn(9, 3)
+    torch.testing.assert_close(irradiance(flat, light), sh_basis_ref(flat, dim=-1) @ light)

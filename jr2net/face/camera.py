@@ -11,12 +11,20 @@ model +x is the subject's left, +y up, +z out of the face). Hence:
 
 ``t`` is in model axes (mm), so ``t = (0, 0, −d)`` puts the model origin ``d`` mm in front of the
 camera. Pixel (row i, col j) has its centre at ``(x=j, y=i)``.
+
+This module is the one home of these conventions: batched torch functions on (pitch, yaw, roll)
+angles, single-mesh torch helpers on rotation matrices (``pose_points``, ``rotate_to_camera``,
+``camera_to_model``; the per-frame pipeline), and numpy float64 twins for the landmark solver
+(``euler_to_matrix``, ``matrix_to_euler``, ``so3_exp``, ``model_to_camera_np``,
+``rotate_to_camera_np``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -26,6 +34,8 @@ DEFAULT_DISTANCE_MM = 500.0
 DEFAULT_FIELD_MM = 260.0
 
 _FLIP = (1.0, -1.0, -1.0)
+FLIP_NP = np.array(_FLIP)
+"""``R_flip`` as a numpy vector (elementwise: ``diag(1,-1,-1) · x == x * FLIP_NP``)."""
 
 
 def _check(t: Tensor, shape_tail: tuple[int, ...], arg: str) -> None:
@@ -61,6 +71,11 @@ def rotation_to_euler(rot: Tensor) -> Tensor:
 
 def _flip(x: Tensor) -> Tensor:
     return x * x.new_tensor(_FLIP)
+
+
+def flip(x: Tensor) -> Tensor:
+    """``R_flip · x`` for vectors along the last axis (its own inverse: model <-> camera axes)."""
+    return _flip(x)
 
 
 def model_to_camera(verts: Tensor, angles: Tensor, translation: Tensor) -> Tensor:
@@ -182,3 +197,81 @@ def crop_intrinsics(
     A[:, 1, 2] = sy * (0.5 - y0) - 0.5
     A[:, 2, 2] = 1.0
     return A @ K
+
+
+# ---- single mesh, rotation matrices (torch) ---------------------------------------------------
+
+
+def pose_points(verts: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """Model -> camera for one mesh: ``R_flip · (R · X + t)`` for ``verts [V,3]`` -> ``[1,V,3]``.
+
+    ``R [3,3]`` is the model rotation (``euler_rotation`` of the angles), ``t [3]`` in model axes.
+    """
+    return _flip(verts @ R.T + t).unsqueeze(0).contiguous()
+
+
+def rotate_to_camera(normals: Tensor, R: Tensor) -> Tensor:
+    """Model-space vectors ``[V,3]`` -> camera frame (``R_flip · R · n``)."""
+    return _flip(normals @ R.T)
+
+
+def camera_to_model(points_cam: Tensor, R: Tensor, t: Tensor) -> Tensor:
+    """Inverse of :func:`pose_points` for points ``[N,3]``: ``R^T · (R_flip · X_cam − t)``."""
+    return (_flip(points_cam) - t) @ R
+
+
+# ---- numpy twins (float64, the landmark solver) ----------------------------------------------
+
+
+def euler_to_matrix(angles: np.ndarray) -> np.ndarray:
+    """Rotation matrix of (pitch, yaw, roll) radians: ``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)``.
+
+    numpy twin of :func:`euler_rotation` for one pose.
+    """
+    p, y, r = (float(a) for a in angles)
+    cp, sp, cy, sy, cr, sr = (
+        math.cos(p),
+        math.sin(p),
+        math.cos(y),
+        math.sin(y),
+        math.cos(r),
+        math.sin(r),
+    )
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def matrix_to_euler(R: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`euler_to_matrix` (yaw in [-90, 90] degrees; gimbal lock -> roll)."""
+    sy = -float(R[2, 0])
+    yaw = math.asin(max(-1.0, min(1.0, sy)))
+    if abs(sy) < 0.999999:
+        pitch = math.atan2(R[2, 1], R[2, 2])
+        roll = math.atan2(R[1, 0], R[0, 0])
+    else:  # gimbal lock: put everything in roll
+        pitch = 0.0
+        roll = math.atan2(-R[0, 1], R[1, 1])
+    return np.array([pitch, yaw, roll])
+
+
+def so3_exp(w: np.ndarray) -> np.ndarray:
+    """Rotation matrix ``exp([w]_x)`` of an axis-angle vector ``w [3]`` (Rodrigues)."""
+    theta = float(np.linalg.norm(w))
+    wx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]])
+    if theta < 1e-12:
+        return np.eye(3) + wx
+    a = math.sin(theta) / theta
+    b = (1 - math.cos(theta)) / theta**2
+    return np.eye(3) + a * wx + b * (wx @ wx)
+
+
+def model_to_camera_np(X: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Camera-frame points ``[N,3] = R_flip·(R·X + t)`` of model points ``X [N,3]`` (numpy)."""
+    return (X @ R.T + t) * FLIP_NP
+
+
+def rotate_to_camera_np(normals: np.ndarray, R: np.ndarray) -> np.ndarray:
+    """Camera-frame vectors ``R_flip·R·n`` of model-space vectors ``[N,3]`` (numpy)."""
+    return (normals @ R.T) * FLIP_NP

@@ -11,13 +11,10 @@ import torch
 from torch import Tensor
 
 from jr2net.face.camera import DEFAULT_DISTANCE_MM
+from jr2net.face.sh import NEUTRAL_LIGHT_DC
 
 if TYPE_CHECKING:
     from jr2net.face.model import FaceModel
-
-# SH band-0 irradiance constant (DESIGN §3); θ_0 = 1/C0 gives irradiance 1 everywhere.
-SH_C0 = 0.886227
-NEUTRAL_LIGHT_DC = 1.0 / SH_C0
 
 FIELDS = ("identity", "expression", "albedo", "angles", "translation", "light")
 _TAILS = {"angles": (3,), "translation": (3,), "light": (9, 3)}

@@ -71,7 +71,8 @@ import torch
 from jr2net.face.camera import crop_intrinsics, default_intrinsics, model_to_camera, project
 from jr2net.face.coeffs import FaceCoefficients
 from jr2net.face.landmarks import interocular_distance
-from jr2net.ops.reference import sh_basis_ref
+from jr2net.face.sh import NEUTRAL_LIGHT_DC, sh_basis
+from jr2net.io.images import check_image
 
 if TYPE_CHECKING:
     from jr2net.face.landmarks import FaceDetection
@@ -620,19 +621,6 @@ class FitResult:
         }
 
 
-def _check_image(image: np.ndarray, arg: str = "image") -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{arg} must be a numpy uint8 [H,W,3] array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
-            f"{arg} must be uint8 [H,W,3] RGB (use jr2net.io.images.load_image), got "
-            f"{image.dtype} {image.shape}"
-        )
-    if image.shape[0] < 16 or image.shape[1] < 16:
-        raise ValueError(f"{arg} is too small for a face fit: {image.shape[1]}x{image.shape[0]}")
-    return image
-
-
 def _iod(landmarks: np.ndarray) -> float:
     """Inter-ocular distance, floored so degenerate detections never divide by zero."""
     return max(interocular_distance(landmarks), 1e-6)
@@ -769,7 +757,7 @@ class SourceFitter:
 
     def fit(self, image: np.ndarray, detection: FaceDetection | None = None) -> FitResult:
         """Fit the largest face of ``image`` (uint8 HWC RGB); raises NoFaceError when there is none."""
-        image = _check_image(image)
+        image = check_image(image)
         timer = _Timer()
         t0 = time.perf_counter()
         if detection is None:
@@ -1055,7 +1043,7 @@ class SourceFitter:
         m = ((out.mask * skin)[0, 0] > 0).flatten()
         idx = torch.nonzero(m).squeeze(1)
         light = torch.zeros(1, 9, 3)
-        light[0, 0] = 1.0 / 0.886227
+        light[0, 0] = NEUTRAL_LIGHT_DC
         gamma = torch.zeros(1, G)
         if idx.numel() < 50:
             return gamma, light
@@ -1069,7 +1057,7 @@ class SourceFitter:
         mean = (alb.mean[tri] * w[..., None]).sum(1)  # [N,3]
         basis = alb.basis[:G].permute(1, 0, 2)  # [V,G,3]
         Bp = (basis[tri] * w[:, :, None, None]).sum(1)  # [N,G,3]
-        Hb = sh_basis_ref(out.normals)[0].reshape(9, -1)[:, idx].T  # [N,9]
+        Hb = sh_basis(out.normals)[0].reshape(9, -1)[:, idx].T  # [N,9]
         obs = crop[0].reshape(3, -1)[:, idx].T  # [N,3]
         N = obs.shape[0]
         weights = torch.ones(N, 1)
@@ -1152,7 +1140,7 @@ class DrivingFitter:
 
     def fit(self, frame: np.ndarray) -> FitResult | None:
         """Fit one frame (uint8 HWC RGB); None when no face is found in it."""
-        frame = _check_image(frame, "frame")
+        frame = check_image(frame, "frame")
         timer = _Timer()
         t0 = time.perf_counter()
         det = self.tracker.update(frame)

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from jr2net.errors import NoFaceError
+from jr2net.io.images import check_image
 
 log = logging.getLogger("jr2net.face")
 
@@ -110,16 +111,6 @@ def _get(name: str):
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _check_image(image: object, name: str = "image") -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise TypeError(f"{name} must be a numpy uint8 array [H, W, 3], got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise TypeError(f"{name} must have dtype uint8, got {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"{name} must have shape [H, W, 3], got {list(image.shape)}")
-    return np.ascontiguousarray(image)
 
 
 def _gray(image: np.ndarray) -> Image.Image:
@@ -238,7 +229,7 @@ def detect_faces(
     ``upsample=None`` runs the cascade described in the module docstring (0, then 1 if nothing
     was found); an int runs a single pass with that many HOG upsamplings.
     """
-    image = _check_image(image)
+    image = check_image(image)
     if upsample is not None and (not isinstance(upsample, int) or not 0 <= upsample <= 3):
         raise ValueError(f"upsample must be None or an int in [0, 3], got {upsample!r}")
     if not isinstance(max_side, int) or max_side < 32:
@@ -269,7 +260,7 @@ def face_embedding(image: np.ndarray, detection: FaceDetection, num_jitters: int
     """
     import dlib
 
-    image = _check_image(image)
+    image = check_image(image)
     lm = np.asarray(detection.landmarks)
     if lm.shape != (68, 2):
         raise ValueError(f"detection.landmarks must have shape [68, 2], got {list(lm.shape)}")
@@ -341,7 +332,7 @@ class LandmarkTracker:
 
     def update(self, frame: np.ndarray) -> FaceDetection | None:
         """Landmarks of the tracked face in ``frame`` (uint8 ``[H, W, 3]`` RGB), or None."""
-        frame = _check_image(frame, "frame")
+        frame = check_image(frame, "frame")
         self.frames += 1
         gray_im = _gray(frame)
         gray = np.asarray(gray_im)

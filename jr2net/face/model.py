@@ -19,6 +19,7 @@ from torch import Tensor
 
 from jr2net.errors import FaceModelError
 from jr2net.face.albedo import DEFAULT_N_EIGEN, AlbedoModel, build_laplacian_albedo
+from jr2net.face.mesh import vertex_normals
 from jr2net.paths import SharedDataMissingError, cache_dir, shared_path
 
 REQUIRED_KEYS = (
@@ -445,20 +446,6 @@ def _check_verts(verts: Tensor, n_vertices: int, arg: str) -> Tensor:
     if verts.dim() != 3 or verts.shape[1] != n_vertices or verts.shape[2] != 3:
         raise ValueError(f"{arg} must be [B, {n_vertices}, 3], got {tuple(verts.shape)}")
     return verts
-
-
-def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
-    """Unit vertex normals ``[B,V,3]`` of ``verts [B,V,3]``, weighting faces by their area.
-
-    Orientation follows the faces' winding (counter-clockwise seen from outside -> outward).
-    """
-    f = faces.long()
-    v0, v1, v2 = verts[:, f[:, 0]], verts[:, f[:, 1]], verts[:, f[:, 2]]
-    fn = torch.cross(v1 - v0, v2 - v0, dim=-1)  # length = 2·area: area weighting for free
-    normals = torch.zeros_like(verts)
-    for c in range(3):
-        normals = normals.index_add(1, f[:, c], fn)
-    return torch.nn.functional.normalize(normals, dim=-1, eps=1e-12)
 
 
 def _validate_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -242,16 +242,38 @@ def decode_frame(
         im.close()
 
 
-def _check_hwc_uint8(img: object, name: str) -> np.ndarray:
-    if not isinstance(img, np.ndarray):
-        raise TypeError(f"{name} must be a numpy uint8 array [H, W, 3], got {type(img).__name__}")
-    if img.dtype != np.uint8:
-        raise TypeError(f"{name} must have dtype uint8, got {img.dtype}")
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"{name} must have shape [H, W, 3], got {list(img.shape)}")
-    if img.shape[0] == 0 or img.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {list(img.shape)}")
-    return img
+MIN_FACE_SIDE = 16
+"""Smallest height and width (pixels) of an image that is searched for a face: the one size rule
+of every face-facing entry point (detection, tracking, fitting, sessions, Reconstruct). Pure I/O
+(encoding, saving, tensor conversion) only needs a non-empty image (``min_side=1``)."""
+
+
+class ImageDtypeError(InvalidImageError, TypeError):
+    """An array image with the wrong dtype: a TypeError (its element type is wrong) and an
+    InvalidImageError (a ValueError), so callers mapping either to "bad input" catch it."""
+
+
+def check_image(image: object, name: str = "image", min_side: int = MIN_FACE_SIDE) -> np.ndarray:
+    """Validate a uint8 ``[H, W, 3]`` RGB image and return it C-contiguous (no copy if it is).
+
+    Not a numpy array: TypeError. Wrong dtype: ``ImageDtypeError`` (a TypeError and an
+    InvalidImageError). Wrong shape, or a side below ``min_side`` (default ``MIN_FACE_SIDE``, the
+    rule for anything that looks for a face; 1 for pure I/O): InvalidImageError (a ValueError).
+    Messages name ``name``.
+    """
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy uint8 array [H, W, 3] (use jr2net.io.images.load_image), "
+            f"got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise ImageDtypeError(f"{name} must have dtype uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImageError(f"{name} must have shape [H, W, 3] (RGB), got {list(image.shape)}")
+    if image.shape[0] < max(min_side, 1) or image.shape[1] < max(min_side, 1):
+        what = "empty" if min(image.shape[:2]) == 0 else f"too small (sides must be >= {min_side})"
+        raise InvalidImageError(f"{name} is {what}: shape {list(image.shape)}")
+    return np.ascontiguousarray(image)
 
 
 def encode_image(
@@ -262,7 +284,7 @@ def encode_image(
     PNG uses zlib level 1 by default: the server encodes every frame, and level 6 costs ~4x the
     time for ~10% smaller files.
     """
-    _check_hwc_uint8(img, "img")
+    check_image(img, "img", min_side=1)
     f = fmt.upper() if isinstance(fmt, str) else fmt
     if f not in _ENCODE_FORMATS:
         raise ValueError(f"fmt must be one of {_ENCODE_FORMATS}, got {fmt!r}")
@@ -281,7 +303,7 @@ def encode_image(
 
 def save_image(path: str | Path, img: np.ndarray, quality: int = 95) -> None:
     """Write uint8 ``[H, W, 3]`` RGB to ``path``; the format follows the extension."""
-    _check_hwc_uint8(img, "img")
+    check_image(img, "img", min_side=1)
     path = Path(path)
     pil = Image.fromarray(np.ascontiguousarray(img))
     try:
@@ -302,11 +324,11 @@ def to_tensor(img: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
             raise ValueError(f"img must have shape [B, H, W, 3], got {list(img.shape)}")
         batch = img
     elif isinstance(img, np.ndarray):
-        batch = _check_hwc_uint8(img, "img")[None]
+        batch = check_image(img, "img", min_side=1)[None]
     elif isinstance(img, (list, tuple)):
         if len(img) == 0:
             raise ValueError("img: empty list of images")
-        arrs = [_check_hwc_uint8(a, f"img[{i}]") for i, a in enumerate(img)]
+        arrs = [check_image(a, f"img[{i}]", min_side=1) for i, a in enumerate(img)]
         if any(a.shape != arrs[0].shape for a in arrs):
             raise ValueError(f"img: images differ in size: {[list(a.shape) for a in arrs]}")
         batch = np.stack(arrs)

@@ -1,11 +1,15 @@
 """Pure-PyTorch references of every kernel in ``jr2net.ops`` (same signatures, autograd for free).
 
-They define the semantics the C++/CUDA kernels must reproduce; tests compare the two.
+They define the semantics the C++/CUDA kernels must reproduce; tests compare the two. This module
+is the test oracle: only tests and benchmarks import it (production code uses the kernels and
+``jr2net.face.sh``).
 """
 
 from __future__ import annotations
 
 import torch
+
+from jr2net.face.sh import SH_C0, SH_C1, SH_C2, SH_C3, SH_C4
 
 # ---- rasterize / interpolate ------------------------------------------------------------------
 
@@ -219,8 +223,8 @@ def interpolate_ref(attr: torch.Tensor, rast: torch.Tensor, faces: torch.Tensor)
 
 # ---- sh_shading / depth_warp / correspondence_warp -------------------------------------------
 
-# SH irradiance constants in the DESIGN §3 order (1, y, z, x, xy, yz, 3z²-1, xz, x²-y²).
-SH_C0, SH_C1, SH_C2, SH_C3, SH_C4 = 0.886227, 1.023328, 0.858086, 0.247708, 0.429043
+# SH irradiance constants (DESIGN §3 order 1, y, z, x, xy, yz, 3z²-1, xz, x²-y²) live in
+# jr2net.face.sh; the oracle below re-derives the basis from them independently of sh_basis.
 
 
 def sh_basis_ref(normals: torch.Tensor, dim: int = 1) -> torch.Tensor:

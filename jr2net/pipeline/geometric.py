@@ -61,12 +61,22 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jr2net.errors import NoFaceError
-from jr2net.face.camera import crop_intrinsics, euler_rotation
+from jr2net.face.camera import (
+    camera_to_model,
+    crop_intrinsics,
+    euler_rotation,
+    pose_points,
+    rotate_to_camera,
+)
 from jr2net.face.camera import project as project_points
+from jr2net.face.mesh import fast_vertex_normals, normal_operator, vertex_adjacency
 from jr2net.face.model import FaceModel, load_face_model
+from jr2net.face.sh import irradiance
+from jr2net.io.images import check_image
 from jr2net.ops import correspondence_warp, interpolate, rasterize
 from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
+from jr2net.pipeline.registry import ReenactorSettings, register_mode
 
 RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 """Model regions rendered per frame (those the model has): skin, mouth interior, eyes."""
@@ -143,7 +153,7 @@ class GeometricSession:
 
     def __init__(self, reenactor: GeometricReenactor, source: np.ndarray, options: SessionOptions):
         t0 = _now()
-        source = st.check_frame(source, "source")
+        source = check_image(source, "source")
         _check_options(options)
         self.options = options
         self.reenactor = reenactor
@@ -208,15 +218,15 @@ class GeometricSession:
         self.beta_src = coeffs.expression.float().clone()
         src_verts = self.id_shape + (self.beta_src @ self.expr_basis).view(V, 3)
         self.R_src, self.t_src = _pose_matrix(coeffs)
-        self.src_verts_cam = st.pose_vertices(src_verts, self.R_src, self.t_src)  # [1,V,3]
-        n_src = st.fast_vertex_normals(
+        self.src_verts_cam = pose_points(src_verts, self.R_src, self.t_src)  # [1,V,3]
+        n_src = fast_vertex_normals(
             src_verts, self.reenactor.faces_long, self.reenactor.normal_op
         )
-        self.n_src_cam = st.rotate_to_camera(n_src, self.R_src)
+        self.n_src_cam = rotate_to_camera(n_src, self.R_src)
         self.light_src = coeffs.light.float()[0]  # [9,3]
         # Irradiance ratios are stabilised by a floor of a quarter of the mean irradiance, so
         # surfaces the light barely reaches (nostrils, under the chin) are not blown up.
-        e_src = st.irradiance(self.n_src_cam, self.light_src).clamp_min(0.0)
+        e_src = irradiance(self.n_src_cam, self.light_src).clamp_min(0.0)
         self.E_floor = 0.25 * float(e_src.mean())
         self.E_src = e_src + self.E_floor
         lm = model.landmarks68
@@ -315,7 +325,7 @@ class GeometricSession:
     def analyse(self, frame: np.ndarray) -> FrameAnalysis:
         """Stage 1 of ``process``: track and fit the driving frame, recombine it with the source."""
         t_start = _now()
-        frame = st.check_frame(frame, "frame")
+        frame = check_image(frame, "frame")
         timings = dict.fromkeys(STAGES, 0.0)
         with torch.inference_mode():
             fit = self._driving.fit(frame)
@@ -400,9 +410,9 @@ class GeometricSession:
         V = self.id_shape.shape[0]
         verts = self.id_shape + (self.target_expression(fit) @ self.expr_basis).view(V, 3)
         R, t = self.target_pose(fit)
-        verts_cam = st.pose_vertices(verts, R, t)
-        normals = st.fast_vertex_normals(verts, self.reenactor.faces_long, self.reenactor.normal_op)
-        normals = st.rotate_to_camera(normals, R)
+        verts_cam = pose_points(verts, R, t)
+        normals = fast_vertex_normals(verts, self.reenactor.faces_long, self.reenactor.normal_op)
+        normals = rotate_to_camera(normals, R)
         p = project_points(verts_cam[:, self.reenactor.box_vertices], self.K_out[None])[0]
         box = st.square_box(p, RENDER_BOX_SCALE, self.out_hw)
         return RecombinedFace(verts_cam, R, t, box), normals
@@ -411,7 +421,7 @@ class GeometricSession:
         """Per-vertex relighting ratio (goes through the same interpolation as the warp points)."""
         if self.light_mode == "none":
             return None
-        ratio = st.irradiance(normals, self.light_src).clamp_min(0.0).add_(self.E_floor)
+        ratio = irradiance(normals, self.light_src).clamp_min(0.0).add_(self.E_floor)
         ratio.div_(self.E_src).clamp_(RATIO_RANGE[0], RATIO_RANGE[1])
         for _ in range(RATIO_SMOOTHING):  # the model's small folds (nostrils) are not the photo's
             ratio = self.reenactor.adjacency @ ratio
@@ -599,8 +609,8 @@ class GeometricSession:
             torch.cat([p_tgt, torch.ones(inner, inner, 1)], -1).reshape(-1, 3) @ self._K_out_inv.T
         )
         R, t = pose
-        X_m = (rays * cells[0, 3].reshape(-1, 1) * st.R_FLIP - t) @ R  # target point, model space
-        p_rig = project_points(st.pose_vertices(X_m, self.R_src, self.t_src), self.K_out[None])
+        X_m = camera_to_model(rays * cells[0, 3].reshape(-1, 1), R, t)  # target point, model space
+        p_rig = project_points(pose_points(X_m, self.R_src, self.t_src), self.K_out[None])
         full = p_src[0].view(inner, inner, 2) - p_tgt
         rigid = p_rig[0].view(inner, inner, 2) - p_tgt
         w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
@@ -669,8 +679,8 @@ class GeometricReenactor:
         self._lock = threading.Lock()
         pm = self.render_model
         self.faces_long = pm.faces_long
-        self.normal_op = st.normal_operator(pm.faces, pm.n_vertices)
-        self.adjacency = st.vertex_adjacency(pm.faces, pm.n_vertices)
+        self.normal_op = normal_operator(pm.faces, pm.n_vertices)
+        self.adjacency = vertex_adjacency(pm.faces, pm.n_vertices)
         # Vertices whose projection bounds the face (the render crop): a subsample of all.
         self.box_vertices = torch.arange(0, pm.n_vertices, 7)
 
@@ -710,7 +720,7 @@ class GeometricReenactor:
 
     def reconstruct(self, image: np.ndarray, with_mesh: bool = False) -> Reconstruction:
         """Coefficients (and optionally the model-space mesh) of the face in ``image``."""
-        image = st.check_frame(image, "image")
+        image = check_image(image, "image")
         t0 = _now()
         fit = self.fit_source(image)
         coeffs = fit.coeffs
@@ -734,3 +744,11 @@ class GeometricReenactor:
             faces=faces,
             timings=timings,
         )
+
+
+def _create(settings: ReenactorSettings) -> GeometricReenactor:
+    """The registry's factory: the geometric path needs only the face model (CPU, no weights)."""
+    return GeometricReenactor(face_model=settings.face_model)
+
+
+register_mode("geometric", _create)

@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.ops.reference import sh_basis_ref
-
-R_FLIP = torch.tensor([1.0, -1.0, -1.0])
-
-# SH irradiance basis constants (DESIGN §3), in basis order.
-
-
-def check_frame(frame: object, name: str = "frame") -> np.ndarray:
-    """Validate a uint8 ``[H, W, 3]`` RGB image at the pipeline's edge (TypeError / ValueError)."""
-    if not isinstance(frame, np.ndarray):
-        raise TypeError(f"{name} must be a numpy uint8 array [H, W, 3], got {type(frame).__name__}")
-    if frame.dtype != np.uint8:
-        raise TypeError(f"{name} must have dtype uint8, got {frame.dtype}")
-    if frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"{name} must have shape [H, W, 3], got {list(frame.shape)}")
-    if frame.shape[0] < 16 or frame.shape[1] < 16:
-        raise ValueError(f"{name} is too small to hold a face: shape {list(frame.shape)}")
-    return np.ascontiguousarray(frame)
+from jr2net.face.camera import flip
 
 
 def image_to_tensor(img: np.ndarray) -> Tensor:
@@ -76,16 +58,6 @@ def crop_resample(image: Tensor, box: tuple[int, int, int], size: int) -> Tensor
     )
 
 
-def pose_vertices(verts: Tensor, R: Tensor, t: Tensor) -> Tensor:
-    """Model -> camera: ``R_flip · (R · X + t)`` for ``verts [V,3]`` -> ``[1,V,3]``."""
-    return ((verts @ R.T + t) * R_FLIP).unsqueeze(0).contiguous()
-
-
-def rotate_to_camera(normals: Tensor, R: Tensor) -> Tensor:
-    """Model-space vectors ``[V,3]`` -> camera frame (``R_flip · R · n``)."""
-    return (normals @ R.T) * R_FLIP
-
-
 def relative_pose(
     R_src: Tensor,
     t_src: Tensor,
@@ -123,7 +95,7 @@ def absolute_pose(
     """
     Hd, Wd = hw_drv
     Ho, Wo = hw_out
-    t_cam = t_drv * R_FLIP  # model origin in the driving camera frame
+    t_cam = flip(t_drv)  # model origin in the driving camera frame
     z = float(t_cam[2])
     u = (float(K_drv[0, 0]) * float(t_cam[0]) / z + float(K_drv[0, 2]) + 0.5) / Wd
     v = (float(K_drv[1, 1]) * float(t_cam[1]) / z + float(K_drv[1, 2]) + 0.5) / Hd
@@ -131,60 +103,8 @@ def absolute_pose(
     z_out = z * (float(K_out[1, 1]) / Ho) / (float(K_drv[1, 1]) / Hd)
     x_out = (u * Wo - 0.5 - float(K_out[0, 2])) * z_out / float(K_out[0, 0])
     y_out = (v * Ho - 0.5 - float(K_out[1, 2])) * z_out / float(K_out[1, 1])
-    t_out = torch.tensor([x_out, y_out, z_out], dtype=t_drv.dtype) * R_FLIP
+    t_out = flip(torch.tensor([x_out, y_out, z_out], dtype=t_drv.dtype))
     return R_drv.clone(), t_out
-
-
-def irradiance(normals: Tensor, light: Tensor) -> Tensor:
-    """Irradiance ``[..., 3]`` of unit camera-frame normals under SH light ``[9, 3]``."""
-    return sh_basis_ref(normals, dim=-1) @ light
-
-
-def normal_operator(faces: Tensor, n_vertices: int) -> Tensor:
-    """Sparse vertex-face incidence ``[V, F]`` (CSR): ``op @ face_normals`` sums incident faces."""
-    f = faces.long()
-    rows = f.reshape(-1)
-    cols = torch.arange(f.shape[0]).repeat_interleave(3)
-    op = torch.sparse_coo_tensor(
-        torch.stack([rows, cols]),
-        torch.ones(rows.numel()),
-        (n_vertices, f.shape[0]),
-        check_invariants=True,
-    )
-    return _to_csr(op)
-
-
-def _to_csr(op: Tensor) -> Tensor:
-    with warnings.catch_warnings():  # "sparse CSR support is in beta": it is fine for spmm
-        warnings.simplefilter("ignore", UserWarning)
-        return op.coalesce().to_sparse_csr()
-
-
-def fast_vertex_normals(verts: Tensor, faces: Tensor, op: Tensor) -> Tensor:
-    """Unit area-weighted vertex normals ``[V,3]`` of ``verts [V,3]`` via ``normal_operator``.
-
-    Same result as ``jr2net.face.model.vertex_normals``, several times faster per frame.
-    """
-    f = faces.long()
-    v0, v1, v2 = (verts.index_select(0, f[:, k]) for k in range(3))  # ~2x cheaper than verts[idx]
-    fn = torch.linalg.cross(v1 - v0, v2 - v0)
-    return F.normalize(op @ fn, dim=-1, eps=1e-12)
-
-
-def vertex_adjacency(faces: Tensor, n_vertices: int) -> Tensor:
-    """Row-normalised vertex adjacency (sparse CSR ``[V, V]``) of a triangle mesh."""
-    f = faces.long()
-    i = torch.cat([f[:, 0], f[:, 1], f[:, 2], f[:, 1], f[:, 2], f[:, 0]])
-    j = torch.cat([f[:, 1], f[:, 2], f[:, 0], f[:, 0], f[:, 1], f[:, 2]])
-    A = torch.sparse_coo_tensor(
-        torch.stack([i, j]), torch.ones(i.numel()), (n_vertices, n_vertices), check_invariants=True
-    ).coalesce()
-    vals = torch.ones_like(A.values())  # duplicates collapse to one edge
-    deg = torch.zeros(n_vertices).index_add_(0, A.indices()[0], vals).clamp_min(1)
-    vals = vals / deg[A.indices()[0]]
-    return _to_csr(
-        torch.sparse_coo_tensor(A.indices(), vals, (n_vertices, n_vertices), check_invariants=True)
-    )
 
 
 def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int = 60) -> Tensor:
