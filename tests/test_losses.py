@@ -1,0 +1,199 @@
+"""RecNet loss terms on tiny inputs: zero (or minimal) at the truth, larger away from it, and with
+finite gradients that reach the coefficients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jr2net.face.camera import default_intrinsics
+from jr2net.face.coeffs import FaceCoefficients
+from jr2net.face.model import load_face_model
+from jr2net.training.losses import (
+    RecNetLoss,
+    RecNetLossWeights,
+    coefficient_loss,
+    coefficient_regularization,
+    composite,
+    landmark_error_iod,
+    landmark_loss,
+    landmark_weights,
+    photometric_loss,
+    vertex_loss,
+)
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_face_model("generic")
+
+
+@pytest.fixture(scope="module")
+def loss_fn(model):
+    return RecNetLoss(model)
+
+
+def _truth(model, batch: int = 2) -> FaceCoefficients:
+    g = torch.Generator().manual_seed(0)
+    c = FaceCoefficients.zeros(model, batch=batch, n_identity=20, n_albedo=12)
+    c.identity = torch.randn(batch, 20, generator=g) * 0.5
+    c.expression[:, :5] = torch.rand(batch, 5, generator=g) * 0.5
+    c.albedo = torch.randn(batch, 12, generator=g) * 0.3
+    c.angles = torch.tensor([[0.05, 0.2, -0.03], [-0.1, -0.15, 0.05]])[:batch]
+    c.light[:, 1:4] = torch.randn(batch, 3, 1, generator=g) * 0.2
+    return c
+
+
+def _batch(loss_fn: RecNetLoss, truth: FaceCoefficients) -> dict:
+    """A synthetic batch: the truth rendered in the canonical crop camera, exact landmarks."""
+    B = truth.batch_size
+    K = default_intrinsics(SIZE, batch=B)
+    with torch.no_grad():
+        out = loss_fn.renderer.render(truth, K, (SIZE, SIZE))
+    return {
+        "image": out.image.clamp(0, 1),
+        "K": K,
+        "landmarks": out.landmarks2d,
+        "landmark_weight": torch.ones(B, 68),
+        "mask": torch.ones(B, 1, SIZE, SIZE),
+        "coeffs": truth,
+        "has_gt": torch.ones(B, dtype=torch.bool),
+    }
+
+
+def _leaf(c: FaceCoefficients) -> FaceCoefficients:
+    return c.clone().detach().requires_grad_()
+
+
+def test_landmark_weights_are_20x_on_the_nose_and_inner_mouth():
+    w = landmark_weights()
+    assert w[27:36].eq(20).all() and w[60:68].eq(20).all()
+    assert w[:27].eq(1).all() and w[36:60].eq(1).all()
+
+
+def test_landmark_loss_is_zero_at_the_truth_and_weighs_a_nose_error_20x_a_jaw_error():
+    target = torch.rand(1, 68, 2) * SIZE
+    assert landmark_loss(target.clone(), target, SIZE).item() == 0.0
+    jaw, nose = target.clone(), target.clone()
+    jaw[0, 3, 0] += 2.0
+    nose[0, 30, 0] += 2.0
+    lj, ln = landmark_loss(jaw, target, SIZE), landmark_loss(nose, target, SIZE)
+    assert lj > 0 and torch.isclose(ln, 20 * lj)
+    # A point with weight 0 (unknown) costs nothing.
+    wt = torch.ones(1, 68)
+    wt[0, 30] = 0
+    assert landmark_loss(nose, target, SIZE, wt).item() == 0.0
+
+
+def test_landmark_error_iod_is_the_mean_distance_over_the_outer_eye_corner_distance():
+    target = torch.zeros(1, 68, 2)
+    target[0, 45, 0] = 10.0
+    pred = target.clone()
+    pred[..., 1] += 1.0  # every point 1 px off, IOD 10 px
+    assert torch.allclose(landmark_error_iod(pred, target), torch.tensor([0.1]))
+
+
+def test_photometric_loss_is_minimal_at_the_truth_and_grows_with_the_error():
+    img = torch.rand(2, 3, 8, 8)
+    mask = torch.ones(2, 1, 8, 8)
+    assert photometric_loss(img, img, mask).item() < 1e-3
+    assert photometric_loss(img + 0.1, img, mask) < photometric_loss(img + 0.2, img, mask)
+    # Pixels off the mask do not count.
+    off = img.clone()
+    off[:, :, :4] += 0.5
+    mask[:, :, :4] = 0
+    assert photometric_loss(off, img, mask).item() < 1e-3
+
+
+def test_regularization_is_zero_at_the_prior_mean_and_positive_away(model):
+    c = FaceCoefficients.zeros(model, batch=2, n_identity=20, n_albedo=12)
+    assert coefficient_regularization(c).item() == pytest.approx(0.0, abs=1e-12)
+    d = _leaf(_truth(model))
+    d.light = d.light.detach().clone()
+    d.light[:, 0, 0] += 0.3  # coloured light
+    d.light.requires_grad_()
+    reg = coefficient_regularization(d)
+    assert reg > 0
+    reg.backward()
+    for name in ("identity", "expression", "albedo", "light"):
+        g = getattr(d, name).grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+def test_coefficient_and_vertex_losses_are_zero_at_the_truth(model):
+    truth = _truth(model)
+    assert coefficient_loss(truth, truth).item() == pytest.approx(0.0, abs=1e-12)
+    # Fewer predicted identity modes: the missing ones count as 0.
+    short = truth.replace(identity=truth.identity[:, :10])
+    padded = truth.replace(identity=torch.cat([truth.identity[:, :10], torch.zeros(2, 10)], 1))
+    assert torch.isclose(coefficient_loss(short, truth), coefficient_loss(padded, truth))
+    assert coefficient_loss(short, truth) > 0
+    v = model.shape(truth.identity, truth.expression)
+    assert vertex_loss(v, v).item() < 1e-4
+    assert vertex_loss(v + 1.0, v).item() == pytest.approx(3**0.5 / 10, rel=1e-4)
+    # Samples without ground truth are masked out.
+    mask = torch.tensor([1.0, 0.0])
+    worse = v.clone()
+    worse[1] += 5.0
+    assert vertex_loss(worse, v, mask).item() < 1e-4
+
+
+@pytest.mark.parametrize("phase", ["landmarks", "full"])
+def test_recnet_loss_is_minimal_at_the_truth_with_gradients_reaching_the_coefficients(
+    model, loss_fn, phase
+):
+    truth = _truth(model)
+    batch = _batch(loss_fn, truth)
+    photo = phase == "full"
+    at_truth, terms0, _ = loss_fn(truth, batch, photometric=photo, identity=False)
+    assert terms0["landmark"] < 1e-9 and terms0["coefficients"] < 1e-9
+    assert terms0["vertices"] < 1e-4
+    if photo:
+        assert terms0["photometric"] < 0.02  # clamp(0,1) of the render and edge pixels only
+    off = truth.clone()
+    off.angles = off.angles + torch.tensor([0.0, 0.15, 0.0])
+    off.translation = off.translation + torch.tensor([8.0, -5.0, 30.0])
+    off.identity = off.identity + 0.5
+    off.light = off.light * 1.3
+    off = _leaf(off)
+    loss, terms, render = loss_fn(off, batch, photometric=photo, identity=False)
+    assert loss > at_truth
+    assert terms["landmark"] > 1e-3 and terms["vertices"] > 1e-2
+    assert (render is not None) == photo
+    if photo:
+        assert terms["photometric"] > terms0["photometric"] + 0.01
+    loss.backward()
+    names = ["identity", "expression", "angles", "translation"]
+    if photo:
+        names += ["albedo", "light"]
+    for name in names:
+        g = getattr(off, name).grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+def test_photometric_term_alone_reaches_pose_light_and_albedo(model, loss_fn):
+    truth = _truth(model)
+    batch = _batch(loss_fn, truth)
+    w = RecNetLossWeights(landmark=0, regularization=0, coefficients=0, vertices=0)
+    only_photo = RecNetLoss(model, w)
+    off = truth.clone()
+    off.angles = off.angles + 0.05
+    off.light = off.light * 0.8
+    off.albedo = off.albedo + 0.2
+    off = _leaf(off)
+    loss, terms, _ = only_photo(off, batch, photometric=True, identity=False)
+    assert set(terms) == {"photometric"}
+    loss.backward()
+    for name in ("angles", "translation", "identity", "albedo", "light"):
+        g = getattr(off, name).grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+def test_composite_pastes_the_render_over_the_image_on_the_mask():
+    a, b = torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    m = torch.zeros(1, 1, 4, 4)
+    m[..., :2, :] = 1
+    c = composite(a, b, m)
+    assert c[..., :2, :].eq(1).all() and c[..., 2:, :].eq(0).all()
