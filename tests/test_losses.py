@@ -47,15 +47,17 @@ def _truth(model, batch: int = 2) -> FaceCoefficients:
 
 
 def _batch(loss_fn: RecNetLoss, truth: FaceCoefficients) -> dict:
-    """A synthetic batch: the truth rendered in the canonical crop camera, exact landmarks."""
+    """A synthetic batch: the truth rendered in the canonical crop camera, exact landmarks (jaw on
+    the occluding contour)."""
     B = truth.batch_size
     K = default_intrinsics(SIZE, batch=B)
     with torch.no_grad():
         out = loss_fn.renderer.render(truth, K, (SIZE, SIZE))
+        lm = loss_fn.landmarks.project(truth, K)
     return {
         "image": out.image.clamp(0, 1),
         "K": K,
-        "landmarks": out.landmarks2d,
+        "landmarks": lm,
         "landmark_weight": torch.ones(B, 68),
         "mask": torch.ones(B, 1, SIZE, SIZE),
         "coeffs": truth,
@@ -176,7 +178,7 @@ def test_recnet_loss_is_minimal_at_the_truth_with_gradients_reaching_the_coeffic
 def test_photometric_term_alone_reaches_pose_light_and_albedo(model, loss_fn):
     truth = _truth(model)
     batch = _batch(loss_fn, truth)
-    w = RecNetLossWeights(landmark=0, regularization=0, coefficients=0, vertices=0)
+    w = RecNetLossWeights(landmark=0, regularization=0, light_mono=0, coefficients=0, vertices=0)
     only_photo = RecNetLoss(model, w)
     off = truth.clone()
     off.angles = off.angles + 0.05
@@ -189,6 +191,19 @@ def test_photometric_term_alone_reaches_pose_light_and_albedo(model, loss_fn):
     for name in ("angles", "translation", "identity", "albedo", "light"):
         g = getattr(off, name).grad
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+def test_model_landmarks_slide_the_jaw_onto_the_contour_of_a_turned_face(model, loss_fn):
+    c = FaceCoefficients.zeros(model, batch=1)
+    c.angles = torch.tensor([[0.0, 0.6, 0.0]])  # head turned ~35 degrees
+    K = default_intrinsics(SIZE)
+    fixed = loss_fn.landmarks.solver.rows[:68]
+    ids = loss_fn.landmarks.vertex_ids(c, K)[0].numpy()
+    assert (ids[:17] != fixed[:17]).any()  # some jaw points moved to the silhouette
+    assert (ids[17:] == fixed[17:]).all() and ids[8] == fixed[8]
+    c.angles.requires_grad_()
+    loss_fn.landmarks.project(c, K).sum().backward()
+    assert torch.isfinite(c.angles.grad).all() and c.angles.grad.abs().sum() > 0
 
 
 def test_composite_pastes_the_render_over_the_image_on_the_mask():

@@ -24,12 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.face.camera import model_to_camera, project
+from jr2net.face.camera import euler_to_matrix, model_to_camera, project
 from jr2net.face.coeffs import FaceCoefficients
+from jr2net.face.fitting import LandmarkParams, LandmarkSolver
 
 if TYPE_CHECKING:
     from jr2net.face.model import FaceModel
@@ -248,12 +250,86 @@ def _masked_batch_mean(per: Tensor, mask: Tensor | None) -> Tensor:
     return (per * m).sum() / m.sum().clamp(min=1.0)
 
 
+# ---- model landmarks ------------------------------------------------------------------------------
+
+
+class ModelLandmarks:
+    """The 68 landmarks of a face model under coefficients, as the fitter matches them.
+
+    Points 0-16 except the chin (8) slide on the occluding contour: per sample, the front-facing
+    candidate of ``jr2net.face.fitting.LandmarkSolver.select_contour`` (chosen without gradient),
+    the other points are fixed vertices. Only the solver's few hundred rows of the bases are
+    evaluated, so projecting is cheap (no full mesh). ``contour=False`` uses the fixed
+    ``landmarks68`` vertices throughout.
+    """
+
+    def __init__(self, model: FaceModel, n_identity: int, contour: bool = True) -> None:
+        if n_identity > model.n_identity:
+            raise ValueError(f"n_identity {n_identity} exceeds the model's {model.n_identity}")
+        self.solver = LandmarkSolver.from_model(model, n_identity=n_identity)
+        self.n_identity = self.solver.n_identity
+        self.contour = bool(contour)
+        self._mean = torch.as_tensor(self.solver.mean, dtype=torch.float32)  # [N,3]
+        basis = torch.as_tensor(self.solver.basis, dtype=torch.float32)  # [N,3,K+E]
+        self._basis = basis.permute(2, 0, 1).reshape(basis.shape[2], -1)  # [K+E, N*3]
+
+    def rows(self, coeffs: FaceCoefficients) -> Tensor:
+        """Model-space positions ``[B,N,3]`` of the solver's rows (landmarks + jaw candidates)."""
+        ident = coeffs.identity
+        k = ident.shape[1]
+        if k > self.n_identity:
+            raise ValueError(f"identity has {k} coefficients; the landmarks know {self.n_identity}")
+        if k < self.n_identity:
+            ident = F.pad(ident, (0, self.n_identity - k))
+        coef = torch.cat([ident, coeffs.expression], dim=1)
+        basis = self._basis.to(coef)
+        return self._mean.to(coef) + (coef @ basis).view(coef.shape[0], -1, 3)
+
+    def select(self, coeffs: FaceCoefficients, K: Tensor, X: Tensor | None = None) -> Tensor:
+        """Row indices ``[B,68]`` (into ``solver.rows``) matched to the 68 landmarks."""
+        B = coeffs.batch_size
+        if not self.contour:
+            return torch.arange(68).expand(B, 68)
+        X = self.rows(coeffs) if X is None else X
+        Xn = X.detach().double().cpu().numpy()
+        ang = coeffs.angles.detach().double().cpu().numpy()
+        t = coeffs.translation.detach().double().cpu().numpy()
+        Kn = K.detach().double().cpu().numpy()
+        if Kn.ndim == 2:
+            Kn = Kn[None]
+        alpha, beta = np.zeros(self.n_identity), np.zeros(self.solver.n_expression)
+        out = []
+        for b in range(B):  # X is given, so only the pose matters
+            p = LandmarkParams(euler_to_matrix(ang[b]), t[b], alpha, beta)
+            out.append(self.solver.select_contour(p, Kn[b % len(Kn)], X=Xn[b]))
+        return torch.as_tensor(np.stack(out), dtype=torch.long)
+
+    def vertex_ids(self, coeffs: FaceCoefficients, K: Tensor) -> Tensor:
+        """Model vertex ids ``[B,68]`` matched to the landmarks (jaw: the chosen contour)."""
+        sel = self.select(coeffs, K)
+        return torch.as_tensor(self.solver.rows)[sel]
+
+    def project(self, coeffs: FaceCoefficients, K: Tensor) -> Tensor:
+        """Pixel positions ``[B,68,2]`` under intrinsics ``K`` (``[B,3,3]`` or ``[3,3]``)."""
+        if K.dim() == 2:
+            K = K.unsqueeze(0)
+        X = self.rows(coeffs)
+        sel = self.select(coeffs, K, X).to(X.device)
+        pts = torch.gather(X, 1, sel[..., None].expand(-1, -1, 3))
+        cam = model_to_camera(pts, coeffs.angles, coeffs.translation)
+        return project(cam, K.to(cam).expand(cam.shape[0], 3, 3))
+
+
 # ---- RecNet: all terms for one batch ------------------------------------------------------------
 
 
 @dataclass
 class RecNetLossWeights:
-    """Weights of ``RecNetLoss`` (Deep3DFaceRecon's, in our units; see the module docstring)."""
+    """Weights of ``RecNetLoss`` (Deep3DFaceRecon's, in our units; see the module docstring).
+
+    ``regularization`` scales the α/β/γ priors (``reg_*``); ``light_mono`` stands alone, as
+    Deep3DFaceRecon's gamma loss does.
+    """
 
     landmark: float = 80.0
     photometric: float = 1.92
@@ -263,7 +339,7 @@ class RecNetLossWeights:
     reg_expression: float = 0.8
     reg_expression_l1: float = 0.0
     reg_albedo: float = 1.7e-2
-    reg_light_mono: float = 10.0
+    light_mono: float = 10.0
     coefficients: float = 1.0
     vertices: float = 1.0
 
@@ -271,9 +347,10 @@ class RecNetLossWeights:
 class RecNetLoss:
     """RecNet's training objective on a batch (``training.data.sample.collate`` format).
 
-    ``model`` is the face model the network regresses (its face region is rendered); with
-    ``photometric`` / ``identity`` off only the landmarks are projected (no rasterisation), the
-    cheap landmarks-only phase. ``face_id`` is needed for the identity term.
+    ``model`` is the face model the network regresses (its face region is rendered); the
+    coefficients must be in the camera of the batch's ``K`` (the crop's). With ``photometric`` and
+    ``identity`` off nothing is rasterised: the cheap landmarks-only phase. ``face_id`` is needed
+    for the identity term; ``n_identity`` is the most identity modes the coefficients carry.
     """
 
     def __init__(
@@ -281,6 +358,9 @@ class RecNetLoss:
         model: FaceModel,
         weights: RecNetLossWeights | None = None,
         face_id: torch.nn.Module | None = None,
+        *,
+        n_identity: int | None = None,
+        contour: bool = True,
     ) -> None:
         from jr2net.face.renderer import FaceRenderer
 
@@ -292,13 +372,8 @@ class RecNetLoss:
             sub = model.subset(["face"])
         self.render_model = sub
         self.renderer: FaceRenderer = FaceRenderer(sub)
-
-    def landmarks2d(self, coeffs: FaceCoefficients, K: Tensor) -> tuple[Tensor, Tensor]:
-        """Projected 68 model landmarks ``[B,68,2]`` and the face-region vertices ``[B,V,3]``."""
-        m = self.render_model.to(coeffs.device)
-        verts = m.shape(coeffs.identity, coeffs.expression)
-        lm = model_to_camera(m.landmarks(verts), coeffs.angles, coeffs.translation)
-        return project(lm, K), verts
+        n_id = model.n_identity if n_identity is None else n_identity
+        self.landmarks = ModelLandmarks(model, n_id, contour=contour)
 
     def __call__(
         self,
@@ -315,46 +390,48 @@ class RecNetLoss:
         K: Tensor = batch["K"].to(image)
         size = float(image.shape[-1])
         terms: dict[str, Tensor] = {}
-        render = None
-        if photometric or identity:
-            render = self.renderer.render(coeffs, K, tuple(image.shape[-2:]))
-            lm2d = render.landmarks2d
-            verts = self.renderer.geometry(coeffs)[0] if _any_gt(batch) else None
-        else:
-            lm2d, verts = self.landmarks2d(coeffs, K)
         if w.landmark > 0:
+            lm2d = self.landmarks.project(coeffs, K)
             terms["landmark"] = w.landmark * landmark_loss(
                 lm2d, batch["landmarks"].to(lm2d), size, batch.get("landmark_weight")
             )
-        if render is not None:
-            mask = render.face_mask * batch["mask"].to(image)
-            if photometric and w.photometric > 0:
+        photometric = photometric and w.photometric > 0
+        identity = identity and w.identity > 0
+        render = None
+        if photometric or identity:
+            render = self.renderer.render(coeffs, K, (image.shape[-2], image.shape[-1]))
+            if photometric:
+                mask = render.face_mask * batch["mask"].to(image)
                 terms["photometric"] = w.photometric * photometric_loss(render.image, image, mask)
-            if identity and w.identity > 0:
+            if identity:
                 if self.face_id is None:
                     raise ValueError("the identity term needs a face_id network")
                 comp = composite(render.image, image, render.face_mask)
                 terms["identity"] = w.identity * identity_loss(
                     self.face_id, comp, image, batch["landmarks"].to(image)
                 )
-        if w.regularization > 0:
-            terms["regularization"] = w.regularization * coefficient_regularization(
+        if w.regularization > 0 or w.light_mono > 0:
+            r = w.regularization
+            terms["regularization"] = coefficient_regularization(
                 coeffs,
-                identity=w.reg_identity,
-                expression=w.reg_expression,
-                expression_l1=w.reg_expression_l1,
-                albedo=w.reg_albedo,
-                light_mono=w.reg_light_mono,
+                identity=r * w.reg_identity,
+                expression=r * w.reg_expression,
+                expression_l1=r * w.reg_expression_l1,
+                albedo=r * w.reg_albedo,
+                light_mono=w.light_mono,
             )
-        if _any_gt(batch):
-            has_gt = batch["has_gt"].to(image.device)
-            gt = _gt_coeffs(batch["coeffs"], image.device)
+        if _any_gt(batch) and (w.coefficients > 0 or w.vertices > 0):
+            idx = torch.nonzero(torch.as_tensor(batch["has_gt"]).to(torch.bool)).squeeze(1)
+            pred = coeffs.select(idx.to(coeffs.device))
+            gt = _gt_coeffs(batch["coeffs"], image.device).select(idx.to(image.device))
+            share = idx.numel() / coeffs.batch_size  # a batch mean like the other terms
             if w.coefficients > 0:
-                terms["coefficients"] = w.coefficients * coefficient_loss(coeffs, gt, has_gt)
+                terms["coefficients"] = w.coefficients * share * coefficient_loss(pred, gt)
             if w.vertices > 0:
                 m = self.render_model.to(image.device)
-                gt_verts = m.shape(gt.identity, gt.expression)
-                terms["vertices"] = w.vertices * vertex_loss(verts, gt_verts, has_gt)
+                pv = m.shape(pred.identity, pred.expression)
+                gv = m.shape(gt.identity[:, : m.n_identity], gt.expression)
+                terms["vertices"] = w.vertices * share * vertex_loss(pv, gv)
         if not terms:
             raise ValueError("every RecNet loss term is switched off")
         total = torch.stack(list(terms.values())).sum()
