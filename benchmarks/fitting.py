@@ -53,12 +53,18 @@ ALT_KWARGS = {"final_landmark_weight": 0.0}
 def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple[dict, list[dict]]:
     from jr2net.errors import NoFaceError
     from jr2net.eval.geometry import reconstruction_errors
-    from jr2net.face.camera import default_intrinsics, model_to_camera, project
-    from jr2net.face.fitting import LandmarkParams, SourceFitter, euler_to_matrix
+    from jr2net.face.camera import default_intrinsics, project
+    from jr2net.face.fitting import SourceFitter
     from jr2net.face.landmarks import FaceDetection, detect_largest_face
     from jr2net.face.model import FaceModel
     from jr2net.face.renderer import FaceRenderer
-    from jr2net.face.synthetic import backgrounds, random_coeffs, render_composite, render_model
+    from jr2net.face.synthetic import (
+        backgrounds,
+        random_coeffs,
+        render_composite,
+        render_model,
+        true_landmarks,
+    )
     from jr2net.paths import shared_path
 
     model = FaceModel.from_npz(shared_path("assets", "ict_face_model.npz"))
@@ -84,18 +90,8 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         if i < 6:
             Image.fromarray(image).save(RESULTS_DIR / f"fit_synthetic_{i}.png")
         gt_verts = model.shape(c.identity, c.expression)[0].numpy()
-        gt_p = LandmarkParams(
-            euler_to_matrix(c.angles[0].double().numpy()),
-            c.translation[0].double().numpy(),
-            np.zeros(solver.n_identity),
-            c.expression[0].double().numpy(),
-        )
         # Ground-truth 2D landmarks: the true shape's landmark rows, jaw on the true silhouette.
-        gt_p.alpha = c.identity[0, : solver.n_identity].double().numpy()
-        sel = solver.select_contour(gt_p, Kn)
-        vid = solver.rows[sel]
-        X = torch.as_tensor(gt_verts[vid][None])
-        gt_lm = project(model_to_camera(X, c.angles, c.translation), K)[0].double().numpy()
+        gt_lm = true_landmarks(solver, model, c, K)
         iod = float(np.linalg.norm(gt_lm[36] - gt_lm[45]))
         row = {"i": i, "yaw_deg": math.degrees(float(c.angles[0, 1]))}
         try:

@@ -344,3 +344,22 @@ def project_albedo(model: FaceModel, texture: np.ndarray, ridge: float = 1e-3) -
     r = (np.asarray(texture)[face] - model.albedo.mean.cpu().numpy()[face]).reshape(-1)
     A = B @ B.T + ridge * np.eye(len(B)) * np.trace(B @ B.T) / len(B)
     return np.linalg.solve(A, B @ r).astype(np.float32)
+
+
+def true_landmarks(solver, model: FaceModel, c: FaceCoefficients, K: torch.Tensor) -> np.ndarray:
+    """The 68 ground-truth 2D landmarks ``[68,2]`` of coefficients ``c`` (batch 1) under ``K``:
+    the landmark vertices projected, the jaw (0-16) on the silhouette as the fitter's
+    ``LandmarkSolver.select_contour`` picks it (where a 2D annotator or dlib puts it)."""
+    from jr2net.face.camera import model_to_camera, project
+    from jr2net.face.fitting import LandmarkParams, euler_to_matrix
+
+    gt_verts = model.shape(c.identity, c.expression)[0].numpy()
+    p = LandmarkParams(
+        euler_to_matrix(c.angles[0].double().numpy()),
+        c.translation[0].double().numpy(),
+        c.identity[0, : solver.n_identity].double().numpy(),
+        c.expression[0].double().numpy(),
+    )
+    vid = solver.rows[solver.select_contour(p, K[0].double().numpy())]
+    X = torch.as_tensor(gt_verts[vid][None])
+    return project(model_to_camera(X, c.angles, c.translation), K)[0].double().numpy()

@@ -1,0 +1,1 @@
+"""Datasets of the training cascade: the sample contract, sources, the prepare cache, pairs."""
