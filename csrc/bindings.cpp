@@ -1,26 +1,13 @@
 // The single pybind11 module, jr2net._C: registers every op's tensor-level entry points.
 // This is the only translation unit that includes <torch/extension.h> (it is slow to compile);
-// each op's tensor API lives in csrc/<op>.h with light ATen includes.
+// each op's tensor API lives in csrc/<op>_dispatch.h with light ATen includes.
 #include <torch/extension.h>
 
-// --- rasterize + interpolate ---------------------------------------------------------------
-#if __has_include("rasterize.h")
-#include "rasterize.h"
-#define JR2_HAVE_RASTERIZE 1
-#endif
-#if __has_include("interpolate.h")
-#include "interpolate.h"
-#define JR2_HAVE_INTERPOLATE 1
-#endif
-// --- sh_shading + warps --------------------------------------------------------------------
-#if __has_include("sh_shading.h")
-#include "sh_shading.h"
-#define JR2_HAVE_SH_SHADING 1
-#endif
-#if __has_include("warp.h")
-#include "warp.h"
-#define JR2_HAVE_WARP 1
-#endif
+// Every op's dispatcher; a missing one is a build error, never a module without that op.
+#include "interpolate_dispatch.h"
+#include "rasterize_dispatch.h"
+#include "sh_shading_dispatch.h"
+#include "warp_dispatch.h"
 
 // The kernels only touch tensors, so they run without the GIL: server threads (and any Python
 // thread) keep working while a kernel runs.
@@ -34,7 +21,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("with_cuda") = false;
 #endif
   // --- rasterize + interpolate -------------------------------------------------------------
-#ifdef JR2_HAVE_RASTERIZE
   m.attr("rasterize_default_near_z") = jr2net::kDefaultNearZ;
   m.def("rasterize_fwd", &jr2net::rasterize_fwd, kNoGil,
         "rasterize forward -> rast [B,H,W,4] = (u, v, z, face_id+1)", py::arg("verts_cam"),
@@ -44,25 +30,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "rasterize backward -> grad_verts [B,V,3] from grad of rast channels u, v, z",
         py::arg("grad_rast"), py::arg("verts_cam"), py::arg("faces"), py::arg("K"),
         py::arg("rast"));
-#endif
-#ifdef JR2_HAVE_INTERPOLATE
   m.def("interpolate_fwd", &jr2net::interpolate_fwd, kNoGil,
         "interpolate forward -> [B,H,W,C]; attr is [B,V,C] or [1,V,C]", py::arg("attr"),
         py::arg("rast"), py::arg("faces"));
   m.def("interpolate_bwd", &jr2net::interpolate_bwd, kNoGil,
         "interpolate backward -> (grad_attr, grad_rast)", py::arg("grad_out"), py::arg("attr"),
         py::arg("rast"), py::arg("faces"));
-#endif
   // --- sh_shading + warps ------------------------------------------------------------------
-#ifdef JR2_HAVE_SH_SHADING
   m.def("sh_shading_fwd", &jr2net::sh_shading_fwd, kNoGil, "sh_shading forward -> (image, irradiance)",
         py::arg("normals"), py::arg("albedo"), py::arg("sh"), py::arg("mask"));
   m.def("sh_shading_bwd", &jr2net::sh_shading_bwd, kNoGil,
         "sh_shading backward -> (grad_normals, grad_albedo, grad_sh, grad_mask), None where not needed",
         py::arg("grad_image"), py::arg("grad_irradiance"), py::arg("normals"), py::arg("albedo"),
         py::arg("sh"), py::arg("mask"), py::arg("needs"));
-#endif
-#ifdef JR2_HAVE_WARP
   m.def("depth_warp_fwd", &jr2net::depth_warp_fwd, kNoGil, "depth_warp forward -> (warped, covisible)",
         py::arg("src"), py::arg("dst_depth"), py::arg("K_src"), py::arg("K_dst"),
         py::arg("src_T_dst"), py::arg("src_depth"), py::arg("rel_eps"));
@@ -80,5 +60,4 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("grad_warped"), py::arg("src"), py::arg("points_src"), py::arg("valid"),
         py::arg("K_src"), py::arg("src_depth"), py::arg("rel_eps"), py::arg("need_src"),
         py::arg("need_points"));
-#endif
 }

@@ -1,5 +1,6 @@
-// Tensor-level interpolate API: backend entry points plus the validating dispatcher that
-// jr2net._C exposes. Light ATen headers only (this file is included by bindings.cpp).
+// Tensor-level API of interpolate: CPU/CUDA backend declarations, the dispatchers
+// csrc/bindings.cpp exposes (inputs validated by csrc/checks.h) and the kernel-parameter
+// builders shared by the CPU and CUDA glue. Maths: csrc/ops/interpolate.h. Light ATen headers.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -8,8 +9,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "checks.h"
 #include "ops/interpolate.h"
-#include "rasterize.h"
 
 namespace jr2net {
 
@@ -26,28 +27,10 @@ std::vector<at::Tensor> interpolate_bwd_cuda(const at::Tensor& grad_out, const a
                                              const at::Tensor& rast, const at::Tensor& faces);
 #endif
 
-namespace raster_detail {
-
-inline void check_interpolate_inputs(const at::Tensor& attr, const at::Tensor& rast,
-                                     const at::Tensor& faces) {
-  check_float_tensor(attr, "attr");
-  TORCH_CHECK_VALUE(attr.dim() == 3, "attr must have shape [B,V,C] or [1,V,C], got ",
-                    attr.sizes());
-  TORCH_CHECK_VALUE(attr.size(2) > 0, "attr must have at least one channel");
-  check_rast(rast, attr, "rast");
-  TORCH_CHECK_VALUE(rast.is_contiguous(), "rast must be contiguous");
-  TORCH_CHECK_VALUE(attr.size(0) == 1 || attr.size(0) == rast.size(0),
-                    "attr batch size must be 1 or match rast (", rast.size(0), "), got ",
-                    attr.size(0));
-  check_faces(faces, attr.size(1), attr.device());
-}
-
-}  // namespace raster_detail
-
 // Validates and dispatches interpolate's forward pass.
 inline at::Tensor interpolate_fwd(const at::Tensor& attr, const at::Tensor& rast,
                                   const at::Tensor& faces) {
-  raster_detail::check_interpolate_inputs(attr, rast, faces);
+  checks::interpolate_inputs(attr, rast, faces);
   if (attr.is_cuda()) {
 #ifdef WITH_CUDA
     return interpolate_fwd_cuda(attr, rast, faces);
@@ -62,14 +45,7 @@ inline at::Tensor interpolate_fwd(const at::Tensor& attr, const at::Tensor& rast
 // Validates and dispatches interpolate's backward pass.
 inline std::vector<at::Tensor> interpolate_bwd(const at::Tensor& grad_out, const at::Tensor& attr,
                                                const at::Tensor& rast, const at::Tensor& faces) {
-  raster_detail::check_interpolate_inputs(attr, rast, faces);
-  raster_detail::check_float_tensor(grad_out, "grad_out");
-  TORCH_CHECK_VALUE(grad_out.dim() == 4 && grad_out.size(0) == rast.size(0) &&
-                        grad_out.size(1) == rast.size(1) && grad_out.size(2) == rast.size(2) &&
-                        grad_out.size(3) == attr.size(2),
-                    "grad_out must have shape [B,H,W,C], got ", grad_out.sizes());
-  TORCH_CHECK_TYPE(grad_out.scalar_type() == attr.scalar_type(), "grad_out must have dtype ",
-                   attr.scalar_type());
+  checks::interpolate_bwd(grad_out, attr, rast, faces);
   if (attr.is_cuda()) {
 #ifdef WITH_CUDA
     return interpolate_bwd_cuda(grad_out, attr, rast, faces);

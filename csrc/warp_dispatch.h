@@ -1,14 +1,15 @@
-// Tensor-level API of depth_warp and correspondence_warp: CPU/CUDA declarations plus the
-// validating dispatchers that csrc/bindings.cpp exposes. Semantics in csrc/ops/warp.h.
+// Tensor-level API of depth_warp / correspondence_warp: CPU/CUDA backend declarations, the
+// dispatchers csrc/bindings.cpp exposes (inputs validated by csrc/checks.h) and the kernel-parameter
+// builders shared by the CPU and CUDA glue. Maths: csrc/ops/warp.h. Light ATen headers.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
-#include <cmath>
 #include <optional>
 #include <tuple>
 
+#include "checks.h"
 #include "ops/warp.h"
 
 namespace jr2net {
@@ -35,54 +36,13 @@ std::tuple<at::Tensor, at::Tensor> warp_bwd_cuda(const WarpInputs& in,
                                                  bool need_geometry);
 #endif
 
-namespace warp_detail {
-
-inline void check(const char* op, const at::Tensor& t, const char* name, const at::Tensor& like,
-                  std::initializer_list<int64_t> sizes) {
-  TORCH_CHECK_TYPE(t.defined(), op, ": ", name, " is undefined");
-  TORCH_CHECK_TYPE(t.scalar_type() == like.scalar_type(), op, ": ", name, " must have dtype ",
-                   like.scalar_type(), " (like src), got ", t.scalar_type());
-  TORCH_CHECK_VALUE(t.device() == like.device(), op, ": ", name, " must be on ", like.device(),
-                    " (like src), got ", t.device());
-  TORCH_CHECK_VALUE(t.dim() == static_cast<int64_t>(sizes.size()), op, ": ", name, " must have ",
-                    sizes.size(), " dims, got shape ", t.sizes());
-  int64_t d = 0;
-  for (int64_t s : sizes) {
-    TORCH_CHECK_VALUE(s < 0 || t.size(d) == s, op, ": ", name, " has shape ", t.sizes(),
-                      ", expected size ", s, " in dim ", d);
-    ++d;
-  }
-  TORCH_CHECK_VALUE(t.is_contiguous(), op, ": ", name, " must be contiguous");
+// Validates the inputs (checks.h) of either warp.
+inline void warp_validate(const WarpInputs& in) {
+  checks::warp_inputs(in.depth, in.src, in.K_src, in.src_depth, in.dst_depth, in.K_dst,
+                      in.src_T_dst, in.points, in.valid, in.rel_eps);
 }
 
-inline void validate(const WarpInputs& in) {
-  const char* op = in.depth ? "depth_warp" : "correspondence_warp";
-  const at::Tensor& src = in.src;
-  TORCH_CHECK_TYPE(src.scalar_type() == at::kFloat || src.scalar_type() == at::kDouble, op,
-                   ": src must be float32 or float64, got ", src.scalar_type());
-  TORCH_CHECK_VALUE(src.dim() == 4, op, ": src must have shape [B,C,Hs,Ws], got ", src.sizes());
-  const int64_t B = src.size(0), C = src.size(1), Hs = src.size(2), Ws = src.size(3);
-  TORCH_CHECK_VALUE(Hs > 0 && Ws > 0, op, ": src must have a non-empty image, got ", src.sizes());
-  check(op, src, "src", src, {B, C, Hs, Ws});
-  check(op, in.K_src, "K_src", src, {B, 3, 3});
-  if (in.src_depth) check(op, *in.src_depth, "src_depth", src, {B, 1, Hs, Ws});
-  if (in.depth) {
-    TORCH_CHECK_VALUE(in.dst_depth.dim() == 4, op, ": dst_depth must have shape [B,1,Ht,Wt], got ",
-                      in.dst_depth.sizes());
-    check(op, in.dst_depth, "dst_depth", src, {B, 1, -1, -1});
-    check(op, in.K_dst, "K_dst", src, {B, 3, 3});
-    check(op, in.src_T_dst, "src_T_dst", src, {B, 4, 4});
-  } else {
-    TORCH_CHECK_VALUE(in.points.dim() == 4, op, ": points_src must have shape [B,Ht,Wt,3], got ",
-                      in.points.sizes());
-    check(op, in.points, "points_src", src, {B, -1, -1, 3});
-    check(op, in.valid, "valid", src, {B, 1, in.points.size(1), in.points.size(2)});
-  }
-  TORCH_CHECK_VALUE(std::isfinite(in.rel_eps) && in.rel_eps >= 0, op,
-                    ": rel_eps must be finite and >= 0, got ", in.rel_eps);
-}
-
-inline bool on_cuda(const WarpInputs& in) {
+inline bool warp_on_cuda(const WarpInputs& in) {
   if (!in.src.is_cuda()) {
     TORCH_CHECK_VALUE(in.src.is_cpu(), "warp: unsupported device ", in.src.device());
     return false;
@@ -94,40 +54,35 @@ inline bool on_cuda(const WarpInputs& in) {
   return true;
 }
 
-inline std::tuple<at::Tensor, at::Tensor> forward(const WarpInputs& in) {
-  validate(in);
+inline std::tuple<at::Tensor, at::Tensor> warp_forward(const WarpInputs& in) {
+  warp_validate(in);
 #ifdef WITH_CUDA
-  if (on_cuda(in)) return warp_fwd_cuda(in);
+  if (warp_on_cuda(in)) return warp_fwd_cuda(in);
 #else
-  on_cuda(in);
+  warp_on_cuda(in);
 #endif
   return warp_fwd_cpu(in);
 }
 
-inline std::tuple<at::Tensor, at::Tensor> backward(const WarpInputs& in,
-                                                   const at::Tensor& grad_warped, bool need_src,
-                                                   bool need_geometry) {
-  validate(in);
-  const at::Tensor& s = in.src;
+inline std::tuple<at::Tensor, at::Tensor> warp_backward(const WarpInputs& in,
+                                                        const at::Tensor& grad_warped,
+                                                        bool need_src, bool need_geometry) {
+  warp_validate(in);
   const int64_t Ht = in.depth ? in.dst_depth.size(2) : in.points.size(1);
   const int64_t Wt = in.depth ? in.dst_depth.size(3) : in.points.size(2);
-  check(in.depth ? "depth_warp" : "correspondence_warp", grad_warped, "grad_warped", s,
-        {s.size(0), s.size(1), Ht, Wt});
+  checks::warp_grad(in.depth, grad_warped, in.src, Ht, Wt);
 #ifdef WITH_CUDA
-  if (on_cuda(in)) return warp_bwd_cuda(in, grad_warped, need_src, need_geometry);
+  if (warp_on_cuda(in)) return warp_bwd_cuda(in, grad_warped, need_src, need_geometry);
 #else
-  on_cuda(in);
+  warp_on_cuda(in);
 #endif
   return warp_bwd_cpu(in, grad_warped, need_src, need_geometry);
 }
 
-}  // namespace warp_detail
-
-namespace warp_detail {
-inline WarpInputs depth_inputs(const at::Tensor& src, const at::Tensor& dst_depth,
-                               const at::Tensor& K_src, const at::Tensor& K_dst,
-                               const at::Tensor& src_T_dst,
-                               const std::optional<at::Tensor>& src_depth, double rel_eps) {
+inline WarpInputs depth_warp_inputs(const at::Tensor& src, const at::Tensor& dst_depth,
+                                    const at::Tensor& K_src, const at::Tensor& K_dst,
+                                    const at::Tensor& src_T_dst,
+                                    const std::optional<at::Tensor>& src_depth, double rel_eps) {
   WarpInputs in;
   in.src = src;
   in.dst_depth = dst_depth;
@@ -140,10 +95,11 @@ inline WarpInputs depth_inputs(const at::Tensor& src, const at::Tensor& dst_dept
   return in;
 }
 
-inline WarpInputs correspondence_inputs(const at::Tensor& src, const at::Tensor& points_src,
-                                        const at::Tensor& valid, const at::Tensor& K_src,
-                                        const std::optional<at::Tensor>& src_depth,
-                                        double rel_eps) {
+inline WarpInputs correspondence_warp_inputs(const at::Tensor& src,
+                                             const at::Tensor& points_src,
+                                             const at::Tensor& valid, const at::Tensor& K_src,
+                                             const std::optional<at::Tensor>& src_depth,
+                                             double rel_eps) {
   WarpInputs in;
   in.src = src;
   in.points = points_src;
@@ -154,7 +110,6 @@ inline WarpInputs correspondence_inputs(const at::Tensor& src, const at::Tensor&
   in.depth = false;
   return in;
 }
-}  // namespace warp_detail
 
 // depth_warp (seed Eq. 2): warp src into the target view given the target depth. -> (warped, covisible)
 inline std::tuple<at::Tensor, at::Tensor> depth_warp_fwd(const at::Tensor& src,
@@ -164,8 +119,8 @@ inline std::tuple<at::Tensor, at::Tensor> depth_warp_fwd(const at::Tensor& src,
                                                          const at::Tensor& src_T_dst,
                                                          const std::optional<at::Tensor>& src_depth,
                                                          double rel_eps) {
-  return warp_detail::forward(
-      warp_detail::depth_inputs(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps));
+  return warp_forward(
+      depth_warp_inputs(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps));
 }
 
 // -> (grad_src, grad_dst_depth), undefined where not requested.
@@ -173,8 +128,8 @@ inline std::tuple<at::Tensor, at::Tensor> depth_warp_bwd(
     const at::Tensor& grad_warped, const at::Tensor& src, const at::Tensor& dst_depth,
     const at::Tensor& K_src, const at::Tensor& K_dst, const at::Tensor& src_T_dst,
     const std::optional<at::Tensor>& src_depth, double rel_eps, bool need_src, bool need_depth) {
-  return warp_detail::backward(
-      warp_detail::depth_inputs(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps),
+  return warp_backward(
+      depth_warp_inputs(src, dst_depth, K_src, K_dst, src_T_dst, src_depth, rel_eps),
       grad_warped, need_src, need_depth);
 }
 
@@ -182,8 +137,8 @@ inline std::tuple<at::Tensor, at::Tensor> depth_warp_bwd(
 inline std::tuple<at::Tensor, at::Tensor> correspondence_warp_fwd(
     const at::Tensor& src, const at::Tensor& points_src, const at::Tensor& valid,
     const at::Tensor& K_src, const std::optional<at::Tensor>& src_depth, double rel_eps) {
-  return warp_detail::forward(
-      warp_detail::correspondence_inputs(src, points_src, valid, K_src, src_depth, rel_eps));
+  return warp_forward(
+      correspondence_warp_inputs(src, points_src, valid, K_src, src_depth, rel_eps));
 }
 
 // -> (grad_src, grad_points_src), undefined where not requested.
@@ -191,16 +146,16 @@ inline std::tuple<at::Tensor, at::Tensor> correspondence_warp_bwd(
     const at::Tensor& grad_warped, const at::Tensor& src, const at::Tensor& points_src,
     const at::Tensor& valid, const at::Tensor& K_src, const std::optional<at::Tensor>& src_depth,
     double rel_eps, bool need_src, bool need_points) {
-  return warp_detail::backward(
-      warp_detail::correspondence_inputs(src, points_src, valid, K_src, src_depth, rel_eps),
+  return warp_backward(
+      correspondence_warp_inputs(src, points_src, valid, K_src, src_depth, rel_eps),
       grad_warped, need_src, need_points);
 }
 
 // Kernel parameters from (validated) inputs, shared by the CPU and CUDA glue; the caller sets the
 // output / gradient pointers.
 template <typename T>
-WarpParams<T> warp_params(const WarpInputs& in) {
-  WarpParams<T> P;
+warp::WarpParams<T> warp_params(const WarpInputs& in) {
+  warp::WarpParams<T> P;
   P.src = in.src.data_ptr<T>();
   P.src_depth = in.src_depth ? in.src_depth->data_ptr<T>() : nullptr;
   P.K_src = in.K_src.data_ptr<T>();

@@ -12,14 +12,14 @@
 #include <atomic>
 #include <vector>
 
-#include "interpolate.h"
+#include "interpolate_dispatch.h"
 #include "ops/interpolate.h"
 
-namespace jr2net {
+namespace jr2net::interp {
 namespace {
 
 template <typename scalar_t>
-void interpolate_fwd_impl(const interp::InterpParams<scalar_t>& p, std::atomic<int>& bad) {
+void interpolate_fwd_impl(const InterpParams<scalar_t>& p, std::atomic<int>& bad) {
   const int64_t V = p.V, H = p.H, W = p.W, C = p.C;
   at::parallel_for(0, int64_t(p.B) * H, 16, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
@@ -29,22 +29,22 @@ void interpolate_fwd_impl(const interp::InterpParams<scalar_t>& p, std::atomic<i
         const int64_t pix = row * W + j;
         const scalar_t* r = p.rast + pix * 4;
         scalar_t* out = p.out + pix * C;
-        const int f = interp::face_index(r[3], p.F);
+        const int f = face_index(r[3], p.F);
         if (f < 0) {
           if (f == -2) bad.store(1, std::memory_order_relaxed);
           std::fill(out, out + C, scalar_t(0));
           continue;
         }
         const int32_t* fv = p.faces + int64_t(f) * 3;
-        interp::interp_pixel(ab + fv[0] * C, ab + fv[1] * C, ab + fv[2] * C, r[0], r[1],
-                             static_cast<int>(C), out);
+        interp_pixel(ab + fv[0] * C, ab + fv[1] * C, ab + fv[2] * C, r[0], r[1],
+                     static_cast<int>(C), out);
       }
     }
   });
 }
 
 template <typename scalar_t>
-void interpolate_bwd_impl(const interp::InterpParams<scalar_t>& p, std::atomic<int>& bad) {
+void interpolate_bwd_impl(const InterpParams<scalar_t>& p, std::atomic<int>& bad) {
   const int64_t V = p.V, H = p.H, W = p.W, C = p.C;
   const int64_t rows = int64_t(p.B) * H;
   const int64_t nchunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows / 8));
@@ -65,15 +65,15 @@ void interpolate_bwd_impl(const interp::InterpParams<scalar_t>& p, std::atomic<i
           const scalar_t* go = p.grad_out + pix * C;
           scalar_t* gr = p.grad_rast + pix * 4;
           gr[0] = gr[1] = gr[2] = gr[3] = scalar_t(0);
-          const int f = interp::face_index(r[3], p.F);
+          const int f = face_index(r[3], p.F);
           if (f < 0) {
             if (f == -2) bad.store(1, std::memory_order_relaxed);
             continue;
           }
           const int32_t* fv = p.faces + int64_t(f) * 3;
           const scalar_t u = r[0], v = r[1], w = scalar_t(1) - u - v;
-          interp::interp_pixel_grad_uv(ab + fv[0] * C, ab + fv[1] * C, ab + fv[2] * C, go,
-                                       static_cast<int>(C), gr[0], gr[1]);
+          interp_pixel_grad_uv(ab + fv[0] * C, ab + fv[1] * C, ab + fv[2] * C, go,
+                               static_cast<int>(C), gr[0], gr[1]);
           scalar_t* g0 = gb + fv[0] * C;
           scalar_t* g1 = gb + fv[1] * C;
           scalar_t* g2 = gb + fv[2] * C;
@@ -102,6 +102,9 @@ void raise_if_bad(const std::atomic<int>& bad, int64_t F) {
 }
 
 }  // namespace
+}  // namespace jr2net::interp
+
+namespace jr2net {
 
 at::Tensor interpolate_fwd_cpu(const at::Tensor& attr, const at::Tensor& rast,
                                const at::Tensor& faces) {
@@ -111,9 +114,9 @@ at::Tensor interpolate_fwd_cpu(const at::Tensor& attr, const at::Tensor& rast,
   AT_DISPATCH_FLOATING_TYPES(attr.scalar_type(), "interpolate_fwd_cpu", [&] {
     auto p = interpolate_params<scalar_t>(attr, rast, faces);
     p.out = out.data_ptr<scalar_t>();
-    interpolate_fwd_impl(p, bad);
+    interp::interpolate_fwd_impl(p, bad);
   });
-  raise_if_bad(bad, faces.size(0));
+  interp::raise_if_bad(bad, faces.size(0));
   return out;
 }
 
@@ -127,9 +130,9 @@ std::vector<at::Tensor> interpolate_bwd_cpu(const at::Tensor& grad_out, const at
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.grad_attr = grad_attr.data_ptr<scalar_t>();
     p.grad_rast = grad_rast.data_ptr<scalar_t>();
-    interpolate_bwd_impl(p, bad);
+    interp::interpolate_bwd_impl(p, bad);
   });
-  raise_if_bad(bad, faces.size(0));
+  interp::raise_if_bad(bad, faces.size(0));
   return {grad_attr, grad_rast};
 }
 

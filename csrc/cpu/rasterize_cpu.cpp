@@ -11,12 +11,10 @@
 #include <vector>
 
 #include "ops/rasterize.h"
-#include "rasterize.h"
+#include "rasterize_dispatch.h"
 
-namespace jr2net {
+namespace jr2net::raster {
 namespace {
-
-using raster::kEmptyKey;
 
 inline void atomic_min_u64(unsigned long long* addr, unsigned long long v) {
   unsigned long long cur = __atomic_load_n(addr, __ATOMIC_RELAXED);
@@ -26,7 +24,7 @@ inline void atomic_min_u64(unsigned long long* addr, unsigned long long v) {
 }
 
 template <typename scalar_t>
-void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
+void rasterize_fwd_impl(const RasterFwdParams<scalar_t, double>& p) {
   const int64_t B = p.B, V = p.V, F = p.F, H = p.H, W = p.W;
   const int64_t HW = H * W;
 
@@ -36,8 +34,8 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
   at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
     for (int64_t c = cbegin; c < cend; ++c) {
       for (int64_t k = B * V * c / nchunks; k < B * V * (c + 1) / nchunks; ++k) {
-        raster::project_vertex<double>(p.verts + k * 3, p.K + (k / V) * 9, p.near_z,
-                                       p.proj + k * 3);
+        project_vertex<double>(p.verts + k * 3, p.K + (k / V) * 9, p.near_z,
+                               p.proj + k * 3);
       }
       std::fill(p.zbuf + B * HW * c / nchunks, p.zbuf + B * HW * (c + 1) / nchunks, kEmptyKey);
     }
@@ -49,19 +47,19 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
       const int f = static_cast<int>(t - b * F);
       const int32_t* fv = p.faces + int64_t(f) * 3;
       const double* pb = p.proj + b * V * 3;
-      raster::TriSetup<double> ts;
-      if (!raster::setup_triangle(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
-                                  pb + int64_t(fv[2]) * 3, p.H, p.W, p.cull_backfaces, ts)) {
+      TriSetup<double> ts;
+      if (!setup_triangle(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
+                          pb + int64_t(fv[2]) * 3, p.H, p.W, p.cull_backfaces, ts)) {
         continue;
       }
       unsigned long long* zb = p.zbuf + b * HW;
       for (int i = ts.i0; i <= ts.i1; ++i) {
-        const raster::RowTerms<double> rt = raster::row_terms(ts, static_cast<double>(i));
+        const RowTerms<double> rt = row_terms(ts, static_cast<double>(i));
         unsigned long long* zrow = zb + int64_t(i) * W;
         int ja, jb;
-        if (!raster::row_span(ts, rt, ja, jb)) continue;
+        if (!row_span(ts, rt, ja, jb)) continue;
         for (int j = ja; j <= jb; ++j) {
-          const unsigned long long key = raster::pixel_key(ts, rt, static_cast<double>(j), f);
+          const unsigned long long key = pixel_key(ts, rt, static_cast<double>(j), f);
           if (key != kEmptyKey) atomic_min_u64(zrow + j, key);
         }
       }
@@ -84,8 +82,8 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
         const int f = static_cast<int>(key & 0xffffffffull);
         const int32_t* fv = p.faces + int64_t(f) * 3;
         double u, v, z;
-        raster::resolve_uvz_proj(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
-                                 pb + int64_t(fv[2]) * 3, static_cast<double>(j), py, u, v, z);
+        resolve_uvz_proj(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
+                         pb + int64_t(fv[2]) * 3, static_cast<double>(j), py, u, v, z);
         out[0] = static_cast<scalar_t>(u);
         out[1] = static_cast<scalar_t>(v);
         out[2] = static_cast<scalar_t>(z);
@@ -96,7 +94,7 @@ void rasterize_fwd_impl(const raster::RasterFwdParams<scalar_t, double>& p) {
 }
 
 template <typename scalar_t>
-void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
+void rasterize_bwd_impl(const RasterBwdParams<scalar_t>& p) {
   const int64_t B = p.B, V = p.V, H = p.H, W = p.W;
   const int64_t rows = B * H;
   // Each chunk scatters into its own double-precision buffer (deterministic, no atomics, and
@@ -122,8 +120,8 @@ void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
           const int f = static_cast<int>(r[3]) - 1;
           const int32_t* fv = p.faces + int64_t(f) * 3;
           double gv[3][3] = {{0, 0, 0}, {0, 0, 0}, {0, 0, 0}};
-          raster::pixel_backward(vb, fv, Kb, static_cast<int>(row - b * H), static_cast<int>(j), gr,
-                                 gv);
+          pixel_backward(vb, fv, Kb, static_cast<int>(row - b * H), static_cast<int>(j), gr,
+                         gv);
           for (int k = 0; k < 3; ++k) {
             double* d = gb + int64_t(fv[k]) * 3;
             d[0] += gv[k][0];
@@ -144,6 +142,9 @@ void rasterize_bwd_impl(const raster::RasterBwdParams<scalar_t>& p) {
 }
 
 }  // namespace
+}  // namespace jr2net::raster
+
+namespace jr2net {
 
 at::Tensor rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& K,
                              int64_t H, int64_t W, bool cull_backfaces, double near_z) {
@@ -154,7 +155,7 @@ at::Tensor rasterize_fwd_cpu(const at::Tensor& verts, const at::Tensor& faces, c
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_fwd_cpu", [&] {
     auto p = rasterize_fwd_params<scalar_t>(verts, faces, K, H, W, cull_backfaces, near_z, proj,
                                             zbuf, rast);
-    rasterize_fwd_impl(p);
+    raster::rasterize_fwd_impl(p);
   });
   return rast;
 }
@@ -166,7 +167,7 @@ at::Tensor rasterize_bwd_cpu(const at::Tensor& grad_rast, const at::Tensor& vert
   const at::Tensor r = rast.contiguous();
   AT_DISPATCH_FLOATING_TYPES(verts.scalar_type(), "rasterize_bwd_cpu", [&] {
     auto p = rasterize_bwd_params<scalar_t>(g, verts, faces, K, r, grad_verts);
-    rasterize_bwd_impl(p);
+    raster::rasterize_bwd_impl(p);
   });
   return grad_verts;
 }

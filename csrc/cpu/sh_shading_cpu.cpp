@@ -9,13 +9,11 @@
 #include <cstdlib>
 #include <vector>
 
-#include "sh_shading.h"
+#include "sh_shading_dispatch.h"
 #include "cpu/cpu_features.h"
 
-namespace jr2net {
-
+namespace jr2net::shading {
 namespace {
-
 
 constexpr int64_t kShChunk = 8192;  // pixels per partial sum of dL/dsh
 constexpr int64_t kShGrain = 4;     // chunks per thread at least (small images stay on one)
@@ -225,6 +223,9 @@ void bwd_impl(const ShShadingBackwardParams<T>& P) {
 }
 
 }  // namespace
+}  // namespace jr2net::shading
+
+namespace jr2net {
 
 std::tuple<at::Tensor, at::Tensor> sh_shading_fwd_cpu(const at::Tensor& normals,
                                                       const at::Tensor& albedo,
@@ -234,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor> sh_shading_fwd_cpu(const at::Tensor& normals,
   at::Tensor irr = at::empty_like(albedo);
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_fwd_cpu", [&] {
     auto P = sh_shading_fwd_params<scalar_t>(normals, albedo, sh, mask, image, irr);
-    fwd_impl(P);
+    shading::fwd_impl(P);
   });
   return {image, irr};
 }
@@ -260,7 +261,7 @@ ShGrads sh_shading_bwd_cpu(const std::optional<at::Tensor>& grad_image,
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_bwd_cpu", [&] {
     auto P = sh_shading_bwd_params<scalar_t>(grad_image, grad_irradiance, normals, albedo, sh,
                                              mask, {gn, ga, gs, gm});
-    bwd_impl(P);
+    shading::bwd_impl(P);
   });
   return keep();
 }

@@ -18,13 +18,11 @@
 #include <memory>
 #include <vector>
 
-#include "warp.h"
+#include "warp_dispatch.h"
 #include "cpu/cpu_features.h"
 
-namespace jr2net {
-
+namespace jr2net::warp {
 namespace {
-
 
 constexpr int64_t kBlock = 16384;  // target pixels per work unit of a plane
 // Least work (output values) per thread: smaller problems run on fewer threads, where waking the
@@ -421,6 +419,9 @@ void bwd_dispatch(const WarpParams<T>& P, bool need_src, bool need_geo) {
 }
 
 }  // namespace
+}  // namespace jr2net::warp
+
+namespace jr2net {
 
 std::tuple<at::Tensor, at::Tensor> warp_fwd_cpu(const WarpInputs& in) {
   const at::Tensor& src = in.src;
@@ -429,13 +430,13 @@ std::tuple<at::Tensor, at::Tensor> warp_fwd_cpu(const WarpInputs& in) {
   at::Tensor warped = at::empty({src.size(0), src.size(1), Ht, Wt}, src.options());
   at::Tensor covisible = at::empty({src.size(0), 1, Ht, Wt}, src.options());
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "warp_fwd_cpu", [&] {
-    WarpParams<scalar_t> P = make_params<scalar_t>(in);
+    warp::WarpParams<scalar_t> P = warp::make_params<scalar_t>(in);
     P.warped = warped.data_ptr<scalar_t>();
     P.covisible = covisible.data_ptr<scalar_t>();
     if (in.depth) {
-      fwd_impl<scalar_t, true>(P);
+      warp::fwd_impl<scalar_t, true>(P);
     } else {
-      fwd_impl<scalar_t, false>(P);
+      warp::fwd_impl<scalar_t, false>(P);
     }
   });
   return {warped, covisible};
@@ -450,15 +451,15 @@ std::tuple<at::Tensor, at::Tensor> warp_bwd_cpu(const WarpInputs& in, const at::
     grad_geo = at::empty(geo.sizes(), geo.options());
   }
   AT_DISPATCH_FLOATING_TYPES(in.src.scalar_type(), "warp_bwd_cpu", [&] {
-    WarpParams<scalar_t> P = make_params<scalar_t>(in);
+    warp::WarpParams<scalar_t> P = warp::make_params<scalar_t>(in);
     P.grad_warped = grad_warped.data_ptr<scalar_t>();
     if (need_src) P.grad_src = grad_src.data_ptr<scalar_t>();
     if (need_geometry && in.depth) P.grad_dst_depth = grad_geo.data_ptr<scalar_t>();
     if (need_geometry && !in.depth) P.grad_points = grad_geo.data_ptr<scalar_t>();
     if (in.depth) {
-      bwd_dispatch<scalar_t, true>(P, need_src, need_geometry);
+      warp::bwd_dispatch<scalar_t, true>(P, need_src, need_geometry);
     } else {
-      bwd_dispatch<scalar_t, false>(P, need_src, need_geometry);
+      warp::bwd_dispatch<scalar_t, false>(P, need_src, need_geometry);
     }
   });
   return {grad_src, grad_geo};

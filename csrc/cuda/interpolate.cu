@@ -5,8 +5,7 @@
 
 #include "ops/interpolate.h"
 
-namespace jr2net {
-namespace interp {
+namespace jr2net::interp {
 namespace {
 
 constexpr int kThreads = 256;
@@ -86,5 +85,4 @@ template void launch_interpolate_fwd<double>(const InterpParams<double>&, cudaSt
 template void launch_interpolate_bwd<float>(const InterpParams<float>&, cudaStream_t);
 template void launch_interpolate_bwd<double>(const InterpParams<double>&, cudaStream_t);
 
-}  // namespace interp
-}  // namespace jr2net
+}  // namespace jr2net::interp

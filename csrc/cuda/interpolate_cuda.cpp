@@ -11,7 +11,8 @@
 
 #include <vector>
 
-#include "interpolate.h"
+#include "checks.h"
+#include "interpolate_dispatch.h"
 #include "ops/interpolate.h"
 
 namespace jr2net {
@@ -19,7 +20,7 @@ namespace jr2net {
 at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
                                 const at::Tensor& faces) {
   const c10::cuda::CUDAGuard guard(attr.device());
-  check_faces_range_cuda(faces, attr.size(1));
+  checks::faces_range_cuda(faces, attr.size(1));
   at::Tensor out =
       at::empty({rast.size(0), rast.size(1), rast.size(2), attr.size(2)}, attr.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -35,7 +36,7 @@ at::Tensor interpolate_fwd_cuda(const at::Tensor& attr, const at::Tensor& rast,
 std::vector<at::Tensor> interpolate_bwd_cuda(const at::Tensor& grad_out, const at::Tensor& attr,
                                              const at::Tensor& rast, const at::Tensor& faces) {
   const c10::cuda::CUDAGuard guard(attr.device());
-  check_faces_range_cuda(faces, attr.size(1));
+  checks::faces_range_cuda(faces, attr.size(1));
   at::Tensor grad_attr = at::zeros_like(attr);
   at::Tensor grad_rast = at::empty_like(rast);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

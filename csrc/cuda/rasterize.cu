@@ -6,8 +6,7 @@
 
 #include "ops/rasterize.h"
 
-namespace jr2net {
-namespace raster {
+namespace jr2net::raster {
 namespace {
 
 constexpr int kThreads = 256;
@@ -127,5 +126,4 @@ template void launch_rasterize_fwd<double>(const RasterFwdParams<double, double>
 template void launch_rasterize_bwd<float>(const RasterBwdParams<float>&, cudaStream_t);
 template void launch_rasterize_bwd<double>(const RasterBwdParams<double>&, cudaStream_t);
 
-}  // namespace raster
-}  // namespace jr2net
+}  // namespace jr2net::raster

@@ -9,13 +9,14 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "checks.h"
 #include "ops/rasterize.h"
-#include "rasterize.h"
+#include "rasterize_dispatch.h"
 
-namespace jr2net {
+namespace jr2net::checks {
 
 // Face ids must index existing vertices (one device->host copy of two ints).
-void check_faces_range_cuda(const at::Tensor& faces, int64_t V) {
+void faces_range_cuda(const at::Tensor& faces, int64_t V) {
   if (faces.numel() == 0) return;
   auto [lo, hi] = at::aminmax(faces);
   const at::Tensor range = at::stack({lo, hi}).cpu();
@@ -24,11 +25,15 @@ void check_faces_range_cuda(const at::Tensor& faces, int64_t V) {
                     "), got range [", r[0], ", ", r[1], "]");
 }
 
+}  // namespace jr2net::checks
+
+namespace jr2net {
+
 at::Tensor rasterize_fwd_cuda(const at::Tensor& verts, const at::Tensor& faces, const at::Tensor& K,
                               int64_t H, int64_t W, bool cull_backfaces, double near_z) {
   const c10::cuda::CUDAGuard guard(verts.device());
   const int64_t B = verts.size(0), V = verts.size(1);
-  check_faces_range_cuda(faces, V);
+  checks::faces_range_cuda(faces, V);
   at::Tensor rast = at::empty({B, H, W, 4}, verts.options());
   at::Tensor proj = at::empty({B, V, 3}, verts.options().dtype(at::kDouble));
   at::Tensor zbuf = at::empty({B, H, W}, verts.options().dtype(at::kLong));

@@ -5,7 +5,7 @@
 
 #include "ops/sh_shading.h"
 
-namespace jr2net {
+namespace jr2net::shading {
 namespace {
 
 constexpr int kShThreads = 256;
@@ -53,7 +53,7 @@ __global__ void sh_shading_bwd_kernel(ShShadingBackwardParams<T> P) {
 }  // namespace
 
 template <typename T>
-void sh_shading_fwd_cuda_launch(const ShShadingParams<T>& P, cudaStream_t stream) {
+void launch_sh_shading_fwd(const ShShadingParams<T>& P, cudaStream_t stream) {
   const int64_t n = P.B * P.HW;
   if (n == 0) return;
   const int64_t blocks = (n + kShThreads - 1) / kShThreads;
@@ -61,7 +61,7 @@ void sh_shading_fwd_cuda_launch(const ShShadingParams<T>& P, cudaStream_t stream
 }
 
 template <typename T>
-void sh_shading_bwd_cuda_launch(const ShShadingBackwardParams<T>& P, cudaStream_t stream) {
+void launch_sh_shading_bwd(const ShShadingBackwardParams<T>& P, cudaStream_t stream) {
   if (P.B == 0 || P.HW == 0) return;
   // blockDim must be a multiple of 32 (full warps for the shuffles) and == kShThreads.
   const dim3 grid(static_cast<unsigned>((P.HW + kShThreads - 1) / kShThreads),
@@ -69,10 +69,10 @@ void sh_shading_bwd_cuda_launch(const ShShadingBackwardParams<T>& P, cudaStream_
   sh_shading_bwd_kernel<T><<<grid, kShThreads, 0, stream>>>(P);
 }
 
-template void sh_shading_fwd_cuda_launch<float>(const ShShadingParams<float>&, cudaStream_t);
-template void sh_shading_fwd_cuda_launch<double>(const ShShadingParams<double>&, cudaStream_t);
-template void sh_shading_bwd_cuda_launch<float>(const ShShadingBackwardParams<float>&, cudaStream_t);
-template void sh_shading_bwd_cuda_launch<double>(const ShShadingBackwardParams<double>&,
+template void launch_sh_shading_fwd<float>(const ShShadingParams<float>&, cudaStream_t);
+template void launch_sh_shading_fwd<double>(const ShShadingParams<double>&, cudaStream_t);
+template void launch_sh_shading_bwd<float>(const ShShadingBackwardParams<float>&, cudaStream_t);
+template void launch_sh_shading_bwd<double>(const ShShadingBackwardParams<double>&,
                                                  cudaStream_t);
 
-}  // namespace jr2net
+}  // namespace jr2net::shading

@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "ops/sh_shading.h"
-#include "sh_shading.h"
+#include "sh_shading_dispatch.h"
 
 namespace jr2net {
 
@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor> sh_shading_fwd_cuda(const at::Tensor& normals
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_fwd_cuda", [&] {
     auto P = sh_shading_fwd_params<scalar_t>(normals, albedo, sh, mask, image, irr);
-    sh_shading_fwd_cuda_launch(P, stream);
+    shading::launch_sh_shading_fwd(P, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());
   return {image, irr};
@@ -50,7 +50,7 @@ ShGrads sh_shading_bwd_cuda(const std::optional<at::Tensor>& grad_image,
   AT_DISPATCH_FLOATING_TYPES(normals.scalar_type(), "sh_shading_bwd_cuda", [&] {
     auto P = sh_shading_bwd_params<scalar_t>(grad_image, grad_irradiance, normals, albedo, sh,
                                              mask, {gn, ga, needs[2] ? gs : at::Tensor(), gm});
-    sh_shading_bwd_cuda_launch(P, stream);
+    shading::launch_sh_shading_bwd(P, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());
   return {gn, ga, needs[2] ? gs : at::Tensor(), gm};

@@ -6,7 +6,7 @@
 
 #include "ops/warp.h"
 
-namespace jr2net {
+namespace jr2net::warp {
 namespace {
 
 constexpr int kWarpThreads = 256;
@@ -118,7 +118,7 @@ void bwd_launch(const WarpParams<T>& P, unsigned blocks, cudaStream_t stream) {
 }  // namespace
 
 template <typename T>
-void warp_fwd_cuda_launch(const WarpParams<T>& P, bool depth, cudaStream_t stream) {
+void launch_warp_fwd(const WarpParams<T>& P, bool depth, cudaStream_t stream) {
   const int64_t n = P.B * P.Ht * P.Wt;
   if (n == 0) return;
   if (depth) {
@@ -130,7 +130,7 @@ void warp_fwd_cuda_launch(const WarpParams<T>& P, bool depth, cudaStream_t strea
 
 // grad_src (when set) must be zeroed by the caller; grad_dst_depth / grad_points are written.
 template <typename T>
-void warp_bwd_cuda_launch(const WarpParams<T>& P, bool depth, cudaStream_t stream) {
+void launch_warp_bwd(const WarpParams<T>& P, bool depth, cudaStream_t stream) {
   const int64_t n = P.B * P.Ht * P.Wt;
   if (n == 0) return;
   if (depth) {
@@ -140,9 +140,9 @@ void warp_bwd_cuda_launch(const WarpParams<T>& P, bool depth, cudaStream_t strea
   }
 }
 
-template void warp_fwd_cuda_launch<float>(const WarpParams<float>&, bool, cudaStream_t);
-template void warp_fwd_cuda_launch<double>(const WarpParams<double>&, bool, cudaStream_t);
-template void warp_bwd_cuda_launch<float>(const WarpParams<float>&, bool, cudaStream_t);
-template void warp_bwd_cuda_launch<double>(const WarpParams<double>&, bool, cudaStream_t);
+template void launch_warp_fwd<float>(const WarpParams<float>&, bool, cudaStream_t);
+template void launch_warp_fwd<double>(const WarpParams<double>&, bool, cudaStream_t);
+template void launch_warp_bwd<float>(const WarpParams<float>&, bool, cudaStream_t);
+template void launch_warp_bwd<double>(const WarpParams<double>&, bool, cudaStream_t);
 
-}  // namespace jr2net
+}  // namespace jr2net::warp

@@ -9,7 +9,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "ops/warp.h"
-#include "warp.h"
+#include "warp_dispatch.h"
 
 namespace jr2net {
 
@@ -22,10 +22,10 @@ std::tuple<at::Tensor, at::Tensor> warp_fwd_cuda(const WarpInputs& in) {
   at::Tensor covisible = at::empty({src.size(0), 1, Ht, Wt}, src.options());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "warp_fwd_cuda", [&] {
-    WarpParams<scalar_t> P = warp_params<scalar_t>(in);
+    warp::WarpParams<scalar_t> P = warp_params<scalar_t>(in);
     P.warped = warped.data_ptr<scalar_t>();
     P.covisible = covisible.data_ptr<scalar_t>();
-    warp_fwd_cuda_launch(P, in.depth, stream);
+    warp::launch_warp_fwd(P, in.depth, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());
   return {warped, covisible};
@@ -44,12 +44,12 @@ std::tuple<at::Tensor, at::Tensor> warp_bwd_cuda(const WarpInputs& in,
   if (!need_src && !need_geometry) return {grad_src, grad_geo};
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(in.src.scalar_type(), "warp_bwd_cuda", [&] {
-    WarpParams<scalar_t> P = warp_params<scalar_t>(in);
+    warp::WarpParams<scalar_t> P = warp_params<scalar_t>(in);
     P.grad_warped = grad_warped.data_ptr<scalar_t>();
     if (need_src) P.grad_src = grad_src.data_ptr<scalar_t>();
     if (need_geometry && in.depth) P.grad_dst_depth = grad_geo.data_ptr<scalar_t>();
     if (need_geometry && !in.depth) P.grad_points = grad_geo.data_ptr<scalar_t>();
-    warp_bwd_cuda_launch(P, in.depth, stream);
+    warp::launch_warp_bwd(P, in.depth, stream);
   });
   C10_CUDA_CHECK(cudaGetLastError());
   return {grad_src, grad_geo};

@@ -8,8 +8,7 @@
 
 #include "ops/common.h"
 
-namespace jr2net {
-namespace interp {
+namespace jr2net::interp {
 
 template <typename scalar_t>
 struct InterpParams {
@@ -56,14 +55,12 @@ JR2_HD void interp_pixel_grad_uv(const scalar_t* a0, const scalar_t* a1, const s
   gv = sv;
 }
 
-}  // namespace interp
-}  // namespace jr2net
+}  // namespace jr2net::interp
 
 #if defined(__CUDACC__) || defined(WITH_CUDA)
 #include <cuda_runtime_api.h>
 
-namespace jr2net {
-namespace interp {
+namespace jr2net::interp {
 
 // CUDA launchers (csrc/cuda/interpolate.cu), instantiated for float and double. The backward
 // accumulates into a zeroed grad_attr and writes every element of grad_rast.
@@ -72,6 +69,5 @@ void launch_interpolate_fwd(const InterpParams<scalar_t>& p, cudaStream_t stream
 template <typename scalar_t>
 void launch_interpolate_bwd(const InterpParams<scalar_t>& p, cudaStream_t stream);
 
-}  // namespace interp
-}  // namespace jr2net
+}  // namespace jr2net::interp
 #endif

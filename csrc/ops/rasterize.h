@@ -19,8 +19,7 @@
 
 #include "ops/common.h"
 
-namespace jr2net {
-namespace raster {
+namespace jr2net::raster {
 
 // Key of an empty pixel in the packed (depth bits << 32 | face id) z-buffer.
 constexpr unsigned long long kEmptyKey = ~0ull;
@@ -319,14 +318,12 @@ JR2_HD void pixel_backward(const scalar_t* vb, const int32_t* fv, const scalar_t
                                g[2]);
 }
 
-}  // namespace raster
-}  // namespace jr2net
+}  // namespace jr2net::raster
 
 #if defined(__CUDACC__) || defined(WITH_CUDA)
 #include <cuda_runtime_api.h>
 
-namespace jr2net {
-namespace raster {
+namespace jr2net::raster {
 
 // CUDA launchers (csrc/cuda/rasterize.cu), instantiated for float and double. The caller
 // provides zeroed grad_verts for the backward pass; the forward fills every workspace itself.
@@ -335,6 +332,5 @@ void launch_rasterize_fwd(const RasterFwdParams<scalar_t, double>& p, cudaStream
 template <typename scalar_t>
 void launch_rasterize_bwd(const RasterBwdParams<scalar_t>& p, cudaStream_t stream);
 
-}  // namespace raster
-}  // namespace jr2net
+}  // namespace jr2net::raster
 #endif

@@ -9,7 +9,7 @@
 
 #include "ops/common.h"
 
-namespace jr2net {
+namespace jr2net::shading {
 
 // Irradiance constants of the 9 real SH bands (Ramamoorthi & Hanrahan), in the DESIGN order.
 constexpr double kShC0 = 0.886227;
@@ -135,15 +135,18 @@ JR2_HD void sh_shading_pixel_backward(const ShShadingBackwardParams<T>& P, const
   if (P.grad_mask) P.grad_mask[b * P.HW + p] = gm;
 }
 
+}  // namespace jr2net::shading
+
 #if defined(__CUDACC__) || defined(WITH_CUDA)
-}  // namespace jr2net
 #include <cuda_runtime_api.h>
-namespace jr2net {
+
+namespace jr2net::shading {
+
 // CUDA launchers (csrc/cuda/sh_shading.cu); all pointers are device pointers.
 template <typename T>
-void sh_shading_fwd_cuda_launch(const ShShadingParams<T>& P, cudaStream_t stream);
+void launch_sh_shading_fwd(const ShShadingParams<T>& P, cudaStream_t stream);
 template <typename T>
-void sh_shading_bwd_cuda_launch(const ShShadingBackwardParams<T>& P, cudaStream_t stream);
-#endif
+void launch_sh_shading_bwd(const ShShadingBackwardParams<T>& P, cudaStream_t stream);
 
-}  // namespace jr2net
+}  // namespace jr2net::shading
+#endif

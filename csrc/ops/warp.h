@@ -22,7 +22,7 @@
 
 #include "ops/common.h"
 
-namespace jr2net {
+namespace jr2net::warp {
 
 // Slack (pixels) of the "inside the source image" test; see the rules above.
 constexpr double kWarpEdgeTol = 1e-3;
@@ -188,16 +188,19 @@ JR2_HD void warp_project_backward(const T* K, const WarpSample<T>& s, T gx, T gy
   }
 }
 
+}  // namespace jr2net::warp
+
 #if defined(__CUDACC__) || defined(WITH_CUDA)
-}  // namespace jr2net
 #include <cuda_runtime_api.h>
-namespace jr2net {
+
+namespace jr2net::warp {
+
 // CUDA launchers (csrc/cuda/warp.cu); all pointers are device pointers. kDepth selects depth_warp
 // (true) or correspondence_warp (false).
 template <typename T>
-void warp_fwd_cuda_launch(const WarpParams<T>& P, bool depth, cudaStream_t stream);
+void launch_warp_fwd(const WarpParams<T>& P, bool depth, cudaStream_t stream);
 template <typename T>
-void warp_bwd_cuda_launch(const WarpParams<T>& P, bool depth, cudaStream_t stream);
-#endif
+void launch_warp_bwd(const WarpParams<T>& P, bool depth, cudaStream_t stream);
 
-}  // namespace jr2net
+}  // namespace jr2net::warp
+#endif
