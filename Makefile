@@ -41,13 +41,14 @@ $(INSTALL_STAMP): $(DEPS_STAMP) setup.py pyproject.toml
 
 install: $(INSTALL_STAMP)
 
-# Incremental rebuild of the extension (ninja) after any csrc/ change.
+# Incremental rebuild of the extension (ninja) after any csrc/ change; build_ext also generates
+# jr2net/protocol/_generated from proto/jr2net.proto when it is missing or older (build_proto).
 build: $(INSTALL_STAMP)
 	@mkdir -p build
 	@echo "building jr2net._C (incremental; log: build/build_ext.log)"
 	@$(PY) setup.py -q build_ext --inplace > build/build_ext.log 2>&1 || \
 		{ grep -v -i "warning" build/build_ext.log | tail -40; echo "build failed: see build/build_ext.log"; exit 1; }
-	$(PY) -c "import torch, jr2net._C"
+	$(PY) -c "import torch, jr2net._C, jr2net.protocol"
 
 pytest: build
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -99,4 +100,4 @@ build/cuda-check/%.o: csrc/cuda/%.cu $(CU_HEADERS)
 	echo "nvcc $<"; $(NVCC) -std=c++17 -O3 -Icsrc $(CUDA_ARCH_FLAGS) -c $< -o $@; fi
 
 clean:
-	rm -rf build jr2net/_C*.so server/_generated
+	rm -rf build jr2net/_C*.so jr2net/protocol/_generated

@@ -1,7 +1,9 @@
 """Build JR2Net: the Python packages plus one pybind11 extension, ``jr2net._C``, from ``csrc/``.
 
 The CPU kernels are always built; the CUDA kernels are added when the installed torch has CUDA
-and nvcc is available. Install with ``pip install --no-build-isolation -e .``.
+and nvcc is available. ``build_proto`` (run by ``build_py`` and ``build_ext``) generates the gRPC
+modules ``jr2net/protocol/_generated`` from ``proto/jr2net.proto`` (grpcio-tools is a build
+requirement only). Install with ``pip install --no-build-isolation -e .``.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import glob
 import os
 
-from setuptools import setup
+from setuptools import Command, setup
 from setuptools.command.build_py import build_py
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -51,20 +53,60 @@ def _extension():
     )
 
 
-class _BuildPyWithProto(build_py):
-    """Also ship proto/jr2net.proto inside jr2net.server for non-editable installs."""
+PROTO = os.path.join(ROOT, "proto", "jr2net.proto")
+GENERATED = os.path.join(ROOT, "jr2net", "protocol", "_generated")
+
+
+def _load_proto_builder():
+    """jr2net/protocol/build.py, loaded by path: the package itself need not be importable yet."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_jr2net_proto_build", os.path.join(ROOT, "jr2net", "protocol", "build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildProto(Command):
+    """Generate jr2net/protocol/_generated from proto/jr2net.proto with grpc_tools.protoc."""
+
+    description = "generate the gRPC Python modules (jr2net/protocol/_generated)"
+    user_options = [("force", "f", "regenerate even when up to date")]
+    boolean_options = ["force"]
+
+    def initialize_options(self) -> None:
+        self.force = False
+
+    def finalize_options(self) -> None:
+        pass
 
     def run(self) -> None:
+        if _load_proto_builder().generate(PROTO, GENERATED, force=bool(self.force)):
+            print(f"generated {os.path.relpath(GENERATED, ROOT)} from proto/jr2net.proto")
+
+
+class _BuildPy(build_py):
+    """Generate the gRPC modules first, so every install (editable included) ships them."""
+
+    def run(self) -> None:
+        self.run_command("build_proto")
         super().run()
-        target = os.path.join(self.build_lib, "jr2net", "server")
-        os.makedirs(target, exist_ok=True)
-        self.copy_file(os.path.join(ROOT, "proto", "jr2net.proto"), os.path.join(target, "jr2net.proto"))
 
 
 def _cmdclass():
     from torch.utils.cpp_extension import BuildExtension
 
-    return {"build_ext": BuildExtension.with_options(use_ninja=True), "build_py": _BuildPyWithProto}
+    build_ext = BuildExtension.with_options(use_ninja=True)
+
+    class _BuildExt(build_ext):
+        """`make build` runs only build_ext --inplace: generate the gRPC modules there too."""
+
+        def run(self) -> None:
+            self.run_command("build_proto")
+            super().run()
+
+    return {"build_proto": BuildProto, "build_py": _BuildPy, "build_ext": _BuildExt}
 
 
 setup(
@@ -80,6 +122,8 @@ setup(
         "jr2net.pipeline",
         "jr2net.eval",
         "jr2net.io",
+        "jr2net.protocol",
+        "jr2net.protocol._generated",
         "jr2net.server",
         "jr2net.clients",
         "jr2net.training",
@@ -90,7 +134,6 @@ setup(
         "jr2net.clients": "clients",
         "jr2net.training": "training",
     },
-    package_data={"jr2net.server": ["*.proto"]},
     # `make` installs editable with JR2NET_SKIP_EXT=1, then builds the extension in place
     # incrementally (ninja) with `setup.py build_ext --inplace`, so it is compiled once.
     ext_modules=[] if os.environ.get("JR2NET_SKIP_EXT") == "1" else [_extension()],
@@ -104,7 +147,7 @@ setup(
         "dlib-bin>=19.24",
         "face-recognition-models>=0.3",
         "grpcio>=1.60",
-        "grpcio-tools>=1.60",
+        "protobuf>=5.26",  # runtime of the generated jr2net.protocol._generated modules
         "grpcio-health-checking>=1.60",
         "grpcio-reflection>=1.60",
         "prometheus-client>=0.19",

@@ -24,12 +24,17 @@ from typing import Any
 import grpc
 import numpy as np
 
-from jr2net.server.protocol import pb2, pb2_grpc
+from jr2net.protocol import (
+    FORMAT_NAMES,
+    decode_image,
+    frame_message,
+    image_message,
+    pb2,
+    pb2_grpc,
+)
+from jr2net.protocol.tables import format_value, mode_value, pose_mode_value
 
-FORMATS = {"JPEG": pb2.JPEG, "PNG": pb2.PNG, "RAW_RGB24": pb2.RAW_RGB24}
-_FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
-MODES = {"geometric": pb2.GEOMETRIC, "learned": pb2.LEARNED}
-POSE_MODES = {"relative": pb2.RELATIVE, "absolute": pb2.ABSOLUTE}
+make_frame = frame_message  # the client library's name for it (``jr2net.protocol.frame_message``)
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 
 
@@ -66,25 +71,6 @@ def _read_bytes(value: str | Path | bytes | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
-def _image_message(image: str | Path | bytes | np.ndarray, fmt: str = "PNG", quality: int = 95) -> Any:
-    """A pb2.Image from a file path, encoded bytes, or a uint8 [H, W, 3] array."""
-    if isinstance(image, np.ndarray):
-        from jr2net.io.images import encode_image
-
-        h, w = image.shape[:2]
-        data = encode_image(image, fmt, quality=quality)
-        return pb2.Image(format=FORMATS[fmt], data=data,
-                         width=w if fmt == "RAW_RGB24" else 0, height=h if fmt == "RAW_RGB24" else 0)
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        image = path.read_bytes()
-    if isinstance(image, (bytes, bytearray)):
-        return pb2.Image(format=pb2.IMAGE_FORMAT_UNSPECIFIED, data=bytes(image))
-    raise TypeError(f"image must be a path, bytes or a uint8 array, got {type(image).__name__}")
-
-
 def session_config(
     source: str | Path | bytes | np.ndarray,
     *,
@@ -98,32 +84,15 @@ def session_config(
     options: dict[str, str] | None = None,
 ) -> Any:
     """Build a ``SessionConfig`` (``mode`` "" = the server's default; sizes 0 = server defaults)."""
-    if mode and mode not in MODES:
-        raise ValueError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
-    if output_format not in FORMATS:
-        raise ValueError(f"output_format must be one of {sorted(FORMATS)}, got {output_format!r}")
-    if pose_mode not in POSE_MODES:
-        raise ValueError(f"pose_mode must be one of {sorted(POSE_MODES)}, got {pose_mode!r}")
+    mode_v = mode_value(mode)
+    format_v = format_value(output_format, "output_format")
+    pose_v = pose_mode_value(pose_mode)
     return pb2.SessionConfig(
-        source=_image_message(source), output_format=FORMATS[output_format],
+        source=image_message(source), output_format=format_v,
         output_width=int(output_size[0]), output_height=int(output_size[1]), quality=quality,
-        mode=MODES.get(mode, pb2.MODE_UNSPECIFIED), pose_mode=POSE_MODES[pose_mode],
-        crop_size=crop_size, max_in_flight=max_in_flight, options=options or {},
+        mode=mode_v, pose_mode=pose_v, crop_size=crop_size, max_in_flight=max_in_flight,
+        options=options or {},
     )
-
-
-def make_frame(frame_id: int, frame: np.ndarray | bytes | Any, fmt: str = "JPEG", quality: int = 90,
-               capture_ts_us: int | None = None) -> Any:
-    """A ``pb2.Frame`` from an array (encoded as ``fmt``), encoded bytes, or a Frame (passed through)."""
-    if isinstance(frame, pb2.Frame):
-        return frame
-    ts = int(time.time() * 1e6) if capture_ts_us is None else capture_ts_us
-    if isinstance(frame, (bytes, bytearray)):
-        return pb2.Frame(frame_id=frame_id, capture_ts_us=ts, format=pb2.IMAGE_FORMAT_UNSPECIFIED,
-                         data=bytes(frame))
-    image = _image_message(frame, fmt, quality)
-    return pb2.Frame(frame_id=frame_id, capture_ts_us=ts, format=image.format, data=image.data,
-                     width=image.width, height=image.height)
 
 
 def _result(response: Any, sent_at: float, decode: bool) -> StreamResult:
@@ -135,13 +104,9 @@ def _result(response: Any, sent_at: float, decode: bool) -> StreamResult:
     if kind != "output":
         raise ProtocolError(f"expected an OutputFrame or FrameError, got {kind!r}")
     o = response.output
-    fmt = _FORMAT_NAMES.get(o.format, "")
-    image = None
-    if decode:
-        from jr2net.io.images import decode_frame
-
-        image = decode_frame(o.data, fmt, o.width, o.height)
-    return StreamResult(o.frame_id, o.capture_ts_us, latency, data=o.data, format=fmt,
+    image = decode_image(o) if decode else None
+    return StreamResult(o.frame_id, o.capture_ts_us, latency, data=o.data,
+                        format=FORMAT_NAMES.get(o.format, ""),
                         width=o.width, height=o.height, image=image, timings=dict(o.timings),
                         face_found=o.face_found, fallback=o.fallback)
 
@@ -298,7 +263,7 @@ class AsyncReenactClient:
 
     async def reconstruct(self, image: str | Path | bytes | np.ndarray, with_mesh: bool = False,
                           timeout: float | None = 60.0) -> Any:
-        request = pb2.ReconstructRequest(image=_image_message(image), with_mesh=with_mesh)
+        request = pb2.ReconstructRequest(image=image_message(image), with_mesh=with_mesh)
         return await self.stub.Reconstruct(request, metadata=self.metadata, timeout=timeout)
 
     async def open_session(self, config: Any) -> AsyncSession:
@@ -362,7 +327,7 @@ class ReenactClient:
 
     def reconstruct(self, image: str | Path | bytes | np.ndarray, with_mesh: bool = False,
                     timeout: float | None = 60.0) -> Any:
-        request = pb2.ReconstructRequest(image=_image_message(image), with_mesh=with_mesh)
+        request = pb2.ReconstructRequest(image=image_message(image), with_mesh=with_mesh)
         return self.stub.Reconstruct(request, metadata=self.metadata, timeout=timeout)
 
     def stream(

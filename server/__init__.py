@@ -4,5 +4,6 @@
   ``ServerThread`` (a server on its own loop in a thread).
 - ``jr2net.server.config``: ``ServerConfig``, ``load_config`` (flags > env > YAML > defaults),
   ``ReenactorFactory``.
-- ``jr2net.server.protocol``: the generated ``pb2`` / ``pb2_grpc`` modules.
+
+The protocol (generated messages, enum tables, image codecs) is ``jr2net.protocol``.
 """

@@ -22,10 +22,10 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from jr2net.protocol import SERVICE_NAME, pb2, pb2_grpc
 from jr2net.server.auth import BearerTokenInterceptor
 from jr2net.server.config import ReenactorFactory, ServerConfig
 from jr2net.server.metrics import ServerMetrics
-from jr2net.server.protocol import SERVICE_NAME, pb2, pb2_grpc
 from jr2net.server.servicer import ReenactmentServicer
 
 log = logging.getLogger(__name__)

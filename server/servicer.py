@@ -17,16 +17,14 @@ import numpy as np
 
 from jr2net.errors import InvalidImageError, NoFaceError
 from jr2net.pipeline.base import SessionOptions
+from jr2net.protocol import decode_image, pb2, pb2_grpc
+from jr2net.protocol.tables import mode_name, output_format, pose_mode_name
 from jr2net.server.config import ReenactorFactory, ServerConfig
 from jr2net.server.metrics import ServerMetrics
-from jr2net.server.protocol import pb2, pb2_grpc
-from jr2net.server.session import FORMAT_NAMES, OutputSpec, StreamSession, decode_image
+from jr2net.server.session import OutputSpec, StreamSession
 
 log = logging.getLogger(__name__)
 
-_MODE_NAMES = {pb2.MODE_UNSPECIFIED: None, pb2.GEOMETRIC: "geometric", pb2.LEARNED: "learned"}
-_POSE_NAMES = {pb2.POSE_MODE_UNSPECIFIED: "relative", pb2.RELATIVE: "relative",
-               pb2.ABSOLUTE: "absolute"}
 MIN_OUTPUT_SIDE, MAX_OUTPUT_SIDE = 16, 4096
 MIN_CROP_SIZE, MAX_CROP_SIZE = 64, 1024
 
@@ -258,14 +256,12 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
             session.finished.set_result((grpc.StatusCode.INTERNAL, "internal server error (logged)"))
 
     def _parse_config(self, cfg: Any) -> tuple[str, SessionOptions, OutputSpec]:
-        if cfg.mode not in _MODE_NAMES:
-            raise ConfigError(f"unknown mode enum value {cfg.mode}")
-        mode = _MODE_NAMES[cfg.mode] or self.config.default_mode
-        if cfg.pose_mode not in _POSE_NAMES:
-            raise ConfigError(f"unknown pose_mode enum value {cfg.pose_mode}")
-        out_fmt = cfg.output_format or pb2.JPEG
-        if out_fmt not in FORMAT_NAMES:
-            raise ConfigError(f"unknown output_format enum value {cfg.output_format}")
+        try:  # unknown enum values: ValueError naming the field
+            mode = mode_name(cfg.mode) or self.config.default_mode
+            pose_mode = pose_mode_name(cfg.pose_mode)
+            out_fmt = output_format(cfg.output_format)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         quality = cfg.quality or 90
         if not 1 <= quality <= 100:
             raise ConfigError(f"quality must be in 1..100, got {cfg.quality}")
@@ -279,7 +275,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
             if len(k) > 128 or len(v) > 4096:
                 raise ConfigError(f"option {k[:32]!r}: key or value too long")
         options = SessionOptions(
-            pose_mode=_POSE_NAMES[cfg.pose_mode], crop_size=crop, extra=dict(cfg.options))
+            pose_mode=pose_mode, crop_size=crop, extra=dict(cfg.options))
         return mode, options, OutputSpec(format=out_fmt, quality=quality)
 
     def _start_session(self, reenactor: Any, cfg: Any, options: SessionOptions) -> tuple[Any, Any]:

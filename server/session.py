@@ -32,58 +32,10 @@ import grpc
 
 from jr2net.errors import InvalidImageError, NoFaceError
 from jr2net.pipeline.base import StagedSession
+from jr2net.protocol import FORMAT_NAMES, decode_image, output_message, pb2
 from jr2net.server.metrics import ServerMetrics
-from jr2net.server.protocol import pb2
 
 log = logging.getLogger(__name__)
-
-FORMAT_NAMES = {pb2.JPEG: "JPEG", pb2.PNG: "PNG", pb2.RAW_RGB24: "RAW_RGB24"}
-
-
-def sniff_format(data: bytes) -> str:
-    """JPEG or PNG from the magic bytes (for IMAGE_FORMAT_UNSPECIFIED); InvalidImageError otherwise."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "PNG"
-    raise InvalidImageError(
-        "format UNSPECIFIED and the data is neither JPEG nor PNG; set format (RAW_RGB24 needs it)"
-    )
-
-
-def format_name(fmt: int, data: bytes) -> str:
-    """The ``jr2net.io.images`` format name for a protocol ImageFormat value."""
-    if fmt == pb2.IMAGE_FORMAT_UNSPECIFIED:
-        return sniff_format(data)
-    if fmt not in FORMAT_NAMES:
-        raise InvalidImageError(f"unknown image format enum value {fmt}")
-    return FORMAT_NAMES[fmt]
-
-
-def decode_image(msg: Any, max_pixels: int, still: bool = False) -> Any:
-    """Decode an ``Image``/``Frame`` message to uint8 [H, W, 3]; InvalidImageError if unusable.
-
-    ``still`` (a session's source, a Reconstruct input): JPEG/PNG are turned upright by their EXIF
-    orientation, and a declared size must match the decoded one.
-    """
-    from jr2net.io.images import decode_frame, load_image
-
-    data = bytes(msg.data)
-    if not data:
-        raise InvalidImageError("empty image data (0 bytes)")
-    if msg.width * msg.height > max_pixels:
-        raise InvalidImageError(
-            f"declared size {msg.width}x{msg.height} exceeds the server limit of {max_pixels} pixels"
-        )
-    fmt = format_name(msg.format, data)
-    if not still or fmt == "RAW_RGB24":
-        return decode_frame(data, fmt, msg.width, msg.height, max_pixels=max_pixels)
-    image = load_image(data, max_pixels=max_pixels)
-    if (msg.width and msg.width != image.shape[1]) or (msg.height and msg.height != image.shape[0]):
-        raise InvalidImageError(
-            f"decoded size {image.shape[1]}x{image.shape[0]} != declared {msg.width}x{msg.height}"
-        )
-    return image
 
 
 @dataclass
@@ -398,23 +350,16 @@ class StreamSession:
 
     def _synthesise(self, frame: Any, analysis: Any, timings: dict[str, float]) -> tuple[Any, str]:
         """Stage 2 (thread pool): synthesise (staged sessions), then encode the output frame."""
-        from jr2net.io.images import encode_image
 
         def work() -> Any:
             t0 = time.perf_counter()
             result = self.pipeline.synthesise(analysis) if self.staged else analysis
             t1 = time.perf_counter()
-            data = encode_image(result.image, FORMAT_NAMES[self.output.format],
-                                quality=self.output.quality)
+            out = output_message(frame, result.image, self.output.format, self.output.quality,
+                                 face_found=bool(result.face_found), fallback=result.fallback or "")
             timings.update({k: float(v) for k, v in result.timings.items()})
             timings["pipeline"] = timings.get("pipeline", 0.0) + (t1 - t0)
             timings["encode"] = time.perf_counter() - t1
-            h, w = result.image.shape[:2]
-            out = pb2.OutputFrame(
-                frame_id=frame.frame_id, capture_ts_us=frame.capture_ts_us, format=self.output.format,
-                data=data, width=w, height=h, face_found=bool(result.face_found),
-                fallback=result.fallback or "",
-            )
             return pb2.StreamResponse(output=out), ("ok" if result.face_found else "fallback")
 
         return self._guarded(frame, work)[1]

@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from jr2net.clients.client import AsyncReenactClient, ReenactClient, make_frame, session_config
 from jr2net.io.images import encode_image
 from jr2net.pipeline.base import FrameResult
+from jr2net.protocol import SERVICE_NAME, pb2, pb2_grpc
 from jr2net.server.app import ReenactmentServer
 from jr2net.server.config import ReenactorFactory, ServerConfig
-from jr2net.server.protocol import SERVICE_NAME, pb2, pb2_grpc
 
 OUT_SIZE = (192, 192)
 

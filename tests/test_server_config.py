@@ -1,15 +1,11 @@
-"""Server settings (flags > env > YAML > defaults), the reenactor factory, and protobuf generation."""
+"""Server settings (flags > env > YAML > defaults) and the reenactor factory."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 
 import pytest
 
-from jr2net.server import protocol
 from jr2net.server.config import ReenactorFactory, ServerConfig, add_arguments, load_config
 
 
@@ -70,48 +66,3 @@ def test_learned_mode_is_refused_clearly():
         factory.get("learned")
     with pytest.raises(ValueError, match="mode must be one of"):
         factory.get("fancy")
-
-
-def _generated_files(folder):
-    return [folder / n for n in ("__init__.py", "jr2net_pb2.py", "jr2net_pb2_grpc.py")]
-
-
-def test_generated_code_is_regenerated_when_the_proto_is_newer(tmp_path):
-    out = tmp_path / "gen"
-    protocol.ensure_generated(out)
-    files = _generated_files(out)
-    assert all(f.is_file() for f in files)
-    assert "from . import jr2net_pb2" in files[2].read_text()
-    stamp = files[1].stat().st_mtime
-    protocol.ensure_generated(out)  # up to date: untouched
-    assert files[1].stat().st_mtime == stamp
-    old = protocol.proto_path().stat().st_mtime - 10
-    os.utime(files[1], (old, old))  # now older than the .proto
-    protocol.ensure_generated(out)
-    assert files[1].stat().st_mtime > old
-
-
-def test_concurrent_generation_in_two_processes_is_safe(tmp_path):
-    out = tmp_path / "gen"
-    code = (
-        "import sys, importlib.util; from pathlib import Path\n"
-        "from jr2net.server.protocol import ensure_generated\n"
-        "d = ensure_generated(Path(sys.argv[1]))\n"
-        "spec = importlib.util.spec_from_file_location('g', d / '__init__.py', "
-        "submodule_search_locations=[str(d)])\n"
-        "m = importlib.util.module_from_spec(spec); sys.modules['g'] = m; spec.loader.exec_module(m)\n"
-        "import g.jr2net_pb2_grpc as grpc_mod\n"
-        "assert grpc_mod.ReenactmentStub\n"
-    )
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(out)], stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
-    for p in procs:
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
-    assert sorted(f.name for f in out.iterdir() if not f.name.startswith(".")) == sorted(
-        f.name for f in _generated_files(out))
-
-
-def test_proto_is_found_in_the_checkout():
-    assert protocol.proto_path().name == "jr2net.proto"
-    assert protocol.SERVICE_NAME == "jr2net.v1.Reenactment"
