@@ -300,7 +300,6 @@ class Stage:
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose outputs this stage reads
     non_training: ClassVar[bool] = False  # True: the trainer calls run() instead of the loop
     config_section: ClassVar[str | None] = None  # RunConfig section; defaults to ``name``
-    collate: ClassVar[Any] = None  # optional DataLoader collate_fn (staticmethod)
 
     def __init__(self, cfg: RunConfig, run_dir: Path, ctx: TrainContext) -> None:
         self.cfg = cfg
@@ -332,6 +331,12 @@ class Stage:
 
     def train_dataset(self) -> Dataset:
         raise NotImplementedError(f"stage {self.name!r} does not define train_dataset()")
+
+    def collate(self, items: list[Any]) -> Any:
+        """The DataLoader collate_fn of both datasets (default: torch's default_collate)."""
+        from torch.utils.data import default_collate
+
+        return default_collate(items)
 
     def eval_dataset(self) -> Dataset | None:
         """The held-out set (None: no evaluation)."""
