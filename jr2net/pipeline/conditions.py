@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.face.camera import crop_intrinsics, model_to_camera, project, rotate_normals
+from jr2net.face.camera import model_to_camera, project, rotate_normals
 from jr2net.face.coeffs import FaceCoefficients
 from jr2net.face.mesh import vertex_normals
 from jr2net.face.model import FaceModel
@@ -123,32 +123,22 @@ class Conditions:
     def size(self) -> int:
         return int(self.mask.shape[-1])
 
-    def warp_features(self, features: Tensor) -> Tensor:
-        """Warp source feature maps ``[B,C,h,w]`` (the source crop at a lower resolution) into
-        the target view at the resolution ``S·h/Hs``: the view-synthesis module for features.
+    def dcnet_inputs(self):  # -> jr2net.models.dcnet.DCNetInputs
+        """These conditions as DCNet's inputs (source side at the target crop size ``S``)."""
+        from jr2net.models.dcnet import DCNetInputs
 
-        Target points are averaged over each ``f×f`` block of face pixels; the result is
-        multiplied by the block's co-visible fraction (the fine-resolution occlusion test)."""
-        B, _, h, w = features.shape
-        Hs, Ws = self.source.shape[-2:]
-        f = Hs // h
-        if f < 1 or Hs != f * h or Ws != f * w or self.size % f:
-            raise ValueError(
-                f"features {h}x{w} must divide the source {Hs}x{Ws} and the target {self.size}"
-            )
-        if f == 1:
-            warped, _ = correspondence_warp(
-                features, self.points, self.mask, self.K_source, None, REL_EPS
-            )
-            return warped * self.covisible
-        wsum = F.avg_pool2d(self.mask, f)
-        pts = F.avg_pool2d(self.points.permute(0, 3, 1, 2), f) / wsum.clamp_min(1e-6)
-        valid = (wsum > 0.5).to(features.dtype)
-        K = crop_intrinsics(self.K_source, (0.0, 0.0, float(Ws), float(Hs)), (h, w))
-        warped, _ = correspondence_warp(
-            features, pts.permute(0, 2, 3, 1).contiguous(), valid, K, None, REL_EPS
+        return DCNetInputs(
+            source_image=self.source,
+            source_light=self.source_light,
+            source_normal=self.source_normals,
+            points_src=self.points,
+            valid=self.mask,
+            K_src=self.K_source,
+            driving_light=self.light,
+            driving_normal=self.normals,
+            source_depth=self.source_depth,
+            rendered=self.rendered,
         )
-        return warped * F.avg_pool2d(self.covisible, f)
 
     def detach(self) -> Conditions:
         return Conditions(**{f.name: getattr(self, f.name).detach() for f in fields(self)})
