@@ -153,6 +153,7 @@ setup(
         "prometheus-client>=0.19",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
     ],
     entry_points={"console_scripts": ["jr2net=jr2net.cli:main"]},
 )
