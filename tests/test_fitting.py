@@ -10,14 +10,12 @@ import torch
 from PIL import Image
 
 from jr2net.errors import NoFaceError
-from jr2net.face.camera import default_intrinsics, euler_rotation
+from jr2net.face.camera import default_intrinsics, euler_rotation, euler_to_matrix, matrix_to_euler
 from jr2net.face.fitting import (
     DrivingFitter,
     LandmarkSolver,
     SourceFitter,
-    _params_to_coeffs,
-    euler_to_matrix,
-    matrix_to_euler,
+    params_to_coeffs,
     surface_metric,
 )
 from jr2net.face.model import FaceModel
@@ -155,7 +153,7 @@ def _exact_landmarks(fitter: SourceFitter, seed: int, smile: bool = False):
         p.beta[names.index("jawOpen")] = 0.5
         p.beta[names.index("mouthSmile_L")] = 0.6
     target, _ = solver.project(p, K, solver.select_contour(p, K))
-    return _params_to_coeffs(p, fitter.model, fitter.n_albedo), target, K
+    return params_to_coeffs(p, fitter.model, fitter.n_albedo), target, K
 
 
 def test_final_landmark_pass_keeps_a_shape_that_matches_the_landmarks(source_fitter):

@@ -2,6 +2,7 @@
 
 Model space is millimetres, y up, z out of the face; +x is the subject's *left* (ICT-FaceKit).
 Shapes are ``vertices + Σ α_k identity_basis[k] + Σ β_e expression_basis[e]``, batched in torch.
+Which model file a command uses (the lookup order) is ``jr2net.face.model_lookup``, re-exported here.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import hashlib
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,44 +20,18 @@ from torch import Tensor
 from jr2net.errors import FaceModelError
 from jr2net.face.albedo import DEFAULT_N_EIGEN, AlbedoModel, build_laplacian_albedo
 from jr2net.face.mesh import vertex_normals
-from jr2net.paths import SharedDataMissingError, cache_dir, shared_path
+from jr2net.face.model_format import OPTIONAL_KEYS, REQUIRED_KEYS, validate_arrays  # noqa: F401
+from jr2net.face.model_lookup import (  # noqa: F401  (the lookup, re-exported for callers)
+    ENV_VAR,
+    ModelChoice,
+    default_model_path,
+    face_models_dir,
+    load_face_model,
+    resolve_face_model,
+)
 
-REQUIRED_KEYS = (
-    "vertices",
-    "faces",
-    "identity_basis",
-    "expression_basis",
-    "expression_names",
-    "landmarks68",
-)
-OPTIONAL_KEYS = (
-    "uvs",
-    "faces_uv",
-    "region",
-    "region_names",
-    "jawline_left",
-    "jawline_right",
-    "albedo_mean",
-    "albedo_basis",
-    "name",
-    "source",
-    "units",
-)
 # Arrays that define the model's geometry: the hash covers exactly these (in this order).
 _HASH_KEYS = REQUIRED_KEYS + ("region", "region_names", "albedo_mean", "albedo_basis")
-
-ENV_VAR = "JR2NET_FACE_MODEL"
-
-
-def face_models_dir() -> Path:
-    """Folder of imported face models in the user cache (``<cache>/face_models``)."""
-    return cache_dir() / "face_models"
-
-
-def default_model_path() -> Path:
-    """Where ``jr2net assets import-ict`` writes the model the lookup picks by default."""
-    return face_models_dir() / "default.npz"
-
 
 def _index_tensor(a: np.ndarray | None) -> Tensor | None:
     return None if a is None else torch.as_tensor(np.asarray(a, dtype=np.int64))
@@ -129,7 +103,7 @@ class FaceModel:
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], name: str | None = None) -> FaceModel:
         """Build from a dict of numpy arrays (npz key format), validating keys and shapes."""
-        a = _validate_arrays(arrays)
+        a = validate_arrays(arrays)
         if name is None:
             name = str(a["name"]) if "name" in a else "unnamed"
         albedo = None
@@ -446,172 +420,3 @@ def _check_verts(verts: Tensor, n_vertices: int, arg: str) -> Tensor:
     if verts.dim() != 3 or verts.shape[1] != n_vertices or verts.shape[2] != 3:
         raise ValueError(f"{arg} must be [B, {n_vertices}, 3], got {tuple(verts.shape)}")
     return verts
-
-
-def _validate_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Check keys, shapes, dtypes and index ranges of npz-format arrays; FaceModelError if bad."""
-    missing = [k for k in REQUIRED_KEYS if k not in arrays]
-    if missing:
-        raise FaceModelError(f"face model is missing keys {missing}")
-    a = {k: np.asarray(v) for k, v in arrays.items()}
-
-    def fail(msg: str) -> None:
-        raise FaceModelError(f"invalid face model: {msg}")
-
-    verts = a["vertices"]
-    if verts.ndim != 2 or verts.shape[1] != 3 or verts.shape[0] < 3:
-        fail(f"vertices must be [V,3], got {verts.shape}")
-    if verts.dtype.kind != "f" or not np.isfinite(verts).all():
-        fail("vertices must be finite floats")
-    V = verts.shape[0]
-
-    def check_index(key: str, upper: int, ndim: int = 1, last: int | None = None) -> None:
-        arr = a[key]
-        if arr.dtype.kind not in "iu":
-            fail(f"{key} must be integers, got {arr.dtype}")
-        if arr.ndim != ndim or (last is not None and arr.shape[-1] != last):
-            fail(f"{key} has shape {arr.shape}")
-        if arr.size and (arr.min() < 0 or arr.max() >= upper):
-            fail(f"{key} indices out of range [0, {upper})")
-
-    check_index("faces", V, ndim=2, last=3)
-    if a["faces"].shape[0] == 0:
-        fail("faces is empty")
-    for key in ("identity_basis", "expression_basis"):
-        b = a[key]
-        if b.ndim != 3 or b.shape[1:] != (V, 3):
-            fail(f"{key} must be [n,{V},3], got {b.shape}")
-        if b.dtype.kind != "f" or not np.isfinite(b).all():
-            fail(f"{key} must be finite floats")
-    names = a["expression_names"]
-    if names.ndim != 1 or names.shape[0] != a["expression_basis"].shape[0]:
-        fail(f"expression_names has {names.shape} entries for {a['expression_basis'].shape[0]} shapes")
-    if names.dtype.kind not in "US":
-        fail("expression_names must be strings")
-    check_index("landmarks68", V)
-    if a["landmarks68"].shape != (68,):
-        fail(f"landmarks68 must be [68], got {a['landmarks68'].shape}")
-    for key in ("jawline_left", "jawline_right"):
-        if key in a:
-            check_index(key, V)
-    if "uvs" in a:
-        uvs = a["uvs"]
-        if uvs.ndim != 2 or uvs.shape[1] != 2:
-            fail(f"uvs must be [T,2], got {uvs.shape}")
-        if "faces_uv" in a:
-            check_index("faces_uv", uvs.shape[0], ndim=2, last=3)
-            if a["faces_uv"].shape != a["faces"].shape:
-                fail("faces_uv must have the same shape as faces")
-    if "region" in a:
-        if "region_names" not in a:
-            fail("region needs region_names")
-        check_index("region", max(len(a["region_names"]), 1))
-        if a["region"].shape != (V,):
-            fail(f"region must be [V], got {a['region'].shape}")
-    if ("albedo_mean" in a) != ("albedo_basis" in a):
-        fail("albedo_mean and albedo_basis come together")
-    if "albedo_mean" in a:
-        if a["albedo_mean"].shape != (V, 3):
-            fail(f"albedo_mean must be [V,3], got {a['albedo_mean'].shape}")
-        if a["albedo_basis"].ndim != 3 or a["albedo_basis"].shape[1:] != (V, 3):
-            fail(f"albedo_basis must be [G,V,3], got {a['albedo_basis'].shape}")
-    return a
-
-
-# ---- lookup -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelChoice:
-    """Which model the lookup picked: ``kind`` 'generic' or 'file', the path, and why."""
-
-    kind: str
-    path: Path | None
-    reason: str
-
-    def describe(self) -> str:
-        where = "built-in generic template" if self.path is None else str(self.path)
-        return f"{where} ({self.reason})"
-
-
-def _npz_name(path: Path) -> str | None:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return str(data["name"]) if "name" in data.files else None
-    except (OSError, ValueError):
-        return None
-
-
-def _resolve_explicit(spec: str | Path, reason: str) -> ModelChoice:
-    text = str(spec)
-    if text == "generic":
-        return ModelChoice("generic", None, reason)
-    path = Path(text).expanduser()
-    if isinstance(spec, Path) or text.endswith(".npz") or os.sep in text or path.exists():
-        if not path.is_file():
-            raise FaceModelError(f"face model file not found: {path} ({reason})")
-        return ModelChoice("file", path, reason)
-    # A bare name: an imported model in the user cache.
-    named = face_models_dir() / f"{text}.npz"
-    if named.is_file():
-        return ModelChoice("file", named, f"{reason}; imported model '{text}'")
-    if text == "ict":
-        default = default_model_path()
-        if default.is_file() and _npz_name(default) == "ict":
-            return ModelChoice("file", default, f"{reason}; imported ICT-FaceKit in the user cache")
-        try:
-            path = shared_path("assets", "ict_face_model.npz")
-            return ModelChoice("file", path, f"{reason}; ICT-FaceKit from the shared data folder")
-        except SharedDataMissingError:
-            pass
-        raise FaceModelError(
-            "face model 'ict' is not installed; run `jr2net assets fetch` (online) or "
-            "`jr2net assets import-ict DIR`"
-        )
-    raise FaceModelError(
-        f"unknown face model {text!r}: not a file, not 'generic', and no {named} in the cache"
-    )
-
-
-def resolve_face_model(spec: str | Path | None = None) -> ModelChoice:
-    """Apply the lookup order (explicit spec, $JR2NET_FACE_MODEL, user cache, generic)."""
-    if spec is not None and str(spec) != "":
-        return _resolve_explicit(spec, "given explicitly")
-    env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        return _resolve_explicit(env, f"${ENV_VAR}")
-    default = default_model_path()
-    if default.is_file():
-        return ModelChoice("file", default, "user cache default (jr2net assets import-ict)")
-    return ModelChoice("generic", None, "fallback: no explicit model, no $JR2NET_FACE_MODEL, no cache")
-
-
-_CACHE: dict[tuple, FaceModel] = {}
-_CACHE_LOCK = threading.Lock()
-
-
-def load_face_model(spec: str | Path | None = None) -> FaceModel:
-    """Load the face model the lookup picks (see ``resolve_face_model``), cached per path+mtime."""
-    choice = resolve_face_model(spec)
-    if choice.kind == "generic":
-        key: tuple = ("generic",)
-    else:
-        assert choice.path is not None
-        st = choice.path.stat()
-        key = (str(choice.path.resolve()), st.st_mtime_ns, st.st_size)
-    with _CACHE_LOCK:
-        model = _CACHE.get(key)
-        if model is not None:
-            return model
-    if choice.kind == "generic":
-        from jr2net.face.generic import generic_face_model
-
-        model = FaceModel.from_arrays(generic_face_model(), name="generic")
-    else:
-        model = FaceModel.from_npz(choice.path)
-    with _CACHE_LOCK:
-        # Drop stale entries of the same path (older mtimes).
-        for k in [k for k in _CACHE if len(k) == 3 and k[0] == key[0]]:
-            del _CACHE[k]
-        _CACHE.setdefault(key, model)
-        return _CACHE[key]
