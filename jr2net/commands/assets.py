@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--connect-timeout", type=float, default=20.0, help="seconds allowed to reach the remote"
     )
 
+    p = sub.add_parser(
+        "face-id", help="convert dlib's face-recognition ResNet (.dat) to PyTorch weights"
+    )
+    p.add_argument("--dat", type=Path, default=None, help="dlib .dat (default: installed package)")
+    p.add_argument("--out", type=Path, default=None, help="output .pt (default: user cache)")
+
     sub.add_parser("list", help="list the face models the lookup can find")
 
     p = sub.add_parser("info", help="which face model the lookup picks and why, with its sizes")
@@ -104,6 +110,17 @@ def _fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _face_id(args: argparse.Namespace) -> int:
+    from jr2net.models.face_id import convert_face_id_weights
+
+    try:
+        path, count, sha = convert_face_id_weights(args.dat, args.out)
+    except ModuleNotFoundError as exc:  # face-recognition-models missing
+        return _error(str(exc))
+    print(f"converted dlib face-recognition ResNet -> {path} ({count} tensors, sha256 {sha})")
+    return 0
+
+
 def _describe(model, choice=None) -> str:
     lines = []
     if choice is not None:
@@ -152,6 +169,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if action == "fetch":
             return _fetch(args)
+        if action == "face-id":
+            return _face_id(args)
         if action == "list":
             choice = resolve_face_model(None)
             rows = [("generic", "built-in generic template (generated from code)")]
@@ -172,5 +191,5 @@ def run(args: argparse.Namespace) -> int:
             return 0
     except (FaceModelError, OSError, ValueError) as exc:
         return _error(str(exc))
-    print("usage: jr2net assets {import-ict,import-bfm,fetch,list,info} …", file=sys.stderr)
+    print("usage: jr2net assets {import-ict,import-bfm,fetch,face-id,list,info} …", file=sys.stderr)
     return 2
