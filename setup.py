@@ -123,7 +123,6 @@ setup(
         "jr2net.eval",
         "jr2net.io",
         "jr2net.protocol",
-        "jr2net.protocol._generated",
         "jr2net.server",
         "jr2net.clients",
         "jr2net.training",
@@ -134,6 +133,8 @@ setup(
         "jr2net.clients": "clients",
         "jr2net.training": "training",
     },
+    # Written by build_proto before build_py copies package data, so wheels ship it.
+    package_data={"jr2net.protocol": ["_generated/*.py"]},
     # `make` installs editable with JR2NET_SKIP_EXT=1, then builds the extension in place
     # incrementally (ninja) with `setup.py build_ext --inplace`, so it is compiled once.
     ext_modules=[] if os.environ.get("JR2NET_SKIP_EXT") == "1" else [_extension()],
