@@ -23,6 +23,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-photometric", action="store_true", help="landmarks only (no albedo/light refinement)"
     )
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
+    add_recnet_arguments(parser)
+
+
+REFINE_ITERATIONS = 8  # landmark-solver iterations of --refine
+
+
+def add_recnet_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--recnet CKPT`` and ``--refine`` (shared by fit and reconstruct)."""
+    parser.add_argument(
+        "--recnet",
+        type=Path,
+        default=None,
+        metavar="CKPT",
+        help="fit with a trained RecNet checkpoint (one forward pass) instead of the fitter",
+    )
+    parser.add_argument(
+        "--refine",
+        action="store_true",
+        help="with --recnet: a few landmark-fitter steps from RecNet's result",
+    )
+
+
+def build_fitter(args: argparse.Namespace, model, *, photometric: bool = True):
+    """``fit(image) -> FitResult`` as the flags ask: RecNet (optionally refined) or the fitter.
+
+    Raises ValueError (``--refine`` without ``--recnet``), FileNotFoundError and
+    ``CheckpointError`` (unusable checkpoint).
+    """
+    import functools
+
+    if args.recnet is None:
+        if args.refine:
+            raise ValueError("--refine needs --recnet CKPT")
+        from jr2net.face.fitting import SourceFitter
+
+        return SourceFitter(model, photometric=photometric).fit
+    from jr2net.models.checkpoint import load_recnet
+
+    recnet = load_recnet(args.recnet, model)
+    return functools.partial(recnet.fit, refine_iterations=REFINE_ITERATIONS if args.refine else 0)
 
 
 def _setup_logging() -> None:
@@ -41,21 +81,21 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from jr2net.errors import FaceModelError, InvalidImageError, NoFaceError
-    from jr2net.face.fitting import SourceFitter
     from jr2net.face.model import load_face_model
     from jr2net.face.overlay import render_fit_overlay
     from jr2net.io.images import load_image, save_image
+    from jr2net.training.checkpoints import CheckpointError
 
     _setup_logging()
     try:
         image = load_image(args.image)
         model = load_face_model(args.face_model)
-    except (FileNotFoundError, InvalidImageError, FaceModelError) as exc:
+        fit = build_fitter(args, model, photometric=not args.no_photometric)
+    except (FileNotFoundError, InvalidImageError, FaceModelError, CheckpointError, ValueError) as exc:
         print(f"jr2net fit: error: {exc}", file=sys.stderr)
         return 2
-    fitter = SourceFitter(model, photometric=not args.no_photometric)
     try:
-        result = fitter.fit(image)
+        result = fit(image)
     except NoFaceError as exc:
         print(f"jr2net fit: error: {exc} ({args.image})", file=sys.stderr)
         return 2

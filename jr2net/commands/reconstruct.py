@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-colors", action="store_true", help="omit the fitted albedo as OBJ vertex colours"
     )
+    from jr2net.commands.fit import add_recnet_arguments
+
+    add_recnet_arguments(parser)
 
 
 def write_obj(path: Path, vertices, faces, colors=None) -> None:
@@ -47,11 +50,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from jr2net.commands.fit import _setup_logging
+    from jr2net.commands.fit import _setup_logging, build_fitter
     from jr2net.errors import FaceModelError, InvalidImageError, NoFaceError
-    from jr2net.face.fitting import SourceFitter
     from jr2net.face.model import load_face_model
     from jr2net.io.images import load_image
+    from jr2net.training.checkpoints import CheckpointError
 
     _setup_logging()
     if args.out.suffix.lower() != ".obj":
@@ -60,8 +63,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         image = load_image(args.image)
         model = load_face_model(args.face_model)
-        result = SourceFitter(model).fit(image)
-    except (FileNotFoundError, InvalidImageError, FaceModelError, NoFaceError) as exc:
+        result = build_fitter(args, model)(image)
+    except (
+        FileNotFoundError,
+        InvalidImageError,
+        FaceModelError,
+        NoFaceError,
+        CheckpointError,
+        ValueError,
+    ) as exc:
         print(f"jr2net reconstruct: error: {exc} ({args.image})", file=sys.stderr)
         return 2
     c = result.coeffs
