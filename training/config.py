@@ -32,6 +32,17 @@ except ModuleNotFoundError as _exc:  # the data package lands separately; until 
 
 STAGE_ORDER: tuple[str, ...] = ("prepare", "recnet", "dcnet", "synthesize", "etnet", "recaugnet")
 ABLATIONS: tuple[str, ...] = ("baseline", "reccopynet", "recdatanet")
+STAGE_HELP: dict[str, str] = {
+    "prepare": "boxes, landmarks, masks and fitter pseudo-labels of the datasets, cached",
+    "recnet": "RecNet: face crop -> face-model coefficients (landmark/photometric/identity losses)",
+    "dcnet": "DCNet: the conditional generator of the reenacted face (GAN)",
+    "synthesize": "expression-specific image/coefficient pairs made with RecNet + DCNet",
+    "etnet": "ETNet: expression transfer between identities",
+    "recaugnet": "RecAugNet: RecNet retrained with the synthesized pairs",
+    "baseline": "ablation: the cascade without the 3D reconstruction prior",
+    "reccopynet": "ablation: RecNet with copied (untransferred) expressions",
+    "recdatanet": "ablation: RecNet trained on the augmented data only",
+}
 
 
 class ConfigError(ValueError):

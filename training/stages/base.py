@@ -21,19 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Sampler
 
-from ..config import ABLATIONS, STAGE_ORDER, RunConfig, TrainConfig, stage_section
-
-STAGE_HELP: dict[str, str] = {
-    "prepare": "boxes, landmarks, masks and fitter pseudo-labels of the datasets, cached",
-    "recnet": "RecNet: face crop -> face-model coefficients (landmark/photometric/identity losses)",
-    "dcnet": "DCNet: the conditional generator of the reenacted face (GAN)",
-    "synthesize": "expression-specific image/coefficient pairs made with RecNet + DCNet",
-    "etnet": "ETNet: expression transfer between identities",
-    "recaugnet": "RecAugNet: RecNet retrained with the synthesized pairs",
-    "baseline": "ablation: the cascade without the 3D reconstruction prior",
-    "reccopynet": "ablation: RecNet with copied (untransferred) expressions",
-    "recdatanet": "ablation: RecNet trained on the augmented data only",
-}
+from ..config import ABLATIONS, STAGE_HELP, STAGE_ORDER, RunConfig, TrainConfig, stage_section
 
 STATUS_FILE = "stage.json"
 
