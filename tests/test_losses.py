@@ -15,6 +15,7 @@ from jr2net.training.losses import (
     coefficient_loss,
     coefficient_regularization,
     composite,
+    identity_loss,
     landmark_error_iod,
     landmark_loss,
     landmark_weights,
@@ -204,6 +205,63 @@ def test_model_landmarks_slide_the_jaw_onto_the_contour_of_a_turned_face(model, 
     c.angles.requires_grad_()
     loss_fn.landmarks.project(c, K).sum().backward()
     assert torch.isfinite(c.angles.grad).all() and c.angles.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def face_id():
+    from jr2net.models.face_id import load_face_id_net
+
+    return load_face_id_net()
+
+
+def _photo_crop(images_dir, name: str, size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    from jr2net.face.landmarks import detect_largest_face
+    from jr2net.io.images import load_image
+    from jr2net.models.checkpoint import crop_face
+    from jr2net.models.recnet import face_crop_box
+
+    img = load_image(images_dir / name)
+    lm = detect_largest_face(img).landmarks.astype("float64")
+    box = face_crop_box(lm)
+    scale = size / (box[2] - box[0])
+    lm_crop = (lm - [box[0], box[1]]) * scale + (scale - 1) / 2
+    return crop_face(img, box, size), torch.as_tensor(lm_crop, dtype=torch.float32)[None]
+
+
+def test_identity_loss_is_zero_for_the_same_face_and_larger_for_another_person(
+    images_dir, face_id
+):
+    obama, lm = _photo_crop(images_dir, "obama.jpg")
+    biden, _ = _photo_crop(images_dir, "biden.jpg")
+    same = identity_loss(face_id, obama, obama, lm)
+    assert same.item() < 1e-5
+    noisy = (obama + 0.03 * torch.randn_like(obama)).clamp(0, 1)
+    other = biden.clone().requires_grad_()
+    l_other = identity_loss(face_id, other, obama, lm)
+    assert l_other > identity_loss(face_id, noisy, obama, lm) + 0.02
+    l_other.backward()
+    assert torch.isfinite(other.grad).all() and other.grad.abs().sum() > 0
+
+
+def test_identity_term_gradients_reach_albedo_light_and_shape(model, face_id):
+    loss_fn = RecNetLoss(
+        model,
+        RecNetLossWeights(landmark=0, photometric=0, regularization=0, light_mono=0,
+                          coefficients=0, vertices=0),
+        face_id=face_id,
+    )  # fmt: skip
+    truth = _truth(model)
+    batch = _batch(loss_fn, truth)
+    off = truth.clone()
+    off.albedo = off.albedo + 0.5
+    off.identity = off.identity - 0.5
+    off = _leaf(off)
+    loss, terms, _ = loss_fn(off, batch, photometric=False, identity=True)
+    assert set(terms) == {"identity"} and terms["identity"] > 0
+    loss.backward()
+    for name in ("albedo", "light", "identity", "angles"):
+        g = getattr(off, name).grad
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
 
 
 def test_composite_pastes_the_render_over_the_image_on_the_mask():
