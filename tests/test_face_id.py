@@ -211,6 +211,8 @@ def test_bad_inputs_are_rejected(net):
         net(np.zeros((1, 3, 150, 150), np.float32))
     with pytest.raises(ValueError, match="shape"):
         net(torch.zeros(1, 150, 150, 3))
+    with pytest.raises(ValueError, match=">= 103"):
+        net.features(torch.zeros(1, 3, 102, 102))
     with pytest.raises(ValueError, match="landmarks68"):
         align_face_chips(torch.zeros(2, 3, 64, 64), torch.zeros(2, 67, 2))
 
@@ -223,3 +225,5 @@ def test_assets_face_id_command(tmp_path, capsys):
     text = capsys.readouterr().out
     assert str(out) in text and "60 tensors" in text and "sha256" in text
     assert torch.load(out, weights_only=True)["format"] == "jr2net.face_id/1"
+    _, _, sha = convert_face_id_weights(out=tmp_path / "again.pt")
+    assert f"sha256 {sha}" in text  # the conversion is reproducible byte for byte

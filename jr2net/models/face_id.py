@@ -18,7 +18,7 @@ samples from when the face is more than ~2x the chip size.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import io
 import os
 import sys
 import tempfile
@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 FORMAT = "jr2net.face_id/1"
-DAT_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 CHIP_SIZE = 150
-MIN_SIZE = 75  # smallest input the stride chain accepts
+MIN_SIZE = 103  # smallest input the stride chain accepts
 
 # (channels, down-sampling) per residual block, from the input upwards: dlib's alevel4 .. alevel0.
 BLOCKS = [(32, False)] * 3 + [(64, True)] + [(64, False)] * 3 + [(128, True)] + [(128, False)] * 2
@@ -145,13 +144,9 @@ def weights_path() -> Path:
 
 def dat_path() -> Path:
     """dlib's ``.dat`` inside the installed ``face-recognition-models`` package."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "the 'face-recognition-models' package is not installed; "
-            "pip install face-recognition-models (it ships dlib's face-recognition ResNet)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "models" / DAT_FILE
+    from jr2net.face.landmarks import FACE_RECOGNITION_FILE, models_dir
+
+    return models_dir() / FACE_RECOGNITION_FILE
 
 
 def _expect(layer, kind: str, **values: object) -> dict:
@@ -228,10 +223,12 @@ def convert_face_id_weights(
         "source_sha256": _sha256(src),
         "state_dict": sd,
     }
+    buf = io.BytesIO()  # saved in memory: torch.save names the archive after the file
+    torch.save(payload, buf)
     fd, tmp = tempfile.mkstemp(prefix=dest.name, suffix=".tmp", dir=dest.parent)
-    os.close(fd)
     try:
-        torch.save(payload, tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(buf.getvalue())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
