@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from jr2net.cli import main
-from jr2net.face.camera import crop_intrinsics, default_intrinsics
+from jr2net.face.camera import default_intrinsics
 from jr2net.face.model import FaceModel, load_face_model
-from jr2net.models.checkpoint import crop_face, load_recnet, recnet_spec
+from jr2net.models.checkpoint import load_recnet, recnet_spec
 from jr2net.models.recnet import RecNet
 from jr2net.training.checkpoints import CheckpointError, save_checkpoint
 from jr2net.training.config import RunConfig, to_dict
@@ -149,18 +149,3 @@ def test_a_checkpoint_of_another_stage_is_refused(ict, tmp_path):
 def test_refine_without_recnet_is_an_error(images_dir, tmp_path, capsys):
     assert main(["fit", str(images_dir / "obama.jpg"), "--out-dir", str(tmp_path), "--refine"]) == 2
     assert "--refine needs --recnet" in capsys.readouterr().err
-
-
-def test_crop_face_samples_the_box_in_the_crop_intrinsics_convention():
-    H, W, S = 60, 80, 32
-    xs, ys = np.meshgrid(np.arange(W), np.arange(H))
-    img = np.stack([xs * 3, ys * 4, np.zeros_like(xs)], -1).astype(np.uint8)  # x*3, y*4 ramps
-    box = (10.3, 5.7, 50.3, 45.7)
-    crop = crop_face(img, box, S)[0] * 255
-    K = crop_intrinsics(default_intrinsics((H, W)), box, S)[0]
-    K_img = default_intrinsics((H, W))[0]
-    # Pixel (j', i') of the crop shows image point K_img K^-1 (j', i', 1).
-    j, i = 20, 7
-    p = K_img @ torch.linalg.inv(K) @ torch.tensor([float(j), float(i), 1.0])
-    assert crop[0, i, j].item() == pytest.approx(3 * p[0].item(), abs=0.6)
-    assert crop[1, i, j].item() == pytest.approx(4 * p[1].item(), abs=0.6)

@@ -217,15 +217,13 @@ def face_id():
 def _photo_crop(images_dir, name: str, size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
     from jr2net.face.landmarks import detect_largest_face
     from jr2net.io.images import load_image
-    from jr2net.models.checkpoint import crop_face
-    from jr2net.models.recnet import face_crop_box
+    from jr2net.training.data.sample import crop_image, crop_points, face_crop_box
 
     img = load_image(images_dir / name)
-    lm = detect_largest_face(img).landmarks.astype("float64")
+    lm = detect_largest_face(img).landmarks
     box = face_crop_box(lm)
-    scale = size / (box[2] - box[0])
-    lm_crop = (lm - [box[0], box[1]]) * scale + (scale - 1) / 2
-    return crop_face(img, box, size), torch.as_tensor(lm_crop, dtype=torch.float32)[None]
+    crop = torch.from_numpy(crop_image(img, box, size)).permute(2, 0, 1)[None].float() / 255
+    return crop, torch.as_tensor(crop_points(lm, box, size))[None]
 
 
 def test_identity_loss_is_zero_for_the_same_face_and_larger_for_another_person(

@@ -6,7 +6,7 @@ the face model's in use: another model's checkpoint is refused, naming both hash
 
 ``RecNetFitter.fit`` is the learned counterpart of ``jr2net.face.fitting.SourceFitter.fit`` and
 returns the same ``FitResult``: detect the 68 landmarks (dlib) -> ``face_crop_box`` -> crop to
-``S``² -> one RecNet forward pass -> ``to_image_camera`` (coefficients in the full image's
+``S``² (``training.data.sample.crop_image``, as the training crops) -> one RecNet forward pass -> ``to_image_camera`` (coefficients in the full image's
 ``default_intrinsics`` camera, as the fitter's) -> landmarks projected as the fitter matches them
 (jaw on the occluding contour). ``refine_iterations > 0`` then runs the fitter's landmark solver
 (``LandmarkSolver.solve``) warm-started from RecNet's pose and shape, with a proximal pull towards
@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from jr2net.face.camera import crop_intrinsics, default_intrinsics, euler_to_matrix, matrix_to_euler
@@ -31,6 +30,7 @@ from jr2net.face.fitting import FitResult, LandmarkParams, surface_metric
 from jr2net.face.landmarks import FaceDetection, interocular_distance
 from jr2net.face.model import FaceModel
 from jr2net.models.recnet import RecNet, face_crop_box
+from jr2net.training.data.sample import crop_image
 
 RECNET_STAGES = ("recnet",)
 SPEC_KEYS = ("backbone", "width", "crop_size", "n_identity", "n_albedo", "n_expression")
@@ -67,37 +67,6 @@ def build_recnet(model: FaceModel, spec: dict[str, Any]) -> RecNet:
         n_albedo=int(spec["n_albedo"]),
         width=float(spec["width"]),
     )
-
-
-def crop_face(image: np.ndarray | Tensor, box: tuple[float, ...] | Tensor, size: int) -> Tensor:
-    """The square ``box`` of an image resampled to ``size``² (``[1,3,S,S]`` float in [0,1]).
-
-    ``image`` is uint8 HWC RGB (numpy) or a float ``[1,3,H,W]`` tensor; pixels sample the box in
-    the half-pixel convention of ``crop_intrinsics`` (so the crop camera is
-    ``crop_intrinsics(K, box, size)``); zeros outside the image. Large downscales are pre-blurred.
-    """
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be uint8 [H,W,3] RGB, got {image.dtype} {image.shape}")
-        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
-    elif isinstance(image, Tensor) and image.dim() == 4 and image.shape[:2] == (1, 3):
-        img = image.float()
-    else:
-        raise TypeError("image must be a uint8 [H,W,3] array or a [1,3,H,W] tensor")
-    x0, y0, x1, y1 = (float(v) for v in torch.as_tensor(box).reshape(4))
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {(x0, y0, x1, y1)}")
-    H, W = img.shape[-2:]
-    scale = max(x1 - x0, y1 - y0) / size
-    if scale > 1.5:  # cheap anti-aliasing before a big downscale
-        k = int(min(round(scale), 6))
-        img = F.avg_pool2d(img, k, stride=1, padding=k // 2, count_include_pad=False)[..., :H, :W]
-    js = x0 - 0.5 + (torch.arange(size, dtype=torch.float32) + 0.5) * (x1 - x0) / size
-    is_ = y0 - 0.5 + (torch.arange(size, dtype=torch.float32) + 0.5) * (y1 - y0) / size
-    gx = (js + 0.5) / W * 2 - 1
-    gy = (is_ + 0.5) / H * 2 - 1
-    grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
-    return F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 class RecNetFitter:
@@ -155,7 +124,7 @@ class RecNetFitter:
         target = np.asarray(detection.landmarks, dtype=np.float64)
         box = face_crop_box(target)
         S = self.crop_size
-        crop = crop_face(image, box, S)
+        crop = torch.from_numpy(crop_image(image, box, S)).permute(2, 0, 1)[None].float() / 255.0
         K_crop = crop_intrinsics(K, box, S)
         t2 = time.perf_counter()
         timings["crop"] = t2 - t1
