@@ -125,6 +125,18 @@ def test_align_face_chips_other_size_and_padding(faces):
     _assert_like_dlib_chip(ours, ref, "obama.jpg")
 
 
+def test_align_face_chips_five_point_template(faces):
+    from jr2net.face.landmarks import models_dir
+
+    predictor = dlib.shape_predictor(str(models_dir() / "shape_predictor_5_face_landmarks.dat"))
+    for name in ("obama.jpg", "d9.jpg"):
+        img, shape68 = faces[name]
+        shape5 = predictor(img, shape68.rect)
+        ref = dlib.get_face_chip(img, shape5, size=150, padding=0.25).astype(np.float64)
+        ours = align_face_chips(_tensor(img), _landmarks(shape5))
+        _assert_like_dlib_chip(ours, ref, name)
+
+
 def test_own_alignment_gives_dlib_pipeline_descriptors(net, faces, rec):
     for name in ("obama.jpg", "biden.jpg", "s12.jpg"):
         img, shape = faces[name]
