@@ -124,6 +124,13 @@ class RecNetStageConfig(TrainConfig):
     w_vertex: float = 1.0  # synthetic faces: vertex supervision (mm)
     landmark_only_steps: int = 0  # the first steps train on landmarks only (no rendering)
     eval_metric: str = "landmark_iod"
+    w_reg_expression_l1: float = 0.0  # times w_reg: sparse expressions (β >= 0)
+    identity_every: int = 1  # the identity term runs every n-th step (dlib's ResNet is costly)
+    identity_samples: int = 0  # ... on at most this many samples of the batch; 0 = all
+    landmark_contour: bool = True  # jaw landmarks on the occluding contour (as the fitter)
+    augment_shift: float = 0.05  # random crop shift, fraction of the crop side
+    augment_scale: float = 0.05  # random crop zoom, log-scale range
+    augment_color: float = 0.1  # brightness / contrast / channel-gain jitter
 
 
 @dataclass
