@@ -11,9 +11,9 @@ from jr2net.face.camera import euler_rotation
 from jr2net.face.landmarks import detect_largest_face
 from jr2net.io.images import load_image
 from jr2net.io.video import VideoReader
-from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import SessionOptions, StagedSession
 from jr2net.pipeline.geometric import STAGES, GeometricReenactor
+from jr2net.pipeline.recombine import absolute_pose, relative_pose
 
 CLOSED, OPEN = 0, 45  # d0.mp4 frames: mouth closed / wide open smile
 
@@ -177,12 +177,12 @@ def test_relative_pose_is_the_source_pose_at_the_reference_and_follows_rotation(
     t_src = torch.tensor([5.0, -3.0, -600.0])
     R_ref = _rot(0.0, 0.3, 0.0)
     t_ref = torch.tensor([0.0, 0.0, -500.0])
-    R, t = st.relative_pose(R_src, t_src, R_ref, t_ref, R_ref, t_ref, 1.0)
+    R, t = relative_pose(R_src, t_src, R_ref, t_ref, R_ref, t_ref, 1.0)
     torch.testing.assert_close(R, R_src)
     torch.testing.assert_close(t, t_src)
     R_drv = _rot(0.0, 0.5, 0.0)
     t_drv = torch.tensor([10.0, 0.0, -550.0])
-    R, t = st.relative_pose(R_src, t_src, R_drv, t_drv, R_ref, t_ref, 0.5)
+    R, t = relative_pose(R_src, t_src, R_drv, t_drv, R_ref, t_ref, 0.5)
     torch.testing.assert_close(R @ R_src.T, R_drv @ R_ref.T)
     torch.testing.assert_close(t, torch.tensor([10.0, -3.0, -660.0]))
 
@@ -213,12 +213,12 @@ def test_absolute_pose_is_unchanged_between_identical_cameras_and_follows_frame_
     R = _rot(0.1, 0.2, 0.0)
     t = torch.tensor([12.0, -8.0, -550.0])
     K = torch.tensor([[700.0, 0.0, 255.5], [0.0, 700.0, 255.5], [0.0, 0.0, 1.0]])
-    R2, t2 = st.absolute_pose(R, t, K, (512, 512), K, (512, 512))
+    R2, t2 = absolute_pose(R, t, K, (512, 512), K, (512, 512))
     torch.testing.assert_close(R2, R)
     torch.testing.assert_close(t2, t)
     # Twice the frame (and focal): the head keeps its place and size relative to the frame.
     K_big = torch.tensor([[1400.0, 0.0, 511.5], [0.0, 1400.0, 511.5], [0.0, 0.0, 1.0]])
-    _, t3 = st.absolute_pose(R, t, K, (512, 512), K_big, (1024, 1024))
+    _, t3 = absolute_pose(R, t, K, (512, 512), K_big, (1024, 1024))
     torch.testing.assert_close(t3, t)
 
 
@@ -234,7 +234,7 @@ def test_render_mesh_drops_the_neck_keeps_landmarks_and_normals_match_the_model(
     from jr2net.face.mesh import fast_vertex_normals, vertex_normals
 
     ref = vertex_normals(mesh.vertices[None], mesh.faces)[0]
-    fast = fast_vertex_normals(mesh.vertices, mesh.faces_long, reenactor.normal_op)
+    fast = fast_vertex_normals(mesh.vertices, mesh.faces_long, mesh.ops.normal_op)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-4)
 
 

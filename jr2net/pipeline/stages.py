@@ -1,8 +1,9 @@
 """The geometric reenactment pipeline's stages, each a plain function that can be tested and timed alone.
 
 Everything here works on batch-1 CPU tensors in the camera conventions of DESIGN §3. The session in
-``jr2net.pipeline.geometric`` strings them together: recombine -> rasterize -> warp -> relight ->
-fill -> composite.
+``jr2net.pipeline.geometric`` strings them together with the mode-independent half
+(``jr2net.pipeline.recombine``): recombine -> rasterize -> warp -> relight -> fill -> composite
+(``jr2net.pipeline.composite``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.face.camera import flip
+from jr2net.face.mesh import MeshOperators
 
 
 def image_to_tensor(img: np.ndarray) -> Tensor:
@@ -56,55 +57,6 @@ def crop_resample(image: Tensor, box: tuple[int, int, int], size: int) -> Tensor
     return F.interpolate(
         region, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size
     )
-
-
-def relative_pose(
-    R_src: Tensor,
-    t_src: Tensor,
-    R_drv: Tensor,
-    t_drv: Tensor,
-    R_ref: Tensor,
-    t_ref: Tensor,
-    size_ratio: float,
-) -> tuple[Tensor, Tensor]:
-    """The source head moved by the driving head's motion since its reference (first) frame.
-
-    Rotation: ``R = (R_drv R_ref^T) R_src``. Translation: x/y move by the driving displacement
-    times ``size_ratio`` (source / driving head size, so the motion is the same fraction of the
-    face); depth scales by ``z_drv / z_ref`` so the face grows or shrinks by the same factor.
-    """
-    R = (R_drv @ R_ref.T) @ R_src
-    t = t_src.clone()
-    t[:2] = t_src[:2] + (t_drv[:2] - t_ref[:2]) * size_ratio
-    t[2] = t_src[2] * (t_drv[2] / t_ref[2])
-    return R, t
-
-
-def absolute_pose(
-    R_drv: Tensor,
-    t_drv: Tensor,
-    K_drv: Tensor,
-    hw_drv: tuple[int, int],
-    K_out: Tensor,
-    hw_out: tuple[int, int],
-) -> tuple[Tensor, Tensor]:
-    """The driving head's own pose, re-expressed for the output camera.
-
-    The head keeps its relative image position (origin projects to the same fraction of the frame)
-    and its size relative to the frame height.
-    """
-    Hd, Wd = hw_drv
-    Ho, Wo = hw_out
-    t_cam = flip(t_drv)  # model origin in the driving camera frame
-    z = float(t_cam[2])
-    u = (float(K_drv[0, 0]) * float(t_cam[0]) / z + float(K_drv[0, 2]) + 0.5) / Wd
-    v = (float(K_drv[1, 1]) * float(t_cam[1]) / z + float(K_drv[1, 2]) + 0.5) / Hd
-    # Pixel size of 1 mm at the origin, as a fraction of the frame height, is preserved.
-    z_out = z * (float(K_out[1, 1]) / Ho) / (float(K_drv[1, 1]) / Hd)
-    x_out = (u * Wo - 0.5 - float(K_out[0, 2])) * z_out / float(K_out[0, 0])
-    y_out = (v * Ho - 0.5 - float(K_out[1, 2])) * z_out / float(K_out[1, 1])
-    t_out = flip(torch.tensor([x_out, y_out, z_out], dtype=t_drv.dtype))
-    return R_drv.clone(), t_out
 
 
 def diffuse_colors(colors: Tensor, known: Tensor, adjacency: Tensor, iters: int = 60) -> Tensor:
@@ -218,7 +170,8 @@ class RenderMesh:
     """The part of a face model rendered per frame: a vertex subset with its bases and faces.
 
     Like ``FaceModel.subset`` but cut by geometry too (the neck below the jaw is dropped, so it
-    stays with the background instead of turning with the head).
+    stays with the background instead of turning with the head). Carries the mesh operators a
+    session uses every frame (``ops``) and the vertices that bound its render crop.
     """
 
     def __init__(self, model, keep: Tensor) -> None:
@@ -236,6 +189,9 @@ class RenderMesh:
         self.expression_basis = model.expression_basis[:, keep_idx].contiguous()
         self.region = None if model.region is None else model.region[keep_idx]
         self.region_names = list(model.region_names)
+        self.ops = MeshOperators(self.faces, self.n_vertices)  # normals, smoothing per frame
+        # Vertices whose projection bounds the face (the render crop): a subsample of all.
+        self.box_vertices = torch.arange(0, self.n_vertices, 7)
 
     @property
     def n_vertices(self) -> int:

@@ -1,0 +1,230 @@
+"""The geometric path's last stage: the face layer over the source background, warped by the head.
+
+The source photo (at output size) is the background, itself warped over a box covering
+``BACKGROUND_BOX_SCALE`` times the face crop and the source's own face: by the head's rigid
+motion (extrapolated from the face, its mean far from it, so hair, ears, neck and the old head
+position follow the head) plus the non-rigid face motion close to the face (the skin under a
+dropping jaw follows it), fading to zero at the box border; the face layer goes on top with a
+feathered mask. Large head motions stretch the shoulders/background near the head (no
+inpainting).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from jr2net.face.camera import camera_to_model, pose_points
+from jr2net.face.camera import project as project_points
+from jr2net.pipeline.stages import bilinear_matrix, border_window, extend_field, feather
+
+BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
+FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
+
+
+class Compositor:
+    """Composites face crops of one session into its (warped) source background.
+
+    ``bg`` is the source image at output size ``[1,3,Ho,Wo]`` in [0,1]; ``K_out`` the output
+    camera; ``crop`` the render crop side; ``src_box`` the source face's square box in output
+    pixels and ``src_pose`` its pose (R, t) (the background moves from there).
+    """
+
+    def __init__(
+        self,
+        bg: Tensor,
+        K_out: Tensor,
+        crop: int,
+        feather_radius: int,
+        background_warp: bool,
+        src_box: tuple[int, int, int],
+        src_pose: tuple[Tensor, Tensor],
+    ) -> None:
+        Ho, Wo = bg.shape[-2:]
+        S = crop
+        self.crop = crop
+        self.out_hw = (Ho, Wo)
+        self.feather_radius = feather_radius
+        self.background_warp = background_warp
+        self.src_box = src_box
+        self.R_src, self.t_src = src_pose
+        self.K_out = K_out
+        self.bg_u8 = np.ascontiguousarray(
+            (bg[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).numpy()
+        )
+        # Background-warp field: face cells (the render crop in field_inner² cells, as fine as the
+        # FIELD_GRID² grid over a box BACKGROUND_BOX_SCALE times the crop) resampled per frame
+        # onto the grid of the actual background box.
+        inner = int(round(FIELD_GRID / BACKGROUND_BOX_SCALE))
+        self.field_factor = S / inner
+        self.field_inner = inner
+        self.window = border_window(FIELD_GRID, 0.22)
+        j = (torch.arange(inner, dtype=torch.float32) + 0.5) / inner
+        self._cell_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [n,n,2] (x,y)
+        # Normalised grid_sample coordinates of every output pixel (align_corners=False), as
+        # [2,Ho,Wo] planes (the upsampled field adds to them without a transpose).
+        gx = ((2 * torch.arange(Wo, dtype=torch.float32) + 1) / Wo - 1).expand(Ho, Wo)
+        gy = ((2 * torch.arange(Ho, dtype=torch.float32) + 1) / Ho - 1)[:, None].expand(Ho, Wo)
+        self._grid = torch.stack([gx, gy], dim=0)  # [2,Ho,Wo]
+        self._px_to_grid = torch.tensor([2.0 / Wo, 2.0 / Ho]).view(2, 1, 1)
+        self._field_upsampler: dict[int, Tensor] = {}  # box side -> [side, FIELD_GRID] matrix
+        # The background in uint8 units plus 0.5: warped and blended in these units, the output
+        # is one truncating cast (bilinear weights sum to 1, so the offset survives sampling).
+        self.bg255 = (bg * 255.0).add_(0.5).contiguous()
+        self._K_out_inv = torch.linalg.inv(K_out)
+
+    def composite(
+        self,
+        face: Tensor,
+        valid: Tensor,
+        points: Tensor,
+        depth: Tensor,
+        box: tuple[int, int, int],
+        pose: tuple[Tensor, Tensor],
+    ) -> np.ndarray:
+        """Paste the face crop (feathered) over the source background warped by the head motion.
+
+        The background moves with the head's rigid motion (extrapolated over the whole box, so hair,
+        ears and neck follow it) plus the non-rigid face motion near the face only (so the jaw
+        drags the skin just below it, not the collar).
+        """
+        S = self.crop
+        Ho, Wo = self.out_hw
+        x0, y0, side = box
+        alpha = feather(valid, self.feather_radius)
+
+        # Background box: the render box grown BACKGROUND_BOX_SCALE times, grown further to also
+        # cover the source's face, so a head that moved away does not leave its old self behind.
+        half = side * BACKGROUND_BOX_SCALE / 2
+        cx, cy = x0 + side / 2, y0 + side / 2
+        sx0, sy0, sside = self.src_box
+        lo_x, hi_x = min(cx - half, sx0 - 0.3 * sside), max(cx + half, sx0 + 1.3 * sside)
+        lo_y, hi_y = min(cy - half, sy0 - 0.3 * sside), max(cy + half, sy0 + 1.3 * sside)
+        bside = int(math.ceil(max(hi_x - lo_x, hi_y - lo_y)))
+        bx0 = int(math.floor((lo_x + hi_x - bside) / 2))
+        by0 = int(math.floor((lo_y + hi_y - bside) / 2))
+        # Visible part of the background box in the frame.
+        fx0, fy0 = max(bx0, 0), max(by0, 0)
+        fx1, fy1 = min(bx0 + bside, Wo), min(by0 + bside, Ho)
+        out = self.bg_u8.copy()  # a fresh array per frame: callers may keep returned frames
+        if fx1 <= fx0 or fy1 <= fy0:
+            return out
+
+        # region: the warped background box in uint8 units + 0.5 (see bg255).
+        if self.background_warp:
+            field = self._background_field(valid, points, depth, box, (bx0, by0, bside), pose)
+            grid = self._sample_grid(
+                field[0] * self._px_to_grid, bside, (bx0, by0), (fx0, fy0, fx1, fy1)
+            )
+            region = F.grid_sample(
+                self.bg255, grid[None], mode="bilinear", padding_mode="border", align_corners=False
+            )
+        else:
+            region = self.bg255[:, :, fy0:fy1, fx0:fx1].clone()
+
+        # Face layer (crop resampled to its box in the output frame), clipped to the region.
+        layer = torch.cat([face, alpha], dim=1)
+        if side != S:
+            layer = F.interpolate(
+                layer,
+                size=(side, side),
+                mode="bilinear",
+                align_corners=False,
+                antialias=side < 0.6 * S,
+            )
+        lx0, ly0 = max(x0, fx0), max(y0, fy0)
+        lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
+        if lx1 > lx0 and ly1 > ly0:
+            part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
+            rgb = part[:3].mul(255.0).add_(0.5).clamp_(0.5, 255.5)  # uint8 units, as region
+            a = part[3:4].clamp(0.0, 1.0)
+            sub = region[0, :, ly0 - fy0 : ly1 - fy0, lx0 - fx0 : lx1 - fx0]
+            sub.add_(rgb.sub_(sub).mul_(a))
+        # Values lie in [0.5, 255.5] (convex blends of such): truncation rounds to nearest.
+        # numpy's cast and per-channel strided stores are ~3x faster than torch's here.
+        planes = region[0].numpy().astype(np.uint8)
+        dst = out[fy0:fy1, fx0:fx1]
+        for c in range(3):
+            dst[..., c] = planes[c]
+        return out
+
+    def _sample_grid(
+        self, field: Tensor, bside: int, origin: tuple[int, int], window: tuple[int, int, int, int]
+    ) -> Tensor:
+        """grid_sample grid ``[h,w,2]`` over ``window`` of the frame: identity plus ``field``
+        (``[2,n,n]``, grid units, over the box of side ``bside`` at ``origin``) upsampled bilinearly.
+
+        Same values as ``F.interpolate(align_corners=False)`` then adding the identity grid, as two
+        small matrix products that write the grid's [h,w,2] layout directly (cheaper on CPU)."""
+        bx0, by0 = origin
+        fx0, fy0, fx1, fy1 = window
+        A = self._field_upsampler.get(bside)
+        if A is None:
+            if len(self._field_upsampler) > 16:
+                self._field_upsampler.clear()
+            A = self._field_upsampler[bside] = bilinear_matrix(field.shape[-1], bside)
+        Ay, Ax = A[fy0 - by0 : fy1 - by0], A[fx0 - bx0 : fx1 - bx0]
+        n, h, w = field.shape[-1], fy1 - fy0, fx1 - fx0
+        g = torch.empty(n + 1, w, 2)
+        g[:n] = (field @ Ax.T).permute(1, 2, 0)  # columns upsampled
+        g[:n, :, 0] += self._grid[0, 0, fx0:fx1]  # rows of Ay sum to 1: x identity per column
+        g[n, :, 0] = 0.0
+        g[n, :, 1] = 1.0  # picks the y identity from Ay's extra column
+        Ay = torch.cat([Ay, self._grid[1, fy0:fy1, :1]], 1)  # [h, n+1]
+        return (Ay @ g.view(n + 1, w * 2)).view(h, w, 2)
+
+    def _background_field(
+        self,
+        valid: Tensor,
+        points: Tensor,
+        depth: Tensor,
+        box: tuple[int, int, int],
+        bbox: tuple[int, int, int],
+        pose: tuple[Tensor, Tensor],
+    ) -> Tensor:
+        """Background displacement ``[1,2,n,n]`` (output px, target -> source) over ``bbox``.
+
+        Per face cell: the full (non-rigid) displacement from the warp's source points and the
+        rigid one (the target point moved by the head pose only). Both are resampled onto the
+        background box's coarse grid; the rigid one is extrapolated over the whole box and faded out
+        at its border, the non-rigid remainder only near the face.
+        """
+        x0, y0, side = box
+        inner = self.field_inner
+        # rasterize and interpolate give zeros off the mesh (DESIGN §4): no premultiplying.
+        cells = F.adaptive_avg_pool2d(
+            torch.cat([valid, points.permute(0, 3, 1, 2), depth.unsqueeze(1)], 1), inner
+        )
+        w_cell = cells[:, :1]
+        cells = cells[:, 1:] / w_cell.clamp_min(1e-6)
+        p_src = project_points(cells[:, :3].permute(0, 2, 3, 1).reshape(1, -1, 3), self.K_out[None])
+        p_tgt = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # [n,n,2]
+        rays = (
+            torch.cat([p_tgt, torch.ones(inner, inner, 1)], -1).reshape(-1, 3) @ self._K_out_inv.T
+        )
+        R, t = pose
+        X_m = camera_to_model(rays * cells[0, 3].reshape(-1, 1), R, t)  # target point, model space
+        p_rig = project_points(pose_points(X_m, self.R_src, self.t_src), self.K_out[None])
+        full = p_src[0].view(inner, inner, 2) - p_tgt
+        rigid = p_rig[0].view(inner, inner, 2) - p_tgt
+        w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
+        face = torch.cat([rigid.permute(2, 0, 1), (full - rigid).permute(2, 0, 1)], 0)[None]
+        face = torch.cat([face * w_cell, w_cell], 1)  # [1,5,n,n], displacements premultiplied
+        # Resample onto the background grid: cell centres of bbox in face-crop grid units.
+        bx0, by0, bside = bbox
+        c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
+        gx = (2 * (c + bx0 - x0) + 1) / side - 1
+        gy = (2 * (c + by0 - y0) + 1) / side - 1
+        grid = torch.stack(torch.meshgrid(gx, gy, indexing="xy"), dim=-1)[None]
+        big = F.grid_sample(face, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        w = big[:, 4:5]
+        ext, support = extend_field(big[:, :4] / w.clamp_min(1e-6), w, 1, 2)
+        # Far from the face the head's mean rigid motion (the old head position follows it).
+        mean_rigid = (face[:, 0:2].sum((2, 3)) / w_cell.sum().clamp_min(1.0))[:, :, None, None]
+        rigid_ext = mean_rigid + support * (ext[:, :2] - mean_rigid)
+        return rigid_ext * self.window + ext[:, 2:4] * support.pow(4)
+
