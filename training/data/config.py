@@ -22,7 +22,7 @@ class SyntheticConfig:
     """The synthetic face set: random identities, expressions (sparse prior, fitted video tracks,
     large-expression prior), pose, light, photo textures, real backgrounds; exact ground truth."""
 
-    size: int = 1000  # training samples (an epoch mixes them with the real ones by count)
+    size: int = 1000  # distinct training faces (index -> face is deterministic)
     heldout_size: int = 64  # samples in the held-out split (a disjoint seed stream)
     seed: int = 0
     render_size: int = 256  # the notional full image (camera K) the crop is taken from
@@ -68,6 +68,9 @@ class DataConfig:
     image_dirs: list[str] = field(default_factory=list)
     heldout_identities: list[str] = field(default_factory=lambda: ["d20"])
     heldout_tail: float = 0.2
+    # Share of synthetic samples in a RecNet epoch (the real samples fix the epoch's size; the
+    # synthetic faces cycle through synthetic.size distinct ones). 1 = synthetic only.
+    synthetic_fraction: float = 0.3
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,10 @@ class DataConfig:
             raise ValueError(f"data.crop_size must be >= 32, got {self.crop_size}")
         if not 0.0 <= self.heldout_tail < 1.0:
             raise ValueError(f"data.heldout_tail must be in [0, 1), got {self.heldout_tail}")
+        if not 0.0 <= self.synthetic_fraction <= 1.0:
+            raise ValueError(
+                f"data.synthetic_fraction must be in [0, 1], got {self.synthetic_fraction}"
+            )
         if isinstance(self.synthetic, dict):
             self.synthetic = SyntheticConfig.from_dict(self.synthetic)
 

@@ -36,6 +36,7 @@ from PIL import Image
 from torch import Tensor
 
 from jr2net.face.coeffs import FIELDS
+from jr2net.models.recnet import face_crop_box as _face_crop_box
 
 SAMPLE_KEYS = (
     "image",
@@ -50,34 +51,20 @@ SAMPLE_KEYS = (
 )
 
 
-def _face_crop_box_fallback(landmarks68: np.ndarray) -> tuple[float, float, float, float]:
-    lm = np.asarray(landmarks68, dtype=np.float64)
-    lo, hi = lm.min(0), lm.max(0)
-    c = (lo + hi) / 2
-    half = 0.75 * float((hi - lo).max())
-    return (c[0] - half, c[1] - half, c[0] + half, c[1] + half)
-
-
-try:
-    from jr2net.models.recnet import face_crop_box as _face_crop_box
-except ImportError:  # the RecNet module is not there yet: the same rule, locally
-    _face_crop_box = _face_crop_box_fallback
-
-
 def face_crop_box(landmarks68: np.ndarray) -> tuple[float, float, float, float]:
-    """The square crop box ``(x0, y0, x1, y1)`` (full-image pixels) RecNet sees for 68 landmarks."""
+    """The square crop box ``(x0, y0, x1, y1)`` (full-image pixels, ``crop_intrinsics``
+    convention) RecNet sees for 68 landmarks: ``jr2net.models.recnet.face_crop_box``."""
     lm = np.asarray(landmarks68)
     if lm.shape != (68, 2):
         raise ValueError(f"landmarks68 must have shape [68, 2], got {list(lm.shape)}")
-    box = _face_crop_box(lm)
-    return tuple(float(v) for v in np.asarray(box, dtype=np.float64).reshape(4))  # type: ignore[return-value]
+    return tuple(float(v) for v in _face_crop_box(lm.astype(np.float64)))  # type: ignore[return-value]
 
 
 def crop_image(image: np.ndarray, box: Sequence[float], size: int) -> np.ndarray:
     """``image[y0:y1, x0:x1]`` resized to ``size``² (uint8 HWC in and out), black outside the image.
 
-    Same pixel convention as ``jr2net.face.camera.crop_intrinsics`` (PIL's half-pixel box), with
-    PIL's antialiased bilinear filter.
+    ``box`` is in the ``jr2net.face.camera.crop_intrinsics`` convention (pixel edges: ``(0, 0, W,
+    H)`` is the whole image), which is PIL's resize box; PIL's antialiased bilinear filter.
     """
     if image.dtype != np.uint8 or image.ndim != 3:
         raise ValueError(f"image must be uint8 [H,W,C], got {image.dtype} {image.shape}")
@@ -143,7 +130,8 @@ def make_sample(
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be uint8 [S,S,3], got {image.dtype} {image.shape}")
-        img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        arr = image if image.flags.writeable else image.copy()
+        img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float() / 255.0
     else:
         img = image.float()
     if img.dim() != 3 or img.shape[0] != 3 or img.shape[1] != img.shape[2]:
