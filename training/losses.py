@@ -370,6 +370,7 @@ class RecNetLoss:
         sub = model
         if model.region is not None and "face" in model.region_names:
             sub = model.subset(["face"])
+        _autograd_albedo(sub)
         self.render_model = sub
         self.renderer: FaceRenderer = FaceRenderer(sub)
         n_id = model.n_identity if n_identity is None else n_identity
@@ -382,9 +383,11 @@ class RecNetLoss:
         *,
         photometric: bool = True,
         identity: bool = True,
+        identity_samples: int | None = None,
     ) -> tuple[Tensor, dict[str, float], RenderOutput | None]:
         """Total loss, the weighted terms (floats, for logging; terms weighted 0 are left out) and
-        the render (None when neither image term is on)."""
+        the render (None when neither image term is on). ``identity_samples`` caps the samples
+        the identity term sees (the first ones of the batch)."""
         w = self.weights
         image: Tensor = batch["image"]
         K: Tensor = batch["K"].to(image)
@@ -406,9 +409,10 @@ class RecNetLoss:
             if identity:
                 if self.face_id is None:
                     raise ValueError("the identity term needs a face_id network")
-                comp = composite(render.image, image, render.face_mask)
+                n = image.shape[0] if identity_samples is None else min(identity_samples, len(image))
+                comp = composite(render.image[:n], image[:n], render.face_mask[:n])
                 terms["identity"] = w.identity * identity_loss(
-                    self.face_id, comp, image, batch["landmarks"].to(image)
+                    self.face_id, comp, image[:n], batch["landmarks"][:n].to(image)
                 )
         if w.regularization > 0 or w.light_mono > 0:
             r = w.regularization
@@ -436,6 +440,22 @@ class RecNetLoss:
             raise ValueError("every RecNet loss term is switched off")
         total = torch.stack(list(terms.values())).sum()
         return total, {k: float(v.detach()) for k, v in terms.items()}, render
+
+
+def _autograd_albedo(model: FaceModel) -> None:
+    """Make sure ``model``'s albedo tensors can enter autograd graphs.
+
+    The albedo is built lazily on first use; when that first use ran under
+    ``torch.inference_mode`` (a dataset rendering synthetic faces, the prepare stage in the same
+    process) its tensors are inference tensors, which a training graph cannot save. A clone made
+    here, outside inference mode, is a normal tensor with the same values.
+    """
+    from jr2net.face.albedo import AlbedoModel
+
+    with torch.inference_mode(False):
+        alb = model.albedo
+        if alb.mean.is_inference() or alb.basis.is_inference():
+            model._albedo = AlbedoModel(alb.mean.clone(), alb.basis.clone())
 
 
 def _any_gt(batch: dict[str, Any]) -> bool:

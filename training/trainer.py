@@ -151,9 +151,10 @@ class Trainer:
             ctx.barrier()
             has_output = False
         if has_output and not self.resume:
-            what = "is complete" if status and status.get("status") == "done" else "has a run"
+            what = "is already complete" if status and status.get("status") == "done" else (
+                "already holds a run")
             raise StageOutputExists(
-                f"{self.out} already {what}; pass --resume to continue it or --force to redo it"
+                f"{self.out} {what}; pass --resume to continue it or --force to redo it"
             )
         if self.stage_cls.non_training:
             return self._run_non_training(stage, status)
