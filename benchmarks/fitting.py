@@ -53,7 +53,7 @@ ALT_KWARGS = {"final_landmark_weight": 0.0}
 def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple[dict, list[dict]]:
     from jr2net.errors import NoFaceError
     from jr2net.eval.geometry import reconstruction_errors
-    from jr2net.face.camera import default_intrinsics, project
+    from jr2net.face.camera import default_intrinsics, flip, project
     from jr2net.face.fitting import SourceFitter
     from jr2net.face.landmarks import FaceDetection, detect_largest_face
     from jr2net.face.model import FaceModel
@@ -131,7 +131,7 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         bX = torch.as_tensor(base_verts[binfo.vertex_ids][None], dtype=torch.float64)
         bR = torch.as_tensor(bp.R)
         bt = torch.as_tensor(bp.t)
-        bXc = (bX @ bR.T + bt) * torch.tensor([1.0, -1.0, -1.0], dtype=torch.float64)
+        bXc = flip(bX @ bR.T + bt)
         buv = project(bXc, K.double())[0].numpy()
         row["base_lmk_err_iod"] = float(np.linalg.norm(buv - gt_lm, axis=1).mean() / iod)
         eb = reconstruction_errors(

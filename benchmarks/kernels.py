@@ -13,7 +13,6 @@ Run: ``.venv/bin/python -m benchmarks.kernels [--quick] [--threads N]``.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -33,11 +32,18 @@ FEATURE_CHANNELS = 64
 
 
 def _rot_y(yaw: float) -> torch.Tensor:
-    c, s = math.cos(yaw), math.sin(yaw)
-    return torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    from jr2net.face.camera import euler_to_matrix
+
+    return torch.tensor(euler_to_matrix([0.0, yaw, 0.0]), dtype=torch.float32)
 
 
-_FLIP = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+def _flip_matrix() -> torch.Tensor:
+    from jr2net.face.camera import FLIP_NP
+
+    return torch.diag(torch.tensor(FLIP_NP, dtype=torch.float32))
+
+
+_FLIP = _flip_matrix()
 
 
 @dataclass
@@ -75,7 +81,7 @@ def _load_ict() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def make_scene(verts: torch.Tensor, faces: torch.Tensor, size: int, batch: int) -> Scene:
-    from jr2net.face.model import vertex_normals
+    from jr2net.face.mesh import vertex_normals
     from jr2net.ops import interpolate, rasterize
 
     gen = torch.Generator().manual_seed(size + batch)
