@@ -16,6 +16,8 @@ from jr2net.face.coeffs import neutral_light
 from jr2net.face.model import load_face_model
 from jr2net.models.etnet import ETNet, RecAugNet
 from jr2net.models.recnet import (
+    CROP_SCALE,
+    CROP_SHIFT,
     HEADS,
     RecNet,
     face_crop_box,
@@ -97,13 +99,15 @@ def _shapes(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
 
 @pytest.mark.parametrize("name", sorted(PARAM_COUNTS))
 def test_resnet_matches_torchvision_keys_shapes_and_parameter_count(name: str) -> None:
-    net = ResNet(name, num_classes=1000)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        net = ResNet(name, num_classes=1000)
     assert _shapes(net) == torchvision_resnet_shapes(name)
     assert sum(p.numel() for p in net.parameters()) == PARAM_COUNTS[name]
 
 
 def test_vgg19_matches_torchvision_keys_shapes_and_parameter_count() -> None:
-    net = VGG19()
+    with torch.device("meta"):
+        net = VGG19()
     assert _shapes(net) == torchvision_vgg19_shapes()
     assert sum(p.numel() for p in net.parameters()) == 143_667_240
 
@@ -128,31 +132,44 @@ def test_torchvision_state_dict_round_trips_strictly_and_a_feature_extractor_dro
 
 def test_a_mismatched_state_dict_is_refused_with_a_clear_error(tmp_path):
     path = tmp_path / "r34.pth"
-    torch.save(ResNet("resnet34", num_classes=1000).state_dict(), path)
-    with pytest.raises(ValueError, match=r"missing keys|unexpected keys"):
-        load_torchvision_weights(ResNet("resnet18", num_classes=1000), path)
-    torch.save(ResNet("resnet18", width=0.5, num_classes=1000).state_dict(), path)
+    torch.save(ResNet("resnet34", width=0.25, num_classes=10).state_dict(), path)
+    with pytest.raises(ValueError, match=r"unexpected keys \(e.g. \['layer1.2"):
+        load_torchvision_weights(ResNet("resnet18", width=0.25, num_classes=10), path)
+    with pytest.raises(ValueError, match=r"missing keys \(e.g. \['layer1.0.bn3"):
+        load_torchvision_weights(ResNet("resnet50", width=0.25, num_classes=10), path)
+    torch.save(ResNet("resnet18", width=0.125, num_classes=10).state_dict(), path)
     with pytest.raises(ValueError, match=r"shape mismatches.*conv1.weight"):
-        load_torchvision_weights(ResNet("resnet18", num_classes=1000), path)
+        load_torchvision_weights(ResNet("resnet18", width=0.25, num_classes=10), path)
+    torch.save({"conv1.weight": "not a tensor"}, path)
+    with pytest.raises(ValueError, match="state dict of tensors"):
+        load_torchvision_weights(ResNet("resnet18", width=0.25, num_classes=10), path)
     with pytest.raises(FileNotFoundError):
         load_torchvision_weights(resnet("resnet18"), tmp_path / "nope.pth")
 
 
 def test_vgg_features_at_returns_the_pix2pixhd_relu_layers_and_loads_without_classifier(tmp_path):
-    full = VGG19()
+    src = VGG19(classifier=False)
+    state = dict(src.state_dict())
+    # A torchvision file also holds the classifier (stand-in tensors: a feature-only VGG drops them).
+    state.update({"classifier.0.weight": torch.zeros(2, 2), "classifier.6.bias": torch.zeros(2)})
     path = tmp_path / "vgg.pth"
-    torch.save(full.state_dict(), path)
+    torch.save(state, path)
     feats_only = load_torchvision_weights(VGG19(classifier=False), path)
     x = torch.rand(1, 3, 64, 64)
     outs = feats_only.features_at(x)
     assert [o.shape[1] for o in outs] == [64, 128, 256, 512, 512]
     assert [o.shape[-1] for o in outs] == [64, 32, 16, 8, 4]
     assert all((o >= 0).all() for o in outs)  # after ReLU
-    ref = full.features_at(x, ["relu3_1"])[0]
+    ref = src.features_at(x, ["relu3_1"])[0]
     assert torch.allclose(ref, outs[2], atol=1e-5)
+    # features.11 is relu3_1: the conv before it, ReLU-ed, on the torchvision-normalised input.
+    y = (x - feats_only.mean) / feats_only.std
+    assert torch.allclose(feats_only.features[:12](y), outs[2], atol=1e-5)
     assert set(VGG_LAYERS) >= {"relu1_1", "relu5_1"}
     with pytest.raises(ValueError, match="unknown VGG layer"):
-        full.features_at(x, ["relu9_9"])
+        src.features_at(x, ["relu9_9"])
+    with pytest.raises(RuntimeError, match="classifier=False"):
+        src(y)
 
 
 def test_resnet_width_multiplier_scales_channels_and_rejects_bad_names() -> None:
@@ -196,6 +213,13 @@ def test_untrained_recnet_predicts_the_mean_face_framed_like_the_canonical_crop(
     assert (lm > 0).all() and (lm < 127).all()
     box = face_crop_box(lm)
     assert torch.allclose(box, torch.tensor([0.0, 0.0, 128.0, 128.0]).expand(3, 4), atol=0.05)
+    # Independently of face_crop_box: centred (pixel centres 0..127), scaled, shifted down.
+    lo, hi = lm[0].detach().min(0).values, lm[0].detach().max(0).values
+    assert float((lo[0] + hi[0]) / 2) == pytest.approx(63.5, abs=0.05)
+    assert float((hi - lo).max()) == pytest.approx(128 / CROP_SCALE, abs=0.05)
+    assert float((lo[1] + hi[1]) / 2) == pytest.approx(
+        63.5 + CROP_SHIFT * float(hi[1] - lo[1]), abs=0.05
+    )
 
 
 def test_face_crop_box_frames_the_landmarks_with_margin_and_accepts_numpy() -> None:
@@ -209,10 +233,10 @@ def test_face_crop_box_frames_the_landmarks_with_margin_and_accepts_numpy() -> N
         face_crop_box(lm[:10])
 
 
-def test_gradients_reach_the_backbone_from_every_head(recnet):
-    images = torch.rand(2, 3, 128, 128)
+def test_gradients_reach_the_backbone_from_every_head():
+    images = torch.rand(2, 3, 64, 64)
     for name in HEADS:
-        net = RecNet(backbone="resnet18", crop_size=128, n_identity=4, n_albedo=3, width=0.25)
+        net = RecNet(backbone="resnet18", crop_size=64, n_identity=4, n_albedo=3, width=0.25)
         opt = torch.optim.SGD(net.heads[name].parameters(), lr=1e-3)
         for step in range(2):
             opt.zero_grad()

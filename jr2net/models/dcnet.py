@@ -27,8 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jr2net.face.camera import crop_intrinsics
+from jr2net.face.coeffs import FaceCoefficients
+from jr2net.face.renderer import FaceRenderer
 from jr2net.models.spade import NORMS, SPADEResBlock, maybe_sn, param_free_norm
-from jr2net.ops import correspondence_warp
+from jr2net.ops import correspondence_warp, interpolate
 
 ABLATIONS = ("ours", "ours_r", "ours_p", "ours_l")
 _COND_CHANNELS = {"ours": 10, "ours_r": 3, "ours_p": 7, "ours_l": 7}
@@ -103,12 +105,17 @@ class DCNetConfig:
 
 @dataclass
 class DCNetInputs:
-    """Per-pixel inputs, all ``[B,*,S,S]`` in the driving view unless noted.
+    """Per-pixel inputs ``[B,*,S,S]``; the ``source_*`` maps are in the source view, the rest in
+    the driving view.
 
-    ``points_src [B,S,S,3]``: source-camera 3D point of each driving pixel (the source-posed
-    recombined mesh interpolated with the driving rasterisation), ``valid [B,1,S,S]`` where there is
-    one; ``K_src [B,3,3]`` the source crop camera; ``source_depth [B,1,S,S]`` (source view, optional)
-    enables the occlusion test of C; ``rendered`` (the shaded recombined face) is needed by ours_r.
+    ``source_image``: the source crop in [0,1]; ``source_light`` / ``source_normal``: irradiance
+    and camera-frame normals (``RenderOutput.irradiance`` / ``.normals``) of the source fit.
+    ``driving_light`` / ``driving_normal``: the same for the recombined face (source identity,
+    driving expression, pose and light) rendered in the driving view. ``points_src [B,S,S,3]``:
+    source-camera 3D point of each driving pixel (the source-posed recombined mesh interpolated
+    with the driving rasterisation), ``valid [B,1,S,S]`` where there is one (the driving mask);
+    ``K_src [B,3,3]`` the source crop camera; ``source_depth [B,1,S,S]`` (optional) enables the
+    occlusion test of C; ``rendered`` (the shaded recombined face) is needed by ours_r only.
     """
 
     source_image: Tensor
@@ -148,6 +155,45 @@ class DCNetInputs:
         K = self.K_src
         if K.shape not in ((B, 3, 3), (1, 3, 3), (3, 3)):
             raise ValueError(f"DCNetInputs.K_src must be [B,3,3], got {list(K.shape)}")
+
+
+def build_inputs(
+    renderer: FaceRenderer,
+    source_image: Tensor,
+    source: FaceCoefficients,
+    driving: FaceCoefficients,
+    K_src: Tensor,
+    K_drv: Tensor | None = None,
+) -> DCNetInputs:
+    """Dense conditions from the source and driving coefficients (in their crop cameras).
+
+    The recombined face is the source identity and albedo with the driving expression, pose and
+    light. Each driving pixel's source point is the source mesh (the source's own expression and
+    pose) interpolated with the recombined face's driving rasterisation, so expressions move
+    pixels; ``valid`` is the driving mesh mask. ``K_drv`` defaults to ``K_src``.
+    """
+    if not isinstance(source_image, Tensor) or source_image.dim() != 4:
+        raise ValueError(
+            f"source_image must be [B,3,S,S], got {getattr(source_image, 'shape', None)}"
+        )
+    size = (int(source_image.shape[-2]), int(source_image.shape[-1]))
+    K_drv = K_src if K_drv is None else K_drv
+    recombined = driving.replace(identity=source.identity, albedo=source.albedo)
+    src = renderer.render(source, K_src, size)
+    drv = renderer.render(recombined, K_drv, size)
+    faces = renderer.model.faces.to(src.verts_cam.device)
+    return DCNetInputs(
+        source_image=source_image,
+        source_light=src.irradiance,
+        source_normal=src.normals,
+        points_src=interpolate(src.verts_cam, drv.rast, faces).contiguous(),
+        valid=drv.mask,
+        K_src=K_src,
+        driving_light=drv.irradiance,
+        driving_normal=drv.normals,
+        source_depth=src.depth,
+        rendered=drv.image,
+    )
 
 
 def _conv_block(cin: int, cout: int, stride: int, norm: str, dilation: int = 1) -> nn.Sequential:
