@@ -137,7 +137,7 @@ def make_sample(
     if img.dim() != 3 or img.shape[0] != 3 or img.shape[1] != img.shape[2]:
         raise ValueError(f"image must be [3,S,S], got {tuple(img.shape)}")
     S = img.shape[1]
-    m = torch.as_tensor(np.asarray(mask) if isinstance(mask, np.ndarray) else mask).float()
+    m = torch.as_tensor(np.array(mask, np.float32)) if isinstance(mask, np.ndarray) else mask.float()
     if m.max() > 1.0:
         m = m / 255.0
     m = m.reshape(1, S, S)
