@@ -126,6 +126,7 @@ setup(
         "jr2net.server",
         "jr2net.clients",
         "jr2net.training",
+        "jr2net.training.data",
     ],
     package_dir={
         "jr2net": "jr2net",
