@@ -49,6 +49,7 @@ class ServerConfig:
     torch_threads: int = 1
     default_mode: str = "geometric"
     face_model: str | None = None
+    checkpoints: str | None = None
     preload: bool = True
     log_level: str = "INFO"
 
@@ -74,6 +75,8 @@ class ServerConfig:
             raise ValueError(f"default_mode must be one of {modes}, got {self.default_mode!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key must be given together")
+        if self.checkpoints is not None and not Path(self.checkpoints).exists():
+            raise ValueError(f"checkpoints: no such file or directory: {self.checkpoints}")
         for name in ("tls_cert", "tls_key", "token_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
@@ -124,6 +127,9 @@ SETTINGS: dict[str, Setting] = {
         "oversubscribing the cores", "N"),
     "default_mode": Setting("mode for sessions that do not choose one (only geometric in this version)", "MODE"),
     "face_model": Setting("face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"),
+    "checkpoints": Setting(
+        "network weights for modes that use them: a training run directory or a checkpoint file "
+        "(the geometric mode needs none)", "PATH"),
     "preload": Setting("build the default reenactor at start-up so the first session is fast"),
     "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
 }
@@ -256,7 +262,9 @@ class ReenactorFactory:
 
     def settings(self) -> registry.ReenactorSettings:
         """What every mode's factory gets from this server's configuration."""
-        return registry.ReenactorSettings(face_model=self.config.face_model)
+        return registry.ReenactorSettings(
+            face_model=self.config.face_model, checkpoints=self.config.checkpoints
+        )
 
     def loaded(self) -> dict[str, Any]:
         with self._lock:

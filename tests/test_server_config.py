@@ -66,3 +66,21 @@ def test_learned_mode_is_refused_clearly():
         factory.get("learned")
     with pytest.raises(ValueError, match="mode must be one of"):
         factory.get("fancy")
+
+
+def test_factory_builds_registered_modes_with_the_server_checkpoints(tmp_path):
+    from jr2net.pipeline import registry
+
+    made = []
+    registry.register_mode("test_server_mode", lambda settings: made.append(settings) or object())
+    try:
+        config = ServerConfig(face_model="generic", checkpoints=str(tmp_path)).validate()
+        factory = ReenactorFactory(config)
+        assert "test_server_mode" in factory.available_modes()
+        first = factory.get("test_server_mode")
+        assert factory.get("test_server_mode") is first  # built once
+        assert [(s.face_model, s.checkpoints) for s in made] == [("generic", str(tmp_path))]
+    finally:
+        registry._MODES.pop("test_server_mode", None)
+    with pytest.raises(ValueError, match="checkpoints"):
+        ServerConfig(checkpoints=str(tmp_path / "missing")).validate()
