@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -106,6 +109,23 @@ def test_two_gloo_ranks_match_one_process(tmp_path: Path) -> None:
 
 
 def _eval(run: Path) -> list[dict]:
-    import json
-
     return json.loads((run / "toy_ddp" / "eval.json").read_text())["history"]
+
+
+def test_torchrun_launches_the_training_module(tmp_path: Path) -> None:
+    """``torchrun -m jr2net.training`` joins a 2-process gloo group and runs a stage once."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        "run: {device: cpu, face_model: generic, stages: [prepare]}\n"
+        "data: {shared_videos: [], shared_photos: []}\n"
+    )
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "jr2net.training", "prepare", "--config", str(cfg), "--out", str(tmp_path / "run"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    status = json.loads((tmp_path / "run" / "prepare" / "stage.json").read_text())
+    assert status["status"] == "done"

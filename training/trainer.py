@@ -141,6 +141,7 @@ class Trainer:
             stage.require_output(earlier)
         status = read_status(self.out)
         has_output = status is not None or (self.out / "last.pt").exists()
+        ctx.barrier()  # every rank has looked before rank 0 writes anything
         if has_output and self.force:
             ctx.barrier()
             if ctx.is_main:
