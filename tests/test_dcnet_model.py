@@ -9,12 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from jr2net.face.camera import default_intrinsics
-from jr2net.face.coeffs import FaceCoefficients
-from jr2net.face.model import load_face_model
-from jr2net.face.renderer import FaceRenderer
-from jr2net.models.dcnet import ABLATIONS, DCNet, DCNetConfig, DCNetInputs, build_inputs
+from jr2net.models.dcnet import ABLATIONS, DCNet, DCNetConfig, DCNetInputs
 from jr2net.models.discriminator import MultiScaleDiscriminator
-from jr2net.models.recnet import solve_default_translation
 from jr2net.models.spade import SPADEResBlock
 
 S = 32
@@ -179,30 +175,6 @@ def test_spade_block_modulation_depends_on_the_condition() -> None:
     x = torch.randn(1, 8, 16, 16)
     a, b = block(x, torch.rand(1, 4, 32, 32)), block(x, torch.rand(1, 4, 32, 32))
     assert a.shape == x.shape and (a - b).abs().max() > 1e-4
-
-
-def test_build_inputs_from_coefficients_gives_an_identity_warp_for_the_same_face() -> None:
-    model = load_face_model("generic")
-    renderer = FaceRenderer(model)
-    size = 64
-    K = default_intrinsics(size)
-    src = FaceCoefficients.zeros(model)
-    src.translation = solve_default_translation(model, size)[None]
-    image = renderer.render(src, K, (size, size)).image.clamp(0, 1)
-    net = DCNet(DCNetConfig.tiny(crop_size=size, channels=(8, 12, 16), context_channels=16))
-    same = build_inputs(renderer, image, src, src, K)
-    warped, cov = net.view_synthesis(same)
-    assert cov.sum() > 0.9 * same.valid.sum()
-    inside = cov.bool().expand_as(image)
-    assert torch.allclose(warped[inside], image[inside], atol=1e-3)
-    expr = torch.zeros(1, model.n_expression)
-    expr[0, model.expression_names.index("jawOpen")] = 1.0
-    drv = src.replace(angles=torch.tensor([[0.0, 0.5, 0.0]]), expression=expr)
-    turned = build_inputs(renderer, image, src, drv, K)
-    _, cov_t = net.view_synthesis(turned)
-    assert cov_t.sum() < 0.97 * turned.valid.sum()  # the turned-away side is not co-visible
-    out = net(turned)
-    assert out.shape == (1, 3, size, size)
 
 
 # ---- discriminator ----------------------------------------------------------------------------

@@ -27,10 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jr2net.face.camera import crop_intrinsics
-from jr2net.face.coeffs import FaceCoefficients
-from jr2net.face.renderer import FaceRenderer
 from jr2net.models.spade import NORMS, SPADEResBlock, maybe_sn, param_free_norm
-from jr2net.ops import correspondence_warp, interpolate
+from jr2net.ops import correspondence_warp
 
 ABLATIONS = ("ours", "ours_r", "ours_p", "ours_l")
 _COND_CHANNELS = {"ours": 10, "ours_r": 3, "ours_p": 7, "ours_l": 7}
@@ -52,7 +50,7 @@ class DCNetConfig:
     ablation: str = "ours"
     norm: str = "instance"
     spectral_norm: bool = False
-    rel_eps: float = 0.02
+    rel_eps: float = 0.01  # occlusion-test tolerance of C, as jr2net.pipeline.conditions
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -116,6 +114,7 @@ class DCNetInputs:
     with the driving rasterisation), ``valid [B,1,S,S]`` where there is one (the driving mask);
     ``K_src [B,3,3]`` the source crop camera; ``source_depth [B,1,S,S]`` (optional) enables the
     occlusion test of C; ``rendered`` (the shaded recombined face) is needed by ours_r only.
+    ``jr2net.pipeline.conditions.Conditions.dcnet_inputs`` builds them from coefficients.
     """
 
     source_image: Tensor
@@ -155,45 +154,6 @@ class DCNetInputs:
         K = self.K_src
         if K.shape not in ((B, 3, 3), (1, 3, 3), (3, 3)):
             raise ValueError(f"DCNetInputs.K_src must be [B,3,3], got {list(K.shape)}")
-
-
-def build_inputs(
-    renderer: FaceRenderer,
-    source_image: Tensor,
-    source: FaceCoefficients,
-    driving: FaceCoefficients,
-    K_src: Tensor,
-    K_drv: Tensor | None = None,
-) -> DCNetInputs:
-    """Dense conditions from the source and driving coefficients (in their crop cameras).
-
-    The recombined face is the source identity and albedo with the driving expression, pose and
-    light. Each driving pixel's source point is the source mesh (the source's own expression and
-    pose) interpolated with the recombined face's driving rasterisation, so expressions move
-    pixels; ``valid`` is the driving mesh mask. ``K_drv`` defaults to ``K_src``.
-    """
-    if not isinstance(source_image, Tensor) or source_image.dim() != 4:
-        raise ValueError(
-            f"source_image must be [B,3,S,S], got {getattr(source_image, 'shape', None)}"
-        )
-    size = (int(source_image.shape[-2]), int(source_image.shape[-1]))
-    K_drv = K_src if K_drv is None else K_drv
-    recombined = driving.replace(identity=source.identity, albedo=source.albedo)
-    src = renderer.render(source, K_src, size)
-    drv = renderer.render(recombined, K_drv, size)
-    faces = renderer.model.faces.to(src.verts_cam.device)
-    return DCNetInputs(
-        source_image=source_image,
-        source_light=src.irradiance,
-        source_normal=src.normals,
-        points_src=interpolate(src.verts_cam, drv.rast, faces).contiguous(),
-        valid=drv.mask,
-        K_src=K_src,
-        driving_light=drv.irradiance,
-        driving_normal=drv.normals,
-        source_depth=src.depth,
-        rendered=drv.image,
-    )
 
 
 def _conv_block(cin: int, cout: int, stride: int, norm: str, dilation: int = 1) -> nn.Sequential:
