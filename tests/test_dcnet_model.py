@@ -130,6 +130,16 @@ def test_warped_texture_features_sample_the_source_and_are_zero_off_the_face() -
         assert torch.allclose(warped[k][inside], ref[inside], atol=1e-5)
 
 
+def test_dcnet_runs_under_bfloat16_autocast_with_float32_warps() -> None:
+    torch.manual_seed(0)
+    net = DCNet(small_config())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(make_inputs())
+    assert out.shape == (2, 3, S, S) and torch.isfinite(out).all()
+    out.float().mean().backward()
+    assert net.texture_encoder.stem[0].weight.grad.abs().sum() > 0
+
+
 def test_dcnet_rejects_bad_inputs_with_named_errors() -> None:
     net = DCNet(small_config(ablation="ours_r"))
     with pytest.raises(ValueError, match="rendered"):

@@ -219,6 +219,15 @@ def _downsample_points(points: Tensor, valid: Tensor, factor: int) -> tuple[Tens
     return (p * v).permute(0, 2, 3, 1).contiguous(), v
 
 
+def _warp(
+    src: Tensor, points: Tensor, valid: Tensor, K: Tensor, depth: Tensor | None, rel_eps: float
+) -> tuple[Tensor, Tensor]:
+    """``correspondence_warp`` in float32 (float64 kept): the kernels take no half types (AMP)."""
+    dt = torch.float64 if src.dtype == torch.float64 else torch.float32
+    depth = None if depth is None else depth.to(dt)
+    return correspondence_warp(src.to(dt), points.to(dt), valid.to(dt), K.to(dt), depth, rel_eps)
+
+
 class DCNet(nn.Module):
     """The reenactment generator; ``forward(DCNetInputs) -> image [B,3,S,S]`` in [0,1]."""
 
@@ -255,9 +264,8 @@ class DCNet(nn.Module):
 
     def view_synthesis(self, inputs: DCNetInputs) -> tuple[Tensor, Tensor]:
         """Warped source image ``[B,3,S,S]`` and co-visible mask C ``[B,1,S,S]``."""
-        valid = inputs.valid.to(inputs.source_image.dtype)
-        return correspondence_warp(
-            inputs.source_image, inputs.points_src, valid, inputs.K_src,
+        return _warp(
+            inputs.source_image, inputs.points_src, inputs.valid, inputs.K_src,
             inputs.source_depth, self.config.rel_eps,
         )  # fmt: skip
 
@@ -287,7 +295,7 @@ class DCNet(nn.Module):
             s = S >> k
             pts, v = _downsample_points(inputs.points_src, valid, 1 << k)
             K_k = K if k == 0 else crop_intrinsics(K, (0.0, 0.0, float(S), float(S)), s)
-            warped, _ = correspondence_warp(f, pts, v, K_k, None, self.config.rel_eps)
+            warped, _ = _warp(f, pts, v, K_k, None, self.config.rel_eps)
             c_k = covisible if k == 0 else F.avg_pool2d(covisible, 1 << k)
             out.append(warped * c_k)
         return out
