@@ -109,7 +109,7 @@ def plot_curves(
         ys = [r.get(k, math.nan) for r in rows]
         ax.plot(steps, ys, label=k, lw=1.5 if k == "loss" else 0.8)
     ys_all = [r[k] for r in rows for k in keys if k in r]
-    if ys_all and min(ys_all) > 0:
+    if ys_all and min(ys_all) > 0 and max(ys_all) > 20 * min(ys_all):
         ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")

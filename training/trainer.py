@@ -191,7 +191,7 @@ class Trainer:
             if self.resume:
                 note(f"no checkpoint at {last}; starting from step 0", ctx)
             seed_everything(self.cfg.run.seed + 1000003 * ctx.rank)
-        stage.models = {n: ctx.wrap(m) for n, m in self.models.items()}
+        stage.models = {n: ctx.wrap(m, **stage.ddp_kwargs) for n, m in self.models.items()}
         stage.optimizers = self.optimizers
 
     def _load(self, path: Path) -> None:
@@ -308,11 +308,12 @@ class Trainer:
              "best": self.best, "history": self.history},
         )
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         if self._stop:
             raise KeyboardInterrupt
         self._stop = True
-        note("interrupt: stopping after this step and saving last.pt (Ctrl-C again to abort)")
+        note(f"{signal.Signals(signum).name}: stopping after this step and saving last.pt "
+             "(again to abort)")
 
     def _stop_requested(self) -> bool:
         if not self.ctx.distributed:
@@ -353,9 +354,10 @@ class Trainer:
             f"{name}: steps {self.start_step}->{sec.steps}, global batch {sec.batch_size} on "
             f"{ctx.world_size} process(es), device {ctx.device}, amp {ctx.amp}", ctx,
         )
-        old_handler = None
+        old_handlers = {}
         if threading.current_thread() is threading.main_thread():
-            old_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in (signal.SIGINT, signal.SIGTERM):  # SIGTERM: torchrun, preemption
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
         from tqdm import tqdm
 
         bar = tqdm(total=sec.steps, initial=self.start_step, desc=name, disable=not ctx.is_main,
@@ -407,8 +409,8 @@ class Trainer:
         finally:
             bar.close()
             self.tb.close()
-            if old_handler is not None:
-                signal.signal(signal.SIGINT, old_handler)
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
         self._finish(stage, step, eval_ds is not None)
         return {"status": "done", "step": step, "best": self.best}
 

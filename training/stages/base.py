@@ -204,11 +204,14 @@ class TrainContext:
             dist.barrier()
 
     def seed_worker(self, worker_id: int) -> None:
-        """DataLoader ``worker_init_fn``: seed numpy/python in each worker from torch's seed."""
+        """DataLoader ``worker_init_fn``: seed numpy/python in each worker from torch's seed;
+        workers ignore Ctrl-C (the main process stops the run cleanly and shuts them down)."""
         import random
+        import signal
 
         import numpy as np
 
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         s = torch.initial_seed() % 2**32
         np.random.seed(s)
         random.seed(s)
@@ -288,6 +291,7 @@ class Stage:
     requires: ClassVar[tuple[str, ...]] = ()  # earlier stages whose outputs this stage reads
     non_training: ClassVar[bool] = False  # True: the trainer calls run() instead of the loop
     config_section: ClassVar[str | None] = None  # RunConfig section; defaults to ``name``
+    ddp_kwargs: ClassVar[dict[str, Any]] = {}  # e.g. {"find_unused_parameters": True}
 
     def __init__(self, cfg: RunConfig, run_dir: Path, ctx: TrainContext) -> None:
         self.cfg = cfg
