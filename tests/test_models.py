@@ -304,10 +304,15 @@ def test_to_image_camera_keeps_the_projected_landmarks(face_model, recnet, flat)
     )
 
 
-def test_recnet_rejects_wrong_crop_sizes(recnet) -> None:
+def test_recnet_rejects_wrong_crop_sizes_cameras_and_expressions(recnet) -> None:
     with pytest.raises(ValueError, match=r"\[B,3,128,128\]"):
         recnet(torch.rand(1, 3, 96, 96))
     assert torch.equal(recnet.K_canon, default_intrinsics(128)[0])
+    coeffs = recnet(torch.rand(2, 3, 128, 128))
+    with pytest.raises(ValueError, match=r"K_actual must be \[2,3,3\]"):
+        recnet.to_image_camera(coeffs, torch.eye(3).expand(3, 3, 3))
+    with pytest.raises(ValueError, match=r"expression must be \[2,"):
+        recnet(torch.rand(2, 3, 128, 128), expression=torch.zeros(2, 3))
 
 
 # ---- ETNet / RecAugNet ------------------------------------------------------------------------

@@ -80,7 +80,7 @@ def face_crop_box(landmarks68: np.ndarray | Tensor) -> tuple[float, float, float
     cx = (lo[:, 0] + hi[:, 0]) / 2
     cy = (lo[:, 1] + hi[:, 1]) / 2 - CROP_SHIFT * size[:, 1]
     half = CROP_SCALE * size.amax(dim=1) / 2
-    # Pixel centres sit at integers, so the landmark span [lo, hi] covers edges lo-½ .. hi+½.
+    # Boxes are in crop_intrinsics' convention: (0, 0, W, H) spans pixel edges −½ … W−½.
     box = torch.stack([cx - half + 0.5, cy - half + 0.5, cx + half + 0.5, cy + half + 0.5], -1)
     if batched:
         return box
@@ -117,12 +117,14 @@ def solve_default_translation(model: FaceModel, crop_size: int = 224) -> Tensor:
 
 
 def _move_to_camera(
-    coeffs: FaceCoefficients, K_from: Tensor, K_to: Tensor, anchor: Tensor
+    coeffs: FaceCoefficients, K_from: Tensor, K_to: Tensor, anchor: Tensor, names: tuple[str, str]
 ) -> FaceCoefficients:
+    if not isinstance(coeffs, FaceCoefficients):
+        raise TypeError(f"coeffs must be FaceCoefficients, got {type(coeffs).__name__}")
     B = coeffs.batch_size
     dev, dt = coeffs.device, coeffs.translation.dtype
     Ks = []
-    for name, K in (("K_from", K_from), ("K_to", K_to)):
+    for name, K in zip(names, (K_from, K_to), strict=True):
         if not isinstance(K, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(K).__name__}")
         K = K.unsqueeze(0) if K.dim() == 2 else K
@@ -155,14 +157,14 @@ def to_image_camera(
     between the two focal lengths, and the slight rotation between an off-centre crop's viewing
     ray and the optical axis is ignored.
     """
-    return _move_to_camera(coeffs, K_canon, K_actual, anchor)
+    return _move_to_camera(coeffs, K_canon, K_actual, anchor, ("K_canon", "K_actual"))
 
 
 def to_canonical_camera(
     coeffs: FaceCoefficients, K_actual: Tensor, K_canon: Tensor, anchor: Tensor
 ) -> FaceCoefficients:
     """Inverse of ``to_image_camera``: coefficients in ``K_actual`` -> the canonical camera."""
-    return _move_to_camera(coeffs, K_actual, K_canon, anchor)
+    return _move_to_camera(coeffs, K_actual, K_canon, anchor, ("K_actual", "K_canon"))
 
 
 class RecNet(nn.Module):
