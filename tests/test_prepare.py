@@ -91,6 +91,15 @@ def test_missing_dataset_folder_fails_before_any_work(tmp_path, ict):
     assert not (tmp_path / "out").exists()
 
 
+def test_corrupt_video_is_counted_not_raised(tmp_path, ict):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a real movie")
+    cfg = DataConfig(shared_videos=[], shared_photos=[], video_dirs=[str(videos)])
+    s = run_prepare(cfg, tmp_path / "out", progress=False, prepare=PREP, model=ict)
+    assert s["corrupt"] == 1 and s["faces"] == 0 and s["sources"] == 1
+
+
 def test_prepared_samples_follow_the_contract_and_the_crop_camera(prepared, ict):
     _, out, _, _ = prepared
     train = PreparedFaces(out, "train", 128)

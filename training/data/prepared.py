@@ -95,12 +95,24 @@ def expression_bank(prepare_dir: str | Path, split: str = "train") -> np.ndarray
     return np.concatenate(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
 
 
+_textures: dict[tuple, np.ndarray] = {}
+
+
 def photo_textures(
     prepare_dir: str | Path, model, max_textures: int = 32, split: str = "train"
 ) -> np.ndarray:
     """Per-vertex albedo ``[T,V,3]`` unwrapped (``jr2net.face.synthetic.unwrap_texture``) from
     up to ``max_textures`` cached faces of ``split`` that have a photometric source fit (photos
-    and each video's source frame), spread evenly over them."""
+    and each video's source frame), spread evenly over them. Memoised per process (keyed by the
+    cache index's mtime), so the training and held-out sets share one unwrapping."""
+    index = Path(prepare_dir) / "index.json"
+    key = (str(index.resolve()), index.stat().st_mtime_ns, model.sha256, max_textures, split)
+    if key not in _textures:
+        _textures[key] = _unwrap_textures(prepare_dir, model, max_textures, split)
+    return _textures[key]
+
+
+def _unwrap_textures(prepare_dir: str | Path, model, max_textures: int, split: str) -> np.ndarray:
     from jr2net.face.coeffs import FaceCoefficients
     from jr2net.face.synthetic import mirror_index, unwrap_texture
 

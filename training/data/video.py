@@ -63,14 +63,21 @@ class VideoItem:
 
         return VideoReader(self.path).frame_count
 
-    def frames(self, max_frames: int = 0) -> Iterator[tuple[int, np.ndarray]]:
-        """``(index, uint8 HWC RGB frame)`` for every frame (the first ``max_frames`` if > 0)."""
+    def frames(self, max_frames: int = 0) -> Iterator[tuple[int, np.ndarray | None]]:
+        """``(index, uint8 HWC RGB frame)`` for every frame (the first ``max_frames`` if > 0).
+
+        An extracted frame that does not decode comes as ``(index, None)``; a video file that
+        cannot be opened or decoded raises ``jr2net.errors.VideoError``."""
         if self.kind == "frames":
+            from jr2net.errors import InvalidImageError
             from jr2net.io.images import load_image
 
             files = _frame_files(self.path)
             for i, f in enumerate(files[:max_frames] if max_frames else files):
-                yield i, load_image(f)
+                try:
+                    yield i, load_image(f)
+                except InvalidImageError:
+                    yield i, None
             return
         from jr2net.io.video import VideoReader
 

@@ -222,30 +222,53 @@ class _Builder:
 
 
 def _prepare_video(src: Source, b: _Builder, fitters: dict, progress: bool) -> None:
+    from jr2net.errors import VideoError
+
+    item = src.video
+    assert item is not None
+    try:
+        n_frames = item.frame_count()
+        if b.prep.max_frames:
+            n_frames = min(n_frames, b.prep.max_frames)
+        bar = _bar(n_frames, src.name, progress)
+        try:
+            _track_video(item, n_frames, b, fitters, bar)
+        finally:
+            bar.close()
+    except VideoError as exc:  # unreadable or broken mid-way: keep what was read, count it
+        log.warning("skipping the rest of a corrupt video: %s", exc)
+        b.counts["corrupt"] += 1
+
+
+def _track_video(item: VideoItem, n_frames: int, b: _Builder, fitters: dict, bar) -> None:
+    from jr2net.errors import NoFaceError
     from jr2net.face.fitting import DrivingFitter
     from jr2net.face.landmarks import detect_faces
 
-    prep, item = b.prep, src.video
-    assert item is not None
-    n_frames = item.frame_count()
-    if prep.max_frames:
-        n_frames = min(n_frames, prep.max_frames)
+    prep = b.prep
     drv = None
     source_res = None
-    bar = _bar(n_frames, src.name, progress)
     for i, frame in item.frames(prep.max_frames):
         bar.update(1)
         if i >= n_frames:  # the container under-reported its frame count
             break
         keep = sampled(i, prep.video_stride)
         b.counts["seen"] += int(keep)
+        if frame is None:  # an extracted frame that does not decode
+            b.counts["corrupt"] += int(keep)
+            continue
         is_source = False
         if drv is None:
             dets = detect_faces(frame)
             if not dets:
                 b.counts["no_face"] += int(keep)
                 continue
-            res = source_res = fitters["source"].fit(frame, dets[0])
+            try:
+                res = source_res = fitters["source"].fit(frame, dets[0])
+            except (NoFaceError, ValueError) as exc:
+                log.warning("%s frame %d: source fit failed (%s)", item.name, i, exc)
+                b.counts["rejected"] += int(keep)
+                continue
             drv = DrivingFitter(b.model, identity=source_res.coeffs.identity)
             drv.fit(frame)  # starts the tracker on this frame
             is_source = True
@@ -269,7 +292,6 @@ def _prepare_video(src: Source, b: _Builder, fitters: dict, progress: bool) -> N
             source_fit=is_source,
             appearance=None if is_source else source_res.coeffs,
         )
-    bar.close()
 
 
 def _detection_for(item: ImageItem, image: np.ndarray):
@@ -358,9 +380,10 @@ def run_prepare(
     sources = list_sources(cfg_data, prep)
     fitters: dict[str, Any] = {}
     reused = 0
-    for k, src in enumerate(sources):
-        if k % world_size != rank:
-            continue
+    from tqdm import tqdm
+
+    mine = [src for k, src in enumerate(sources) if k % world_size == rank]
+    for src in tqdm(mine, desc="prepare", unit="source", disable=not progress):
         h = source_hash(src, cfg_data, prep, model.sha256)
         folder = cache.shard_dir(out_dir, src.name)
         meta = cache.read_meta(folder)
