@@ -21,6 +21,7 @@ from jr2net.models.recnet import (
     HEADS,
     RecNet,
     face_crop_box,
+    solve_default_translation,
     to_canonical_camera,
     to_image_camera,
     unit_interval,
@@ -220,6 +221,19 @@ def test_untrained_recnet_predicts_the_mean_face_framed_like_the_canonical_crop(
     assert float((lo[1] + hi[1]) / 2) == pytest.approx(
         63.5 + CROP_SHIFT * float(hi[1] - lo[1]), abs=0.05
     )
+
+
+def test_default_translation_frames_the_ict_mean_face_at_any_crop_size(ict_model_path) -> None:
+    from jr2net.face.model import FaceModel
+
+    model = FaceModel.from_npz(ict_model_path)
+    t = solve_default_translation(model, 224)
+    assert torch.allclose(t, solve_default_translation(model, 128), atol=1e-3)
+    lm = model.vertices[model.landmarks68][None]
+    for size in (128, 224):
+        pix = project(model_to_camera(lm, torch.zeros(1, 3), t[None]), default_intrinsics(size))
+        box = face_crop_box(pix)
+        assert torch.allclose(box, torch.tensor([[0.0, 0.0, size, size]]), atol=1e-3 * size)
 
 
 def test_face_crop_box_frames_the_landmarks_with_margin_and_accepts_numpy() -> None:
