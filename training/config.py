@@ -140,9 +140,25 @@ class DCNetStageConfig(TrainConfig):
     lr_d: float = 4e-4  # discriminator learning rate
     w_adv: float = 1.0
     w_l1: float = 10.0
-    w_vgg: float = 10.0
+    w_vgg: float = 10.0  # perceptual loss: face-id features, or VGG-19 when vgg_weights is set
     w_feature_match: float = 10.0
     eval_metric: str = "l1"
+    # Generator: DCNetConfig preset at crop_size; channels / spade_hidden override it.
+    crop_size: int = 0  # S of the pairs and the generator; 0 = data.crop_size
+    generator: Literal["tiny", "full"] = "tiny"
+    ablation: Literal["ours", "ours_r", "ours_p", "ours_l"] = "ours"
+    channels: list[int] = field(default_factory=list)  # [] = the preset's
+    spade_hidden: int = 0  # 0 = the preset's
+    d_channels: int = 64  # discriminator: first layer width, scales, layers per scale
+    d_scales: int = 2
+    d_layers: int = 3
+    # Conditions from the cached fitter labels or from RecNet (recnet_checkpoint, default
+    # RUN/recnet/best.pt); the target light is the driving frame's (or the source's).
+    conditions: Literal["fitter", "recnet"] = "fitter"
+    recnet_checkpoint: str = ""
+    light: Literal["driving", "source"] = "driving"
+    vgg_weights: str = ""  # torchvision-format VGG-19 weights (.pth); '' = face-id features
+    augment_color: float = 0.1  # brightness/contrast/gain jitter of each pair (same for both)
 
 
 @dataclass

@@ -468,3 +468,47 @@ def _gt_coeffs(coeffs: FaceCoefficients | dict[str, Tensor], device: torch.devic
     if isinstance(coeffs, FaceCoefficients):
         return coeffs.to(device)
     return FaceCoefficients(**{k: torch.as_tensor(v).to(device) for k, v in coeffs.items()})
+
+
+
+# ---- DCNet: pix2pixHD / SPADE terms (L1 and the weights are the stage's) -----------------------
+VGG_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)  # pix2pixHD, relu1_1..relu5_1
+
+
+def perceptual_loss(fake: list[Tensor], real: list[Tensor], weights: Any = None) -> Tensor:
+    """Weighted sum over layers of the mean L1 between feature maps of a frozen network."""
+    w = weights if weights is not None else (1.0,) * len(fake)
+    if not fake or not len(fake) == len(real) == len(w):
+        raise ValueError(f"{len(fake)} fake, {len(real)} real feature maps, {len(w)} weights")
+    return sum(wi * F.l1_loss(f, r.detach()) for wi, f, r in zip(w, fake, real, strict=True))
+
+
+def _logits(outputs: list[list[Tensor]]) -> list[Tensor]:
+    if not outputs:
+        raise ValueError("no discriminator outputs")
+    return [o[-1] for o in outputs]  # per scale: features..., logits
+
+
+def hinge_d_loss(real: list[list[Tensor]], fake: list[list[Tensor]]) -> Tensor:
+    """Discriminator hinge loss over the scales: mean of E[relu(1-D(x))] + E[relu(1+D(G))]."""
+    r, f = _logits(real), _logits(fake)
+    terms = [F.relu(1 - a).mean() + F.relu(1 + b).mean() for a, b in zip(r, f, strict=True)]
+    return torch.stack(terms).mean()
+
+
+def hinge_g_loss(fake: list[list[Tensor]]) -> Tensor:
+    """Generator hinge loss over the scales: -E[D(G)]."""
+    return torch.stack([-b.mean() for b in _logits(fake)]).mean()
+
+
+def feature_matching_loss(real: list[list[Tensor]], fake: list[list[Tensor]]) -> Tensor:
+    """Mean L1 between the discriminator's intermediate features (not the logits) of real
+    (detached) and generated images, over layers and scales (pix2pixHD)."""
+    if len(real) != len(fake) or any(
+        len(a) != len(b) or len(a) < 2 for a, b in zip(real, fake, strict=True)
+    ):
+        raise ValueError("feature matching needs matching per-scale feature lists")
+    pairs = [
+        p for fr, ff in zip(real, fake, strict=True) for p in zip(fr[:-1], ff[:-1], strict=True)
+    ]
+    return torch.stack([F.l1_loss(b, a.detach()) for a, b in pairs]).mean()
