@@ -35,8 +35,18 @@ class ToyRegression(Stage):
     config_section = "recnet"
     interrupt_at: int | None = None  # send ourselves SIGINT during this step
 
+    def __init__(self, cfg, run_dir, ctx) -> None:
+        super().__init__(cfg, run_dir, ctx)
+        self.gen = torch.Generator().manual_seed(11)  # private stream: needs extra_state
+
     def build_models(self) -> dict[str, nn.Module]:
         return {"net": nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 1))}
+
+    def extra_state(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
 
     def train_dataset(self) -> TensorDataset:
         return _data(40, 0)  # not a multiple of the batch: the epoch boundary is crossed
@@ -48,6 +58,7 @@ class ToyRegression(Stage):
         if self.interrupt_at == step:
             os.kill(os.getpid(), signal.SIGINT)
         x, y = batch
+        x = x + 0.05 * torch.randn(x.shape, generator=self.gen)
         loss = F.mse_loss(self.models["net"](x), y)
         self.ctx.backward_step(loss)
         return {"loss": loss.item()}

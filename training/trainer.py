@@ -186,7 +186,7 @@ class Trainer:
         self.face = ctx.face_model
         last = self.out / "last.pt"
         if self.resume and last.exists():
-            self._load(last)
+            self._load(last, stage)
         else:
             if self.resume:
                 note(f"no checkpoint at {last}; starting from step 0", ctx)
@@ -194,7 +194,7 @@ class Trainer:
         stage.models = {n: ctx.wrap(m, **stage.ddp_kwargs) for n, m in self.models.items()}
         stage.optimizers = self.optimizers
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, stage: Stage) -> None:
         ctx = self.ctx
         ckpt = load_checkpoint(path, expect_face_model_sha256=self.face.sha256)
         if set(ckpt["models"]) != set(self.models):
@@ -216,6 +216,7 @@ class Trainer:
         per_rank = ckpt["rng"].get("per_rank", [])
         if len(per_rank) == ctx.world_size:
             restore_rng(per_rank[ctx.rank])
+            stage.load_extra_state(per_rank[ctx.rank].get("stage", {}))
         else:
             note(
                 f"{path} holds RNG states of {len(per_rank)} process(es), this run has "
@@ -249,7 +250,7 @@ class Trainer:
 
     def _save_last(self, stage: Stage, step: int, collective: bool = True) -> None:
         ctx = self.ctx
-        rng = capture_rng()
+        rng = {**capture_rng(), "stage": stage.extra_state()}
         if ctx.distributed and collective:
             import torch.distributed as dist
 
@@ -263,26 +264,43 @@ class Trainer:
     def _eval_loader(self, ds: Any, stage: Stage) -> DataLoader:
         ctx, sec = self.ctx, stage.section
         n = len(ds) if sec.eval_batches == 0 else min(len(ds), sec.eval_batches * sec.batch_size)
-        shard = Subset(ds, list(range(ctx.rank, n, ctx.world_size)))
         return DataLoader(
-            shard, batch_size=ctx.local_batch(sec.batch_size), shuffle=False,
-            num_workers=sec.num_workers, collate_fn=stage.collate,
+            Subset(ds, list(range(n))), batch_size=ctx.local_batch(sec.batch_size),
+            shuffle=False, num_workers=sec.num_workers, collate_fn=stage.collate,
+            worker_init_fn=ctx.seed_worker,
             generator=torch.Generator().manual_seed(self.cfg.run.seed),
             pin_memory=ctx.device.type == "cuda",
         )
 
     def _evaluate(self, stage: Stage, ds: Any, step: int) -> None:
+        """Held-out metrics, computed on rank 0 over the whole selection (so they do not depend
+        on the number of processes; medians and counts stay exact) and shared with every rank."""
         ctx, sec = self.ctx, stage.section
-        loader = self._eval_loader(ds, stage)
-        for m in self.models.values():
-            m.eval()
-        try:
-            with torch.no_grad(), ctx.autocast():
-                metrics = stage.evaluate(self.models, _DeviceLoader(loader, ctx.device))
-        finally:
+        metrics: dict[str, float] | None = None
+        error: str | None = None
+        if ctx.is_main:
             for m in self.models.values():
-                m.train()
-        metrics = ctx.all_reduce_mean(metrics, weight=float(len(loader.dataset)))
+                m.eval()
+            try:
+                with torch.no_grad(), ctx.autocast():
+                    loader = _DeviceLoader(self._eval_loader(ds, stage), ctx.device)
+                    metrics = {k: float(v) for k, v in stage.evaluate(self.models, loader).items()}
+            except Exception as exc:
+                if not ctx.distributed:
+                    raise
+                error = f"{type(exc).__name__}: {exc}"
+            finally:
+                for m in self.models.values():
+                    m.train()
+        if ctx.distributed:
+            import torch.distributed as dist
+
+            box = [metrics, error]
+            dist.broadcast_object_list(box, src=0)
+            metrics, error = box
+        if error is not None:
+            raise RuntimeError(f"{self.stage_cls.name}.evaluate() failed on rank 0: {error}")
+        assert metrics is not None
         if sec.eval_metric not in metrics:
             raise KeyError(
                 f"{self.stage_cls.name}.evaluate() returned {sorted(metrics)}, not the "

@@ -347,6 +347,15 @@ class Stage:
         """Everything needed to rebuild the networks for inference (stored in checkpoints)."""
         return {}
 
+    def extra_state(self) -> dict[str, Any]:
+        """This process's state, beyond models, optimisers and the global RNGs, that an exact
+        resume needs (e.g. ``{"gen": self._gen.get_state()}``); tensors and plain values only.
+        Saved per rank in last.pt, handed back to ``load_extra_state`` on resume."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``extra_state`` returned (called on resume, after build_models)."""
+
     # -- non-training stages --
     def run(self) -> None:
         raise NotImplementedError(f"stage {self.name!r} is a non-training stage without run()")
