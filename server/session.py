@@ -32,7 +32,8 @@ import grpc
 
 from jr2net.errors import InvalidImageError, NoFaceError
 from jr2net.pipeline.base import StagedSession
-from jr2net.protocol import FORMAT_NAMES, decode_image, output_message, pb2
+from jr2net.protocol import decode_image, frame_problem, output_message, pb2
+from jr2net.protocol.tables import output_format
 from jr2net.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 class OutputSpec:
     """How the session encodes its outputs."""
 
-    format: int = pb2.JPEG
+    format: int = output_format(0)  # ImageFormat; UNSPECIFIED resolves to JPEG
     quality: int = 90
 
 
@@ -143,7 +144,7 @@ class StreamSession:
             self._answer_error(slot, "UNAVAILABLE", "server is draining; frame not processed",
                                "unavailable")
             return
-        problem = self._cheap_check(frame)
+        problem = frame_problem(frame, self.max_frame_pixels)
         if problem:
             self._answer_error(slot, "INVALID_ARGUMENT", problem, "invalid")
             return
@@ -165,21 +166,6 @@ class StreamSession:
         slot.frame = frame
         self.pending.append(slot)
         self._work.set()
-
-    def _cheap_check(self, frame: Any) -> str:
-        if frame.frame_id < 0:
-            return f"frame_id must be >= 0, got {frame.frame_id}"
-        if frame.format not in (pb2.IMAGE_FORMAT_UNSPECIFIED, *FORMAT_NAMES):
-            return f"unknown image format enum value {frame.format}"
-        if not frame.data:
-            return "empty frame data (0 bytes)"
-        if frame.width * frame.height > self.max_frame_pixels:
-            return (f"declared size {frame.width}x{frame.height} exceeds the server limit of "
-                    f"{self.max_frame_pixels} pixels")
-        if frame.format == pb2.RAW_RGB24 and len(frame.data) != frame.width * frame.height * 3:
-            return (f"RAW_RGB24 frame: got {len(frame.data)} bytes, expected width*height*3 = "
-                    f"{frame.width * frame.height * 3}")
-        return ""
 
     def begin_drain(self) -> None:
         """Stop admitting frames; the stream ends UNAVAILABLE once admitted frames are answered."""

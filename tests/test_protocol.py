@@ -23,6 +23,7 @@ from jr2net.protocol import (
     SERVICE_NAME,
     decode_image,
     frame_message,
+    frame_problem,
     image_message,
     output_message,
     pb2,
@@ -135,3 +136,17 @@ def test_encoded_bytes_are_sniffed_and_bad_messages_are_invalid_image_errors():
         decode_image(pb2.Frame(format=9, data=png))
     with pytest.raises(TypeError, match="path, bytes or a uint8 array"):
         image_message(12345)
+
+
+def test_frame_problem_names_what_makes_a_frame_unusable_before_decoding():
+    ok = pb2.Frame(frame_id=0, format=pb2.RAW_RGB24, data=b"\x00" * 12, width=2, height=2)
+    assert frame_problem(ok, max_pixels=4) == ""
+    cases = [
+        (pb2.Frame(frame_id=-1, data=b"x"), "frame_id must be >= 0"),
+        (pb2.Frame(format=9, data=b"x"), "unknown image format enum value 9"),
+        (pb2.Frame(format=pb2.PNG), "empty frame data"),
+        (pb2.Frame(format=pb2.PNG, data=b"x", width=3, height=2), "exceeds the server limit of 4"),
+        (pb2.Frame(format=pb2.RAW_RGB24, data=b"\x00" * 5, width=2, height=2), "got 5 bytes"),
+    ]
+    for frame, needle in cases:
+        assert needle in frame_problem(frame, max_pixels=4)

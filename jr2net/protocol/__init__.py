@@ -5,13 +5,15 @@
 - ``jr2net.protocol.tables``: enum <-> name maps (``IMAGE_FORMATS``, ``MODES``, ``POSE_MODES`` and
   their inverses) and the lookups that raise ValueError on unknown values.
 - ``jr2net.protocol.codecs``: image <-> message in both directions (``decode_image``,
-  ``image_message``, ``frame_message``, ``output_message``).
+  ``image_message``, ``frame_message``, ``output_message``) and ``frame_problem``, the
+  admission check of a ``Frame``.
 """
 
 from jr2net.protocol.codecs import (
     decode_image,
     format_name,
     frame_message,
+    frame_problem,
     image_message,
     output_message,
     sniff_format,
@@ -37,6 +39,7 @@ __all__ = [
     "decode_image",
     "format_name",
     "frame_message",
+    "frame_problem",
     "image_message",
     "output_message",
     "pb2",

@@ -42,6 +42,24 @@ def format_name(fmt: int, data: bytes) -> str:
     return FORMAT_NAMES[fmt]
 
 
+def frame_problem(frame: Any, max_pixels: int) -> str:
+    """What makes a ``Frame`` unusable without decoding it ("" if nothing): the server's admission
+    check, so a bad frame is answered at once instead of taking a worker."""
+    if frame.frame_id < 0:
+        return f"frame_id must be >= 0, got {frame.frame_id}"
+    if frame.format not in (pb2.IMAGE_FORMAT_UNSPECIFIED, *FORMAT_NAMES):
+        return f"unknown image format enum value {frame.format}"
+    if not frame.data:
+        return "empty frame data (0 bytes)"
+    if frame.width * frame.height > max_pixels:
+        return (f"declared size {frame.width}x{frame.height} exceeds the server limit of "
+                f"{max_pixels} pixels")
+    if frame.format == pb2.RAW_RGB24 and len(frame.data) != frame.width * frame.height * 3:
+        return (f"RAW_RGB24 frame: got {len(frame.data)} bytes, expected width*height*3 = "
+                f"{frame.width * frame.height * 3}")
+    return ""
+
+
 # ---- message -> image --------------------------------------------------------------------------
 
 
