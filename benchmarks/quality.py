@@ -9,6 +9,8 @@ the ground-truth frame's dlib landmarks, the same mask for every method. Pose an
 motion since that frame is applied to it; ``--pose-mode absolute --expression absolute`` uses the
 driving fits as they are). Writes benchmarks/results/quality.json and a
 side-by-side PNG per video (source | driving GT | ours | similarity baseline, a few frames).
+The per-video work is ``jr2net.eval.reenact_eval.evaluate_same_identity`` (as in ``jr2net eval
+reenact``, which adds the face box, mouth box and full frame).
 Run: ``.venv/bin/python -m benchmarks.quality [--max-frames N] [--face-model ict]``.
 """
 
@@ -18,126 +20,37 @@ import argparse
 import statistics
 import time
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
-
 from benchmarks.common import RESULTS_DIR, print_table, write_results
 
 METHODS = ("ours", "copy_source", "similarity")
-
-
-def hull_mask(landmarks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Binary mask ``[H, W]`` of the convex hull of 2D landmarks."""
-    from scipy.spatial import ConvexHull
-
-    hull = landmarks[ConvexHull(landmarks).vertices]
-    pil = Image.new("L", (hw[1], hw[0]), 0)
-    ImageDraw.Draw(pil).polygon([tuple(p) for p in hull.tolist()], fill=255)
-    return np.asarray(pil) > 0
-
-
-def _to_t(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255.0
+LIBRARY_NAMES = {"ours": "ours", "copy_source": "copy_source", "similarity": "similarity_warp"}
 
 
 def evaluate_video(
     reenactor, path, max_frames: int, light: str, max_stream: int, expression: str, pose_mode: str
 ) -> tuple[dict, list]:
-    from jr2net.eval import baselines, metrics
-    from jr2net.face.landmarks import detect_faces
-    from jr2net.io.video import VideoReader
+    """One video through ``jr2net.eval.reenact_eval.evaluate_same_identity`` (face hull only)."""
+    from jr2net.eval.reenact_eval import contact_sheet, evaluate_same_identity
+    from jr2net.io.images import save_image
     from jr2net.pipeline.base import SessionOptions
 
-    frames = VideoReader(path).read_all()
-    start = next((i for i, f in enumerate(frames) if detect_faces(f)), None)
-    if start is None:
-        raise RuntimeError(f"{path.name}: no frame with a face")
-    source = frames[start]
-    src_det = detect_faces(source)[0]
-    if max_stream > 0:
-        frames = frames[: start + 1 + max_stream]
-    later = list(range(start + 1, len(frames)))
-    if 0 < max_frames < len(later):  # evenly spread over the streamed frames
-        eval_ids = {later[int(k)] for k in np.linspace(0, len(later) - 1, max_frames).round()}
-    else:
-        eval_ids = set(later)
-    session = reenactor.start_session(
-        source,
-        SessionOptions(pose_mode=pose_mode, extra={"light": light, "expression": expression}),
-    )
-    scores: dict[str, dict[str, list[float]]] = {
-        m: {"psnr": [], "ssim": [], "l1": []} for m in METHODS
-    }
-    samples = []
-    skipped = 0
-    t_frames = []
-    for i in range(start, len(frames)):
-        t0 = time.perf_counter()
-        res = session.process(frames[i])
-        t_frames.append(time.perf_counter() - t0)
-        if i not in eval_ids:
-            continue
-        gt = frames[i]
-        dets = detect_faces(gt)
-        if not dets or not res.face_found:
-            skipped += 1
-            continue
-        gt_lmk = dets[0].landmarks
-        mask = torch.from_numpy(hull_mask(gt_lmk, gt.shape[:2]))[None, None].float()
-        outs = {
-            "ours": res.image,
-            "copy_source": baselines.copy_source(source, gt.shape),
-            "similarity": baselines.similarity_warp(
-                source, src_det.landmarks, gt_lmk, gt.shape[:2]
-            ),
-        }
-        gt_t = _to_t(gt)
-        for m, img in outs.items():
-            img_t = _to_t(img) if isinstance(img, np.ndarray) else img
-            scores[m]["psnr"].append(float(metrics.psnr(img_t, gt_t, mask=mask)[0]))
-            scores[m]["ssim"].append(float(metrics.ssim(img_t, gt_t, mask=mask)[0]))
-            scores[m]["l1"].append(float(metrics.l1(img_t, gt_t, mask=mask)[0]))
-        samples.append((i, gt, outs))
-    session.close()
-    summary = {
-        m: {k: statistics.mean(v) if v else float("nan") for k, v in s.items()}
-        for m, s in scores.items()
-    }
-    summary["frames_evaluated"] = len(scores["ours"]["psnr"])
-    summary["frames_skipped_no_face"] = skipped
-    summary["source_frame"] = start
-    summary["process_ms_median"] = 1e3 * statistics.median(t_frames)
-    _side_by_side(path.stem, source, samples)
-    return summary, samples
-
-
-def _as_uint8(img) -> np.ndarray:
-    if isinstance(img, np.ndarray):
-        return img
-    return (img[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-
-
-def _side_by_side(name: str, source: np.ndarray, samples: list, n: int = 4) -> None:
-    """source | driving GT | ours | similarity baseline, one row per sampled frame."""
-    if not samples:
-        return
-    pick = [samples[int(k)] for k in np.linspace(0, len(samples) - 1, min(n, len(samples)))]
-    h, w = source.shape[:2]
-    tile = 256
-    th = int(round(h * tile / w))
-    rows = []
-    for _, gt, outs in pick:
-        cells = [source, gt, _as_uint8(outs["ours"]), _as_uint8(outs["similarity"])]
-        rows.append(
-            np.concatenate([np.asarray(Image.fromarray(c).resize((tile, th))) for c in cells], 1)
-        )
-    sheet = Image.fromarray(np.concatenate(rows, 0))
-    draw = ImageDraw.Draw(sheet)
-    for k, label in enumerate(("source", "driving (GT)", "ours", "similarity warp")):
-        draw.text((k * tile + 4, 4), label, fill=(255, 255, 0))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    sheet.save(RESULTS_DIR / f"quality_{name}.png")
+    options = SessionOptions(pose_mode=pose_mode, extra={"light": light, "expression": expression})
+    res = evaluate_same_identity(
+        reenactor, path, options, max_frames=max_frames, regions=("face_hull",),
+        max_stream=max_stream,
+    )  # fmt: skip
+    s = res.summary
+    summary = {m: s["methods"][LIBRARY_NAMES[m]]["face_hull"] for m in METHODS}
+    summary["frames_evaluated"] = s["frames_evaluated"]
+    summary["frames_skipped_no_face"] = s["frames_skipped_no_face"] + s["frames_skipped_fallback"]
+    summary["source_frame"] = s["source_frame"]
+    summary["process_ms_median"] = s["process_ms_median"]
+    if res.rows:  # source | driving GT | ours | similarity baseline, a few frames
+        rows = [[res.source, gt, outs["ours"], outs["similarity_warp"]] for gt, outs in res.rows]
+        sheet = contact_sheet(rows, ("source", "driving (GT)", "ours", "similarity warp"))
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        save_image(RESULTS_DIR / f"quality_{path.stem}.png", sheet)
+    return summary, res.rows
 
 
 def main(argv: list[str] | None = None) -> int:
