@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 
 from benchmarks.common import print_table, write_results
 from jr2net.clients.client import AsyncReenactClient, session_config
-from jr2net.clients.loadgen import load_driving_frames, run_load_async
+from jr2net.clients.loadgen import _one_stream, load_driving_frames, run_load_async, summarize
 from jr2net.paths import shared_path
 from jr2net.server.app import ReenactmentServer
 from jr2net.server.config import ServerConfig
@@ -50,6 +50,22 @@ async def _setup_times(address: str, source: bytes, sessions: int) -> list[dict[
             session.call.cancel()
             rows.append({"session": i, "setup_s": session.ready.setup_seconds, "open_s": opened})
     return rows
+
+
+async def _load(*, server: str, source, streams: int, frames: int, fps: float, crop_size: int,
+                output_size: tuple[int, int], driving_frames: list[bytes], **_: object) -> dict:
+    """``run_load_async`` against a running server, also keeping every frame's end-to-end latency
+    (``latencies_ms``: the latency CDF of benchmarks/report.py)."""
+    config = session_config(source.read_bytes(), crop_size=crop_size, output_size=output_size)
+    async with AsyncReenactClient(server) as client:
+        t0 = time.perf_counter()
+        stats = await asyncio.gather(*(
+            _one_stream(client, config, driving_frames, frames, fps, None) for _ in range(streams)))
+        wall = time.perf_counter() - t0
+    report = summarize(list(stats), wall, fps=fps, frames=frames)
+    report["server"] = server
+    report["latencies_ms"] = [round(1000 * v, 3) for s in stats for v in s.latencies]
+    return report
 
 
 @contextlib.asynccontextmanager
@@ -109,9 +125,9 @@ async def _run_scenarios(mode: str, config: ServerConfig, args: argparse.Namespa
         # Warm-up stream (first-frame costs: tracker init, allocator) is not measured.
         await run_load_async(streams=1, frames=10, fps=0, **common)
         scenarios = {
-            "single_unpaced": await run_load_async(streams=1, frames=args.frames, fps=0, **common),
-            "single_30fps": await run_load_async(streams=1, frames=args.frames, fps=30, **common),
-            "four_30fps": await run_load_async(streams=4, frames=args.frames, fps=30, **common),
+            "single_unpaced": await _load(streams=1, frames=args.frames, fps=0, **common),
+            "single_30fps": await _load(streams=1, frames=args.frames, fps=30, **common),
+            "four_30fps": await _load(streams=4, frames=args.frames, fps=30, **common),
         }
     return _report(mode, startup, setup_rows, scenarios)
 
