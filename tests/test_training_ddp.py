@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 
 from jr2net.training.checkpoints import load_checkpoint
 from jr2net.training.config import RunConfig, apply_overrides
-from jr2net.training.stages.base import Stage, register_stage
+from jr2net.training.stages.base import Stage, TrainContext, register_stage
 from jr2net.training.trainer import Trainer
 
 
@@ -129,3 +129,25 @@ def test_torchrun_launches_the_training_module(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     status = json.loads((tmp_path / "run" / "prepare" / "stage.json").read_text())
     assert status["status"] == "done"
+
+
+def _reduce_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    try:
+        ctx = TrainContext("cpu", rank=rank, world_size=2)
+        values = {"loss": 1.0 + rank, **({"photo": 4.0} if rank == 0 else {})}
+        got = ctx.all_reduce_mean(values, weight={"loss": 1.0 + rank, "photo": 2.0})
+        Path(out, f"{rank}.json").write_text(json.dumps(got))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_mean_weights_and_tolerates_missing_keys(tmp_path: Path) -> None:
+    mp.spawn(_reduce_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert got == {"loss": (1 * 1 + 2 * 2) / 3, "photo": 4.0}

@@ -316,8 +316,10 @@ class Trainer:
         if ctx.is_main:
             self.tb.log(step, metrics, prefix="eval")
             self._write_eval_json(sec.eval_metric)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        note(f"step {step}: held-out {shown}{' (best)' if improved else ''}", ctx)
+        others = [k for k in metrics if k != sec.eval_metric][:3]
+        shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in [sec.eval_metric, *others])
+        more = f" (+{len(metrics) - 1 - len(others)} in eval.json)" if len(metrics) > 4 else ""
+        note(f"step {step}: held-out {shown}{more}{' (best)' if improved else ''}", ctx)
 
     def _write_eval_json(self, metric: str) -> None:
         write_json(
@@ -380,7 +382,10 @@ class Trainer:
 
         bar = tqdm(total=sec.steps, initial=self.start_step, desc=name, disable=not ctx.is_main,
                    dynamic_ncols=True, file=sys.stderr, mininterval=1.0)
-        it, step, sums, count, t0 = iter(loader), self.start_step, {}, 0, time.perf_counter()
+        it, step, t0 = iter(loader), self.start_step, time.perf_counter()
+        sums: dict[str, float] = {}
+        counts: dict[str, float] = {}
+        count = 0
         try:
             while step < sec.steps:
                 batch = to_device(next(it), ctx.device)
@@ -394,11 +399,12 @@ class Trainer:
                     s.step()
                 step += 1
                 bar.update(1)
-                for k, v in values.items():
+                for k, v in values.items():  # a term may be absent on some steps
                     sums[k] = sums.get(k, 0.0) + float(v)
+                    counts[k] = counts.get(k, 0.0) + 1.0
                 count += 1
                 if step % sec.log_every == 0 or step == sec.steps:
-                    row = ctx.all_reduce_mean({k: v / count for k, v in sums.items()})
+                    row = ctx.all_reduce_mean({k: v / counts[k] for k, v in sums.items()}, counts)
                     for n, o in self.optimizers.items():
                         row["lr" if n == "main" else f"lr_{n}"] = o.param_groups[0]["lr"]
                     row["sec_per_step"] = (time.perf_counter() - t0) / count
@@ -406,7 +412,7 @@ class Trainer:
                         csv_log.log(step, row)
                         self.tb.log(step, row)
                     bar.set_postfix(loss=f"{row['loss']:.4g}")
-                    sums, count, t0 = {}, 0, time.perf_counter()
+                    sums, counts, count, t0 = {}, {}, 0, time.perf_counter()
                 if eval_ds is not None and (
                     (sec.eval_every and step % sec.eval_every == 0) or step == sec.steps
                 ):

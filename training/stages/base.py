@@ -183,19 +183,27 @@ class TrainContext:
     def unwrap(model: nn.Module) -> nn.Module:
         return model.module if hasattr(model, "module") and hasattr(model, "reducer") else model
 
-    def all_reduce_mean(self, values: dict[str, float], weight: float = 1.0) -> dict[str, float]:
-        """The (``weight``-weighted) mean of each scalar over ranks; identity on one process."""
-        if not self.distributed or not values:
+    def all_reduce_mean(
+        self, values: dict[str, float], weight: float | dict[str, float] = 1.0
+    ) -> dict[str, float]:
+        """The weighted mean of each scalar over ranks (``weight`` per rank, or per key); a key
+        some ranks lack is averaged over the ranks that have it. Identity on one process.
+        Every rank must call it (a collective)."""
+        w = weight if isinstance(weight, dict) else {k: float(weight) for k in values}
+        if not self.distributed:
             return {k: float(v) for k, v in values.items()}
         import torch.distributed as dist
 
-        keys = sorted(values)
+        names: list[Any] = [None] * self.world_size
+        dist.all_gather_object(names, sorted(values))
+        keys = sorted(set().union(*names))
         dev = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
         t = torch.tensor(
-            [float(values[k]) * weight for k in keys] + [weight], dtype=torch.float64, device=dev
-        )
+            [[float(values[k]) * w[k], w[k]] if k in values else [0.0, 0.0] for k in keys],
+            dtype=torch.float64, device=dev,
+        ).reshape(-1, 2)
         dist.all_reduce(t)
-        return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
+        return {k: float(t[i, 0] / t[i, 1]) for i, k in enumerate(keys) if t[i, 1] > 0}
 
     def barrier(self) -> None:
         if self.distributed:
