@@ -209,14 +209,27 @@ class ContextEncoder(nn.Module):
         return self.net(cond)
 
 
-def _downsample_points(points: Tensor, valid: Tensor, factor: int) -> tuple[Tensor, Tensor]:
-    """Valid-weighted mean of the 3D points over factor² blocks; valid where most pixels are."""
-    if factor == 1:
-        return points, valid
-    w = F.avg_pool2d(valid, factor)
-    p = F.avg_pool2d(points.permute(0, 3, 1, 2) * valid, factor) / w.clamp(min=1e-6)
-    v = (w > 0.5).to(valid.dtype)
-    return (p * v).permute(0, 2, 3, 1).contiguous(), v
+def _pyramid(x: Tensor, n: int) -> list[Tensor]:
+    """``x`` at full, ½, ¼ … resolution (``n`` levels, each the 2×2 mean of the one above)."""
+    out = [x]
+    for _ in range(1, n):
+        out.append(F.avg_pool2d(out[-1], 2))
+    return out
+
+
+def _point_levels(
+    points: Tensor, valid: Tensor, covisible: Tensor, n: int
+) -> list[tuple[Tensor, Tensor, Tensor]]:
+    """Per scale: valid-weighted mean 3D points ``[B,s,s,3]`` (valid where most pixels are), that
+    validity, and the area-mean of C."""
+    stacked = torch.cat([points.permute(0, 3, 1, 2) * valid, valid, covisible], dim=1)
+    out = [(points, valid, covisible)]
+    for level in _pyramid(stacked, n)[1:]:
+        w = level[:, 3:4]
+        v = (w > 0.5).to(w.dtype)
+        p = level[:, :3] * (v / w.clamp(min=1e-6))
+        out.append((p.permute(0, 2, 3, 1).contiguous(), v, level[:, 4:5]))
+    return out
 
 
 def _warp(
@@ -287,17 +300,16 @@ class DCNet(nn.Module):
     ) -> list[Tensor]:
         """Each texture scale warped into the driving view, zero where C (area-pooled) is 0."""
         S = self.config.crop_size
-        valid = inputs.valid.to(feats[0].dtype)
+        dt = inputs.points_src.dtype
+        valid = inputs.valid.to(dt)
         K = inputs.K_src if inputs.K_src.dim() == 3 else inputs.K_src.unsqueeze(0)
-        K = K.expand(feats[0].shape[0], 3, 3).to(feats[0].dtype)
+        K = K.expand(feats[0].shape[0], 3, 3).to(dt)
+        levels = _point_levels(inputs.points_src, valid, covisible.to(dt), len(feats))
         out = []
-        for k, f in enumerate(feats):
-            s = S >> k
-            pts, v = _downsample_points(inputs.points_src, valid, 1 << k)
-            K_k = K if k == 0 else crop_intrinsics(K, (0.0, 0.0, float(S), float(S)), s)
+        for k, (f, (pts, v, c_k)) in enumerate(zip(feats, levels, strict=True)):
+            K_k = K if k == 0 else crop_intrinsics(K, (0.0, 0.0, float(S), float(S)), S >> k)
             warped, _ = _warp(f, pts, v, K_k, None, self.config.rel_eps)
-            c_k = covisible if k == 0 else F.avg_pool2d(covisible, 1 << k)
-            out.append(warped * c_k)
+            out.append(warped * c_k.to(warped.dtype))
         return out
 
     def forward(self, inputs: DCNetInputs) -> Tensor:
@@ -310,9 +322,9 @@ class DCNet(nn.Module):
         feats = self.texture_encoder(inputs.source_image, inputs.source_light, inputs.source_normal)
         warped = self.warp_features(feats, inputs, covisible)
         x = self.context_encoder(cond)
+        conds = _pyramid(cond, cfg.n_scales)
         for k in reversed(range(cfg.n_scales)):
             x = F.interpolate(x, size=warped[k].shape[-2:], mode="bilinear", align_corners=False)
             x = self.fuse[k](torch.cat([x, warped[k]], dim=1))
-            cond_k = cond if k == 0 else F.avg_pool2d(cond, 1 << k)
-            x = self.blocks[k](x, cond_k)
+            x = self.blocks[k](x, conds[k])
         return torch.sigmoid(self.to_rgb(x))

@@ -7,6 +7,7 @@ reused by both SPADE layers, which keeps the full-resolution stages cheap on a C
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
@@ -38,7 +39,7 @@ class SPADE(nn.Module):
 
     def forward(self, x: Tensor, embedding: Tensor) -> Tensor:
         gamma, beta = self.gamma_beta(embedding).chunk(2, dim=1)
-        return self.norm(x) * (1 + gamma) + beta
+        return torch.addcmul(beta, self.norm(x), gamma + 1)
 
 
 class SPADEResBlock(nn.Module):
