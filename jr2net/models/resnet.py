@@ -76,7 +76,11 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-    """torchvision-layout ResNet; ``width`` scales every stage's channels (64·width, …)."""
+    """torchvision-layout ResNet; ``width`` scales every stage's channels (64·width, …).
+
+    Initialisation as torchvision's with ``zero_init_residual=True`` (each block starts as the
+    identity), which suits training from scratch.
+    """
 
     classifier_prefixes = ("fc.",)
 
