@@ -393,8 +393,12 @@ class Trainer:
                     values = stage.train_step(batch, step)
                 if "loss" not in values:
                     raise KeyError(f"{name}.train_step() must return a 'loss' entry")
-                if ctx.scaler is not None:
+                for n, g in ctx.last_grad_norm.items():  # set when grad_clip > 0
+                    values[f"grad_norm_{n}" if n != "main" else "grad_norm"] = g
+                ctx.last_grad_norm = {}
+                if ctx.scaler is not None and ctx.scaler_stepped:
                     ctx.scaler.update()
+                    ctx.scaler_stepped = False
                 for s in self.schedulers.values():
                     s.step()
                 step += 1

@@ -125,6 +125,7 @@ class TrainContext:
         use_scaler = self.amp and amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
         self.last_grad_norm: dict[str, float] = {}
+        self.scaler_stepped = False  # the trainer updates the scaler once per step, if stepped
         self._face_model = None
 
     @property
@@ -167,6 +168,7 @@ class TrainContext:
             self.last_grad_norm[optimizer] = float(norm)
         if self.scaler is not None:
             self.scaler.step(opt)
+            self.scaler_stepped = True
         else:
             opt.step()
 
