@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .config import ABLATIONS, STAGE_ORDER, RunConfig
-from .stages.base import StageNotImplemented, get_stage
+from .config import ABLATIONS, STAGE_ORDER, RunConfig, stage_section
+from .stages.base import StageNotImplemented, get_stage, read_status
 from .trainer import Trainer, make_context, note
 
 
@@ -23,7 +23,8 @@ def run_cascade(
     config_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run ``cascade_stages(cfg)`` in order; a finished stage is skipped unless ``force``, an
-    unfinished one is resumed. Every stage is checked to exist before anything runs."""
+    unfinished one (or one whose configured steps were raised) is resumed. Every stage is
+    checked to be implemented before anything runs."""
     run_dir = Path(run_dir)
     names = cascade_stages(cfg)
     if not names:
@@ -46,7 +47,9 @@ def run_cascade(
     note(f"cascade in {run_dir}: {' -> '.join(names)}", ctx)
     for name in names:
         cls = classes[name]
-        if cls.is_done(run_dir) and not force:
+        status = read_status(run_dir / name) or {}
+        more = not cls.non_training and status.get("step", 0) < stage_section(cfg, name).steps
+        if status.get("status") == "done" and not force and not more:
             note(f"skip {name}: already done in {run_dir / name} (--force redoes it)", ctx)
             results[name] = {"status": "skipped"}
             continue
