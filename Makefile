@@ -20,7 +20,7 @@ CU_GLUE_CHECKS := $(patsubst csrc/cuda/%.cpp,build/cuda-check/%.ok,$(CU_GLUE))
 CUDA_INCLUDE ?= $(firstword $(wildcard $(CUDA_HOME)/include /usr/local/cuda/include))
 GLUE_STUB := build/cuda-check/stub/c10/cuda/impl/cuda_cmake_macros.h
 
-.PHONY: all venv deps install build test pytest lint bench demo cuda-check clean
+.PHONY: all venv deps install build test pytest lint bench report demo cuda-check clean
 
 all: build
 
@@ -73,6 +73,11 @@ bench: build $(BENCH_STAMP)
 	$(PY) -m benchmarks.pipeline
 	$(PY) -m benchmarks.server
 	$(PY) -m benchmarks.quality
+
+# benchmarks/report.md + results/report_*.png from the stored results/*.json (no re-measuring;
+# REPORT_ARGS="--rerun server,quality" or "--rerun all" runs those benchmarks first).
+report: build
+	$(PY) -m benchmarks.report $(REPORT_ARGS)
 
 demo: build
 	$(PY) -m jr2net.cli demo --out out/demo
