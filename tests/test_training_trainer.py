@@ -185,3 +185,33 @@ def test_lr_schedule_warms_up_then_decays(tmp_path: Path) -> None:
     # lr logged after each step's scheduler update: factor of the next step
     assert lrs[0] == pytest.approx(1e-2) and max(lrs) == pytest.approx(1e-2)
     assert lrs[1:] == sorted(lrs[1:], reverse=True) and lrs[-1] < 1e-3
+
+
+def _amp_ctx(dtype: torch.dtype) -> TrainContext:
+    """A CPU context with mixed precision forced on (the config enables it on CUDA only), so
+    the autocast / GradScaler path runs here too."""
+    ctx = TrainContext("cpu", seed=3, face_model_spec="generic")
+    ctx.amp, ctx.amp_dtype = True, dtype
+    ctx.scaler = torch.amp.GradScaler("cpu") if dtype == torch.float16 else None
+    return ctx
+
+
+def test_mixed_precision_path_trains_and_resumes_the_scaler(tmp_path: Path) -> None:
+    cfg = toy_config()
+    ToyRegression.interrupt_at = 2
+    try:
+        first = Trainer("toy", cfg, tmp_path, ctx=_amp_ctx(torch.float16)).run()
+    finally:
+        ToyRegression.interrupt_at = None
+    assert first["status"] == "interrupted"
+    last = tmp_path / "toy" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert 0 < ckpt["scaler"]["scale"] <= 2.0**16
+    ckpt["scaler"]["scale"] = 1024.0  # a state the resumed run must pick up
+    save_checkpoint(last, ckpt)
+    ctx = _amp_ctx(torch.float16)
+    assert Trainer("toy", cfg, tmp_path, resume=True, ctx=ctx).run()["step"] == 6
+    assert all(torch.isfinite(torch.tensor(losses(tmp_path / "toy" / "metrics.csv"))))
+    assert ctx.scaler.get_scale() == 1024.0
+    bf16 = Trainer("toy", cfg, tmp_path / "bf16", ctx=_amp_ctx(torch.bfloat16)).run()
+    assert bf16["status"] == "done"

@@ -123,7 +123,7 @@ class TrainContext:
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.grad_clip = 0.0
         use_scaler = self.amp and amp_dtype == torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler) if use_scaler else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.last_grad_norm: dict[str, float] = {}
         self.scaler_stepped = False  # the trainer updates the scaler once per step, if stepped
         self._face_model = None
@@ -145,7 +145,7 @@ class TrainContext:
         """Mixed precision for forward passes (a no-op on CPU or with amp off)."""
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def backward_step(self, loss: torch.Tensor, optimizer: str = "main") -> None:
         """zero_grad, (scaled) backward, unscale, clip, step of optimiser ``optimizer``."""
