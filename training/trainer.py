@@ -143,7 +143,6 @@ class Trainer:
         has_output = status is not None or (self.out / "last.pt").exists()
         ctx.barrier()  # every rank has looked before rank 0 writes anything
         if has_output and self.force:
-            ctx.barrier()
             if ctx.is_main:
                 note(f"--force: removing the earlier output in {self.out}")
                 for name in OUTPUTS:
