@@ -68,7 +68,9 @@ def validate_arrays(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
             fail(f"{key} must be finite floats")
     names = a["expression_names"]
     if names.ndim != 1 or names.shape[0] != a["expression_basis"].shape[0]:
-        fail(f"expression_names has {names.shape} entries for {a['expression_basis'].shape[0]} shapes")
+        fail(
+            f"expression_names has {names.shape} entries for {a['expression_basis'].shape[0]} shapes"
+        )
     if names.dtype.kind not in "US":
         fail("expression_names must be strings")
     check_index("landmarks68", V)

@@ -92,7 +92,9 @@ def resolve_face_model(spec: str | Path | None = None) -> ModelChoice:
     default = default_model_path()
     if default.is_file():
         return ModelChoice("file", default, "user cache default (jr2net assets import-ict)")
-    return ModelChoice("generic", None, "fallback: no explicit model, no $JR2NET_FACE_MODEL, no cache")
+    return ModelChoice(
+        "generic", None, "fallback: no explicit model, no $JR2NET_FACE_MODEL, no cache"
+    )
 
 
 _CACHE: dict[tuple, FaceModel] = {}

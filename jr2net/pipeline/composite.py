@@ -227,4 +227,3 @@ class Compositor:
         mean_rigid = (face[:, 0:2].sum((2, 3)) / w_cell.sum().clamp_min(1.0))[:, :, None, None]
         rigid_ext = mean_rigid + support * (ext[:, :2] - mean_rigid)
         return rigid_ext * self.window + ext[:, 2:4] * support.pow(4)
-

@@ -135,4 +135,3 @@ def create_reenactor(mode: str, settings: ReenactorSettings | None = None) -> Re
         factory = _MODES[mode].factory
     assert factory is not None
     return factory(settings)
-
