@@ -131,6 +131,7 @@ class RecNetStageConfig(TrainConfig):
     augment_shift: float = 0.05  # random crop shift, fraction of the crop side
     augment_scale: float = 0.05  # random crop zoom, log-scale range
     augment_color: float = 0.1  # brightness / contrast / channel-gain jitter
+    augment_flip: float = 0.5  # left-right mirror probability (samples without ground truth)
 
 
 @dataclass

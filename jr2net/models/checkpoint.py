@@ -124,7 +124,7 @@ class RecNetFitter:
         target = np.asarray(detection.landmarks, dtype=np.float64)
         box = face_crop_box(target)
         S = self.crop_size
-        crop = torch.from_numpy(crop_image(image, box, S)).permute(2, 0, 1)[None].float() / 255.0
+        crop = torch.from_numpy(crop_image(image, box, S).copy()).permute(2, 0, 1)[None] / 255.0
         K_crop = crop_intrinsics(K, box, S)
         t2 = time.perf_counter()
         timings["crop"] = t2 - t1
