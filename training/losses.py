@@ -191,7 +191,7 @@ class CoefficientLossWeights:
     identity: float = 1.0
     expression: float = 10.0  # β ∈ [0,1]: errors are ~10x smaller than α's
     angles: float = 10.0  # radians
-    translation: float = 1.0  # in units of 10 mm
+    translation: float = 0.04  # per 10 mm: (error / 50 mm)^2; depth trades off with face size
     albedo: float = 0.1
     light: float = 0.1
 
