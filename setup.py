@@ -156,6 +156,8 @@ setup(
         "pyyaml>=6",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        "onnx>=1.16",  # the learned path exports DCNet to ONNX Runtime (faster on CPU)
+        "onnxruntime>=1.18",
     ],
     entry_points={"console_scripts": ["jr2net=jr2net.cli:main"]},
 )

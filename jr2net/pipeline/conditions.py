@@ -165,7 +165,8 @@ def _check_batch(name: str, t: Tensor, batch: int, tail: tuple[int, ...]) -> Ten
     if t.dim() != len(tail) + 1 or t.shape[0] != batch or any(
         s != -1 and d != s for d, s in zip(t.shape[1:], tail, strict=True)
     ):
-        raise ValueError(f"{name} must be [{batch},{','.join(map(str, tail))}], got {list(t.shape)}")
+        want = ",".join(map(str, tail))
+        raise ValueError(f"{name} must be [{batch},{want}], got {list(t.shape)}")
     return t
 
 

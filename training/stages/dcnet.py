@@ -267,7 +267,7 @@ class DCNetStage(Stage):
         sec, ctx = self.section, self.ctx
         batch = self._augment(batch)
         cond = self.conditions(batch)
-        real = batch["driving"]["image"]
+        real, lm = batch["driving"]["image"], batch["driving"]["landmarks"]
         G, D = self.models["generator"], self.models["discriminator"]
         B = real.shape[0]
         with ctx.autocast():
@@ -282,7 +282,7 @@ class DCNetStage(Stage):
             d_gen = D(torch.cat([fake, cond.normals], 1))
             terms = {
                 "l1": sec.w_l1 * F.l1_loss(fake, real),
-                "perceptual": sec.w_vgg * self.perceptual(fake, real, batch["driving"]["landmarks"]),
+                "perceptual": sec.w_vgg * self.perceptual(fake, real, lm),
                 "adv": sec.w_adv * hinge_g_loss(d_gen),
                 "feature_match": sec.w_feature_match * feature_matching_loss(d_real, d_gen),
             }
