@@ -102,9 +102,8 @@ def _grid_faces(nr: int, nc: int, offset: int) -> np.ndarray:
     return np.concatenate([np.stack([v00, v01, v11], 1), np.stack([v00, v11, v10], 1)], 0)
 
 
-def _build() -> dict[str, np.ndarray]:
-    b = _Builder()
-    # Landmarks first (exact vertices), then contours, rings, the dense nose patch, background.
+def _landmark_points() -> dict[int, tuple[float, float]]:
+    """Frontal (x, y) positions of the landmarks placed directly (jaw, brows, nose, outer lips)."""
     lm_xy = {}
     jaw_y = np.array([37.0, 15.0, -5.0, -24.0, -43.0, -58.0, -68.0, -73.5, -76.0])
     jaw_x = np.array([74.5, 74.0, 71.0, 66.0, 57.5, 46.0, 32.0, 16.0, 0.0])
@@ -129,6 +128,13 @@ def _build() -> dict[str, np.ndarray]:
     for i in range(5):
         lm_xy[49 + i] = (ub_x[i], ub_y[i])
         lm_xy[55 + i] = (lb_x[i], lb_y[i])
+    return lm_xy
+
+
+def _collect_points(b: _Builder, lm_xy: dict[int, tuple[float, float]]) -> list[int]:
+    """Add every point set to ``b`` in priority order: landmarks, eye contours and rings, the mouth
+    slit and rows beside it, the nose patch, the jaw contour candidates, the background. Returns
+    the landmark ids of the ``lm_misc`` tag, in order."""
     pts = np.array([lm_xy[k] for k in sorted(lm_xy)])
     b.add_xy(pts, 0.8, "lm_misc")
     lm_misc_ids = sorted(lm_xy)
@@ -174,8 +180,14 @@ def _build() -> dict[str, np.ndarray]:
 
     ga, ge, gsp = _background_ae()
     b.add_ae(ga, ge, 0.62 * gsp)
-    a, e, tags = b.merge()
+    return lm_misc_ids
 
+
+def _triangulate(
+    a: np.ndarray, e: np.ndarray, tags: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Delaunay mesh of the (a, e) domain without hull slivers and eye holes; unused points are
+    dropped (``tags`` remapped in place). Returns (tri, a, e, base points)."""
     # Triangulate the domain.
     uw = _DOMAIN_R * np.stack([a, e], 1)
     tri = Delaunay(uw).simplices.astype(np.int64)
@@ -209,6 +221,111 @@ def _build() -> dict[str, np.ndarray]:
             raise AssertionError(f"generic model: tagged points {k} lost their triangles")
         tags[k] = remap[idx]
     tri, a, e, base = remap[tri], a[used], e[used], base[used]
+
+    return tri, a, e, base
+
+
+def _eyeball(
+    side: float, reg: int, u0: float, offset: int, zg: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple]:
+    """One eyeball cap with its flange: vertices, faces (ids from ``offset``), regions, uvs and the
+    (vertex ids, centre, globe vertex ids) entry of ``eyeball``."""
+    c = _eye_center(side)
+    centre = np.array([c[0], c[1], zg])
+    # Globe front (ellipsoid cap down to its equator), then a flat flange around the equator
+    # that backs the lid opening, so no line of sight passes beside the eyeball.
+    nr, ns = 9, 28
+    psi = np.deg2rad(np.linspace(0.0, 90.0, nr))[1:]
+    phi = np.linspace(0, 2 * np.pi, ns, endpoint=False)
+    P, F = np.meshgrid(psi, phi, indexing="ij")
+    dirs = np.stack([np.sin(P) * np.cos(F), np.sin(P) * np.sin(F), np.cos(P)], -1).reshape(-1, 3)
+    dirs = np.concatenate([[[0.0, 0.0, 1.0]], dirs], 0)
+    # It reaches further toward the nose (whose skin is far in front) than toward the temple.
+    reach = 1.5 - 0.25 * side * np.cos(phi)[:, None]
+    flange = np.concatenate([dirs[-ns:] * (1.0 + t * (reach - 1.0)) for t in (0.4, 1.0)], 0)
+    flange[:, 2] = -2.5 / _GLOBE_R
+    n_globe = len(dirs)
+    dirs = np.concatenate([dirs, flange], 0)
+    v = centre + np.array([_GLOBE_RX, _GLOBE_R, _GLOBE_R]) * dirs
+    f = []
+    for j in range(ns):  # pole fan
+        f.append([0, 1 + j, 1 + (j + 1) % ns])
+    n_rings = (len(dirs) - 1) // ns
+    for i in range(n_rings - 1):
+        for j in range(ns):
+            p00 = 1 + i * ns + j
+            p01 = 1 + i * ns + (j + 1) % ns
+            p10, p11 = p00 + ns, p01 + ns
+            f += [[p00, p10, p11], [p00, p11, p01]]  # outward on the globe, +z on the flange
+    f = np.array(f) + offset
+    uv_d = dirs[:, :2] / 1.75
+    uv = np.stack([u0 + 0.1 + 0.09 * uv_d[:, 0], 0.9 + 0.09 * uv_d[:, 1]], 1)
+    entry = (
+        np.arange(offset, offset + len(v)),
+        centre,
+        np.arange(offset, offset + n_globe),
+    )
+    return v, f, np.full(len(v), reg, np.uint8), uv, entry
+
+
+def _mouth_socket(
+    verts: np.ndarray, slit: np.ndarray, offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The mouth-socket wall behind the lips: vertices, faces (ids from ``offset``), regions, uvs."""
+    # Mouth socket: a curved wall ~14 mm behind the lips.
+    # It curves forward at the sides, staying 3.5 mm inside the skin, so that an open mouth seen
+    # from an angle shows the socket rather than the back of the cheeks.
+    gx, gy = np.linspace(-33.0, 33.0, 23), np.linspace(-50.0, -20.0, 11)
+    SX, SY = np.meshgrid(gx, gy, indexing="xy")
+    zlip = float(verts[slit[len(slit) // 2], 2])
+    sa, se = _invert_xy(np.stack([SX.ravel(), SY.ravel()], 1))
+    sb = _base_point(sa, se)
+    skin_z = (sb[:, 2] + _face_dz(sb[:, 0], sb[:, 1], sb[:, 2])).reshape(SX.shape)
+    SZ = np.minimum(zlip - 16.0 + 0.01 * SX**2 - 0.01 * (SY + 34.0) ** 2, skin_z - 3.5)
+    sv = np.stack([SX, SY, SZ], -1).reshape(-1, 3)
+    sf = _grid_faces(len(gy), len(gx), offset)
+    uv = np.stack(
+        [
+            0.5 + 0.5 * (sv[:, 0] - gx[0]) / (gx[-1] - gx[0]),
+            0.82 + 0.16 * (sv[:, 1] - gy[0]) / (gy[-1] - gy[0]),
+        ],
+        1,
+    )
+    return sv, sf, np.full(len(sv), 2, np.uint8), uv
+
+
+def _landmark_indices(
+    lm_misc_ids: list[int], tags: dict[str, np.ndarray], slit: np.ndarray, slit_lower: np.ndarray
+) -> np.ndarray:
+    """Vertex ids of the 68 iBUG landmarks."""
+    # Landmark indices.
+    lm = np.zeros(68, np.int64)
+    for i, k in enumerate(lm_misc_ids):
+        lm[k] = tags["lm_misc"][i]
+    for name, (outer, inner_c, up_ids, low_ids) in {
+        "R": (36, 39, (37, 38), (41, 40)),
+        "L": (45, 42, (44, 43), (46, 47)),
+    }.items():
+        up = tags[f"eye_up_{name}"]
+        lo = tags[f"eye_low_{name}"]
+        lm[inner_c], lm[outer] = up[0], up[-1]
+        lm[up_ids[0]], lm[up_ids[1]] = up[12], up[6]
+        lm[low_ids[0]], lm[low_ids[1]] = lo[11], lo[5]
+    mid = len(slit) // 2
+    lm[60], lm[64] = slit[0], slit[-1]
+    lm[61], lm[62], lm[63] = slit[mid - 4], slit[mid], slit[mid + 4]
+    lm[65], lm[66], lm[67] = slit_lower[mid + 4], slit_lower[mid], slit_lower[mid - 4]
+
+    return lm
+
+
+def _build() -> dict[str, np.ndarray]:
+    b = _Builder()
+    # Landmarks first (exact vertices), then contours, rings, the dense nose patch, background.
+    lm_xy = _landmark_points()
+    lm_misc_ids = _collect_points(b, lm_xy)
+    a, e, tags = b.merge()
+    tri, a, e, base = _triangulate(a, e, tags)
 
     # Frontal features.
     front = _smoothstep((np.cos(a) - 0.05) / 0.45)
@@ -248,95 +365,24 @@ def _build() -> dict[str, np.ndarray]:
     offset = n_skin
     zg = _globe_z(_eye_base_z())
     for side, name, reg, u0 in ((1.0, "L", 3, 0.0), (-1.0, "R", 4, 0.25)):
-        c = _eye_center(side)
-        centre = np.array([c[0], c[1], zg])
-        # Globe front (ellipsoid cap down to its equator), then a flat flange around the equator
-        # that backs the lid opening, so no line of sight passes beside the eyeball.
-        nr, ns = 9, 28
-        psi = np.deg2rad(np.linspace(0.0, 90.0, nr))[1:]
-        phi = np.linspace(0, 2 * np.pi, ns, endpoint=False)
-        P, F = np.meshgrid(psi, phi, indexing="ij")
-        dirs = np.stack([np.sin(P) * np.cos(F), np.sin(P) * np.sin(F), np.cos(P)], -1).reshape(
-            -1, 3
-        )
-        dirs = np.concatenate([[[0.0, 0.0, 1.0]], dirs], 0)
-        # It reaches further toward the nose (whose skin is far in front) than toward the temple.
-        reach = 1.5 - 0.25 * side * np.cos(phi)[:, None]
-        flange = np.concatenate([dirs[-ns:] * (1.0 + t * (reach - 1.0)) for t in (0.4, 1.0)], 0)
-        flange[:, 2] = -2.5 / _GLOBE_R
-        n_globe = len(dirs)
-        dirs = np.concatenate([dirs, flange], 0)
-        v = centre + np.array([_GLOBE_RX, _GLOBE_R, _GLOBE_R]) * dirs
-        f = []
-        for j in range(ns):  # pole fan
-            f.append([0, 1 + j, 1 + (j + 1) % ns])
-        n_rings = (len(dirs) - 1) // ns
-        for i in range(n_rings - 1):
-            for j in range(ns):
-                p00 = 1 + i * ns + j
-                p01 = 1 + i * ns + (j + 1) % ns
-                p10, p11 = p00 + ns, p01 + ns
-                f += [[p00, p10, p11], [p00, p11, p01]]  # outward on the globe, +z on the flange
-        f = np.array(f) + offset
+        v, f, r, uv, eyeball[name] = _eyeball(side, reg, u0, offset, zg)
         parts_v.append(v)
         parts_f.append(f)
-        parts_r.append(np.full(len(v), reg, np.uint8))
-        uv_d = dirs[:, :2] / 1.75
-        parts_uv.append(np.stack([u0 + 0.1 + 0.09 * uv_d[:, 0], 0.9 + 0.09 * uv_d[:, 1]], 1))
-        eyeball[name] = (
-            np.arange(offset, offset + len(v)),
-            centre,
-            np.arange(offset, offset + n_globe),
-        )
+        parts_r.append(r)
+        parts_uv.append(uv)
         offset += len(v)
-    # Mouth socket: a curved wall ~14 mm behind the lips.
-    # It curves forward at the sides, staying 3.5 mm inside the skin, so that an open mouth seen
-    # from an angle shows the socket rather than the back of the cheeks.
-    gx, gy = np.linspace(-33.0, 33.0, 23), np.linspace(-50.0, -20.0, 11)
-    SX, SY = np.meshgrid(gx, gy, indexing="xy")
-    zlip = float(verts[slit[len(slit) // 2], 2])
-    sa, se = _invert_xy(np.stack([SX.ravel(), SY.ravel()], 1))
-    sb = _base_point(sa, se)
-    skin_z = (sb[:, 2] + _face_dz(sb[:, 0], sb[:, 1], sb[:, 2])).reshape(SX.shape)
-    SZ = np.minimum(zlip - 16.0 + 0.01 * SX**2 - 0.01 * (SY + 34.0) ** 2, skin_z - 3.5)
-    sv = np.stack([SX, SY, SZ], -1).reshape(-1, 3)
-    sf = _grid_faces(len(gy), len(gx), offset)
+    sv, sf, r, uv = _mouth_socket(verts, slit, offset)
     parts_v.append(sv)
     parts_f.append(sf)
-    parts_r.append(np.full(len(sv), 2, np.uint8))
-    parts_uv.append(
-        np.stack(
-            [
-                0.5 + 0.5 * (sv[:, 0] - gx[0]) / (gx[-1] - gx[0]),
-                0.82 + 0.16 * (sv[:, 1] - gy[0]) / (gy[-1] - gy[0]),
-            ],
-            1,
-        )
-    )
+    parts_r.append(r)
+    parts_uv.append(uv)
 
     V = np.concatenate(parts_v, 0)
     F = np.concatenate(parts_f, 0)
     region = np.concatenate(parts_r)
     uvs = np.concatenate(parts_uv, 0)
 
-    # Landmark indices.
-    lm = np.zeros(68, np.int64)
-    for i, k in enumerate(lm_misc_ids):
-        lm[k] = tags["lm_misc"][i]
-    for name, (outer, inner_c, up_ids, low_ids) in {
-        "R": (36, 39, (37, 38), (41, 40)),
-        "L": (45, 42, (44, 43), (46, 47)),
-    }.items():
-        up = tags[f"eye_up_{name}"]
-        lo = tags[f"eye_low_{name}"]
-        lm[inner_c], lm[outer] = up[0], up[-1]
-        lm[up_ids[0]], lm[up_ids[1]] = up[12], up[6]
-        lm[low_ids[0]], lm[low_ids[1]] = lo[11], lo[5]
-    mid = len(slit) // 2
-    lm[60], lm[64] = slit[0], slit[-1]
-    lm[61], lm[62], lm[63] = slit[mid - 4], slit[mid], slit[mid + 4]
-    lm[65], lm[66], lm[67] = slit_lower[mid + 4], slit_lower[mid], slit_lower[mid - 4]
-
+    lm = _landmark_indices(lm_misc_ids, tags, slit, slit_lower)
     info = dict(
         verts=V,
         faces=F,
