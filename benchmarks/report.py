@@ -41,8 +41,10 @@ class Report:
     def load(self, name: str) -> dict | None:
         path = self.results / f"{name}.json"
         if not path.is_file():
-            self.note(f"`{path.name}` is missing: run `python -m benchmarks.{name}` "
-                      f"(or `python -m benchmarks.report --rerun {name}`).")
+            self.note(
+                f"`{path.name}` is missing: run `python -m benchmarks.{name}` "
+                f"(or `python -m benchmarks.report --rerun {name}`)."
+            )
             return None
         try:
             return json.loads(path.read_text())
@@ -99,8 +101,10 @@ def _work_mpx(config: str) -> float | None:
 
 def _machine(d: dict) -> str:
     m = d.get("machine", {})
-    return (f"{m.get('date', '?')}, {m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}, "
-            f"{m.get('torch_threads', '?')} torch threads")
+    return (
+        f"{m.get('date', '?')}, {m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}, "
+        f"{m.get('torch_threads', '?')} torch threads"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,8 +119,9 @@ def kernels(rep: Report) -> None:
     if d is None:
         return
     rows = d.get("rows", [])
-    rep.add(f"Forward times, median ({_machine(d)}; load average {_fmt(d.get('load_average'))}).",
-            "")
+    rep.add(
+        f"Forward times, median ({_machine(d)}; load average {_fmt(d.get('load_average'))}).", ""
+    )
     rep.table(rows, ["op", "config", "kernel_fwd_ms", "ref_fwd_ms", "fwd_speedup", "bwd/fwd"])
     ops = list(dict.fromkeys(r["op"] for r in rows))
     fig, (ax_ms, ax_x) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -124,8 +129,10 @@ def kernels(rep: Report) -> None:
         mine = [r for r in rows if r["op"] == op and _work_mpx(r["config"]) is not None]
         # One line per channel variant (e.g. 3ch / 64ch) so sizes compare like with like.
         for var in dict.fromkeys(" ".join(r["config"].split()[2:]) for r in mine):
-            sel = sorted((r for r in mine if " ".join(r["config"].split()[2:]) == var),
-                         key=lambda r: _work_mpx(r["config"]))
+            sel = sorted(
+                (r for r in mine if " ".join(r["config"].split()[2:]) == var),
+                key=lambda r: _work_mpx(r["config"]),
+            )
             xs = [_work_mpx(r["config"]) for r in sel]
             name = f"{op} {var}".strip()
             style = dict(color=f"C{k}", ls="-" if var in ("", "3ch") else ":")
@@ -158,14 +165,20 @@ def pipeline(rep: Report) -> None:
     d = rep.load("pipeline")
     if d is None:
         return
-    rep.add(f"{d.get('driving', '?')} driving {d.get('source', '?')}, crop {d.get('crop_size')}, "
-            f"output {d.get('output_size')} ({_machine(d)}).", "")
+    rep.add(
+        f"{d.get('driving', '?')} driving {d.get('source', '?')}, crop {d.get('crop_size')}, "
+        f"output {d.get('output_size')} ({_machine(d)}).",
+        "",
+    )
     rows = [{"stage": k, **v} for k, v in d.get("stages_ms", {}).items()]
     rep.table(rows, ["stage", "median_ms", "p90_ms", "p99_ms"])
     ov = d.get("overlap")
     if ov:
-        rep.add(f"Stages overlapped: {ov['overlapped_fps']:.1f} fps vs {ov['serial_fps']:.1f} fps "
-                "serial.", "")
+        rep.add(
+            f"Stages overlapped: {ov['overlapped_fps']:.1f} fps vs {ov['serial_fps']:.1f} fps "
+            "serial.",
+            "",
+        )
 
 
 def server(rep: Report) -> None:
@@ -177,20 +190,45 @@ def server(rep: Report) -> None:
     if d is None:
         return
     cfg = d.get("config", {})
-    rep.add(f"Source {cfg.get('source')}, driving {cfg.get('driving')}, output {cfg.get('output')}, "
-            f"crop {cfg.get('crop')}, {cfg.get('frames_per_stream')} frames per stream "
-            f"({_machine(d)}; load average {_fmt(cfg.get('load_average'))}).", "")
+    rep.add(
+        f"Source {cfg.get('source')}, driving {cfg.get('driving')}, output {cfg.get('output')}, "
+        f"crop {cfg.get('crop')}, {cfg.get('frames_per_stream')} frames per stream "
+        f"({_machine(d)}; load average {_fmt(cfg.get('load_average'))}).",
+        "",
+    )
     runs = d.get("runs", {})
     rows = []
     for mode, run in runs.items():
         for name, s in run.get("scenarios", {}).items():
-            rows.append({"server": mode, "scenario": name, "streams": s["streams"],
-                         "target_fps": s["target_fps"], "fps": s["throughput_fps"],
-                         "p50_ms": s["latency_ms"]["p50"], "p95_ms": s["latency_ms"]["p95"],
-                         "p99_ms": s["latency_ms"]["p99"], "dropped": s["dropped"],
-                         "errors": s["errors"]})
-    rep.table(rows, ["server", "scenario", "streams", "target_fps", "fps", "p50_ms", "p95_ms",
-                     "p99_ms", "dropped", "errors"])
+            rows.append(
+                {
+                    "server": mode,
+                    "scenario": name,
+                    "streams": s["streams"],
+                    "target_fps": s["target_fps"],
+                    "fps": s["throughput_fps"],
+                    "p50_ms": s["latency_ms"]["p50"],
+                    "p95_ms": s["latency_ms"]["p95"],
+                    "p99_ms": s["latency_ms"]["p99"],
+                    "dropped": s["dropped"],
+                    "errors": s["errors"],
+                }
+            )
+    rep.table(
+        rows,
+        [
+            "server",
+            "scenario",
+            "streams",
+            "target_fps",
+            "fps",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "dropped",
+            "errors",
+        ],
+    )
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     missing = []
@@ -205,8 +243,14 @@ def server(rep: Report) -> None:
             else:  # only the summary percentiles were stored
                 missing.append(label)
                 q = s["latency_ms"]
-                ax.plot([q["p50"], q["p95"], q["p99"]], [0.50, 0.95, 0.99], style, color=f"C{j}",
-                        marker="o", label=f"{label}: p50/p95/p99 only")
+                ax.plot(
+                    [q["p50"], q["p95"], q["p99"]],
+                    [0.50, 0.95, 0.99],
+                    style,
+                    color=f"C{j}",
+                    marker="o",
+                    label=f"{label}: p50/p95/p99 only",
+                )
     ax.axvline(80, color="grey", lw=0.8, ls="--")
     ax.text(78, 0.03, "80 ms target (p99, 30 fps) ", fontsize=7, color="grey", ha="right")
     ax.set_xscale("log")
@@ -217,29 +261,59 @@ def server(rep: Report) -> None:
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("server latency CDF")
     if missing:
-        rep.note("server.json has no per-frame latencies for " + ", ".join(missing) + "; the "
-                 "plot shows their p50/p95/p99 points. `python -m benchmarks.server` now records "
-                 "them (`latencies_ms`).")
+        rep.note(
+            "server.json has no per-frame latencies for " + ", ".join(missing) + "; the "
+            "plot shows their p50/p95/p99 points. `python -m benchmarks.server` now records "
+            "them (`latencies_ms`)."
+        )
     rep.figure(fig, "server_latency_cdf", "End-to-end latency CDF per scenario and server mode")
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for k, (mode, run) in enumerate(runs.items()):
-        paced = sorted((s["streams"], s["throughput_fps"], s["target_fps"])
-                       for s in run.get("scenarios", {}).values() if s["target_fps"] > 0)
-        unpaced = [(s["streams"], s["throughput_fps"])
-                   for s in run.get("scenarios", {}).values() if s["target_fps"] == 0]
+        paced = sorted(
+            (s["streams"], s["throughput_fps"], s["target_fps"])
+            for s in run.get("scenarios", {}).values()
+            if s["target_fps"] > 0
+        )
+        unpaced = [
+            (s["streams"], s["throughput_fps"])
+            for s in run.get("scenarios", {}).values()
+            if s["target_fps"] == 0
+        ]
         if paced:
-            ax.plot([p[0] for p in paced], [p[1] for p in paced], "-o", color=f"C{k}",
-                    label=f"{mode}, paced")
+            ax.plot(
+                [p[0] for p in paced],
+                [p[1] for p in paced],
+                "-o",
+                color=f"C{k}",
+                label=f"{mode}, paced",
+            )
         if unpaced:
-            ax.plot([u[0] for u in unpaced], [u[1] for u in unpaced], "s", color=f"C{k}",
-                    mfc="none", label=f"{mode}, unpaced")
+            ax.plot(
+                [u[0] for u in unpaced],
+                [u[1] for u in unpaced],
+                "s",
+                color=f"C{k}",
+                mfc="none",
+                label=f"{mode}, unpaced",
+            )
     streams = sorted({s["streams"] for run in runs.values() for s in run["scenarios"].values()})
-    fps = max((s["target_fps"] for run in runs.values() for s in run["scenarios"].values()),
-              default=30) or 30
+    fps = (
+        max(
+            (s["target_fps"] for run in runs.values() for s in run["scenarios"].values()),
+            default=30,
+        )
+        or 30
+    )
     if streams:
-        ax.plot([0, max(streams)], [0, fps * max(streams)], color="grey", lw=0.8, ls="--",
-                label=f"{fps:g} fps per stream")
+        ax.plot(
+            [0, max(streams)],
+            [0, fps * max(streams)],
+            color="grey",
+            lw=0.8,
+            ls="--",
+            label=f"{fps:g} fps per stream",
+        )
     ax.set_xlabel("concurrent streams")
     ax.set_ylabel("total throughput, frames/s")
     ax.set_xticks(streams or [1])
@@ -262,21 +336,34 @@ def quality(rep: Report) -> None:
     rep.add("## Quality: same identity, ours beside the baselines", "")
     d = rep.load("quality")
     if d is not None:
-        rep.add(f"Face hull of the ground-truth landmarks; pose {d.get('pose_mode')}, expression "
-                f"{d.get('expression')}, light {d.get('light')}, face model {d.get('face_model')} "
-                f"({_machine(d)}).", "")
+        rep.add(
+            f"Face hull of the ground-truth landmarks; pose {d.get('pose_mode')}, expression "
+            f"{d.get('expression')}, light {d.get('light')}, face model {d.get('face_model')} "
+            f"({_machine(d)}).",
+            "",
+        )
         methods = ("ours", "copy_source", "similarity")
         per = d.get("per_video", {})
         rows = []
         for video, s in [*per.items(), ("mean over videos", d.get("mean_over_videos"))]:
             for m in methods:
                 src = s[m] if s else {}
-                rows.append({"video": video, "method": m, "PSNR": src.get("psnr", float("nan")),
-                             "SSIM": src.get("ssim", float("nan")), "L1": src.get("l1", float("nan")),
-                             "frames": s.get("frames_evaluated", "") if s else ""})
+                rows.append(
+                    {
+                        "video": video,
+                        "method": m,
+                        "PSNR": src.get("psnr", float("nan")),
+                        "SSIM": src.get("ssim", float("nan")),
+                        "L1": src.get("l1", float("nan")),
+                        "frames": s.get("frames_evaluated", "") if s else "",
+                    }
+                )
         rep.table(rows, ["video", "method", "PSNR", "SSIM", "L1", "frames"])
-        rep.add(f"Ours beats both baselines on PSNR and SSIM on every video: "
-                f"{_fmt(bool(d.get('all_met')))}.", "")
+        rep.add(
+            f"Ours beats both baselines on PSNR and SSIM on every video: "
+            f"{_fmt(bool(d.get('all_met')))}.",
+            "",
+        )
         if per:
             fig, axes = plt.subplots(1, 2, figsize=(11, 4))
             x = np.arange(len(per))
@@ -289,8 +376,11 @@ def quality(rep: Report) -> None:
             axes[0].legend(fontsize=8)
             fig.suptitle("same-identity quality over the face hull")
             rep.figure(fig, "quality", "Same-identity PSNR and SSIM per video and method")
-            sheets = [f"[{Path(v).stem}](results/quality_{Path(v).stem}.png)" for v in per
-                      if (rep.results / f"quality_{Path(v).stem}.png").is_file()]
+            sheets = [
+                f"[{Path(v).stem}](results/quality_{Path(v).stem}.png)"
+                for v in per
+                if (rep.results / f"quality_{Path(v).stem}.png").is_file()
+            ]
             if sheets:
                 rep.add("Side-by-sides: " + ", ".join(sheets) + ".", "")
     ev = rep.results / "eval" / "metrics.json"
@@ -302,8 +392,9 @@ def quality(rep: Report) -> None:
         except (OSError, ValueError, KeyError) as exc:
             rep.note(f"`{ev}` is unreadable ({exc}).")
         else:
-            rep.add("### `jr2net eval reenact` (results/eval/metrics.json)", "", "```", text, "```",
-                    "")
+            rep.add(
+                "### `jr2net eval reenact` (results/eval/metrics.json)", "", "```", text, "```", ""
+            )
 
 
 def reconstruction(rep: Report) -> None:
@@ -314,13 +405,23 @@ def reconstruction(rep: Report) -> None:
     d = rep.load("fitting")
     if d is not None:
         s = d.get("synthetic", {})
-        rep.add(f"Synthetic ICT faces ({s.get('n')} faces, detection rate {_fmt(s.get('detection_rate'))}): "
-                "mesh RMSE after similarity + ICP, 85 mm crop ({_m}).".replace("{_m}", _machine(d)), "")
-        rep.table([{"what": k, "value": v} for k, v in s.items() if not isinstance(v, dict)],
-                  ["what", "value"])
+        rate = _fmt(s.get("detection_rate"))
+        rep.add(
+            f"Synthetic ICT faces ({s.get('n')} faces, detection rate {rate}): mesh RMSE after "
+            f"similarity + ICP, 85 mm crop ({_machine(d)}).",
+            "",
+        )
+        rep.table(
+            [{"what": k, "value": v} for k, v in s.items() if not isinstance(v, dict)],
+            ["what", "value"],
+        )
         rows = [r for r in d.get("synthetic_rows", []) if r.get("detected")]
-        series = {"ours": "rmse_mm", "baseline (mean shape)": "base_rmse_mm",
-                  "oracle landmarks": "oracle_rmse_mm", "no final landmark pass": "alt_rmse_mm"}
+        series = {
+            "ours": "rmse_mm",
+            "baseline (mean shape)": "base_rmse_mm",
+            "oracle landmarks": "oracle_rmse_mm",
+            "no final landmark pass": "alt_rmse_mm",
+        }
         data = {k: np.array([r[c] for r in rows if c in r], float) for k, c in series.items()}
         data = {k: v[np.isfinite(v)] for k, v in data.items() if len(v)}
         if data:
@@ -328,8 +429,13 @@ def reconstruction(rep: Report) -> None:
             hi = max(float(np.percentile(v, 99)) for v in data.values())
             bins = np.linspace(0, hi * 1.05, 30)
             for k, v in data.items():
-                ax.hist(v, bins=bins, histtype="step", lw=1.6,
-                        label=f"{k} (median {np.median(v):.2f} mm)")
+                ax.hist(
+                    v,
+                    bins=bins,
+                    histtype="step",
+                    lw=1.6,
+                    label=f"{k} (median {np.median(v):.2f} mm)",
+                )
             ax.set_xlabel("mesh RMSE, mm (point-to-plane, 85 mm crop)")
             ax.set_ylabel("faces")
             ax.legend(fontsize=8)
@@ -345,8 +451,19 @@ def reconstruction(rep: Report) -> None:
             rep.note(f"`{ev}` is unreadable ({exc}).")
         else:
             rep.add("### `jr2net eval reconstruct` (results/eval_reconstruct/metrics.json)", "")
-            rep.table(rows, ["protocol", "crop_mm", "meshes", "rmse_mean", "std_mean",
-                             "median_mean", "p80_mean", "mae_mean"])
+            rep.table(
+                rows,
+                [
+                    "protocol",
+                    "crop_mm",
+                    "meshes",
+                    "rmse_mean",
+                    "std_mean",
+                    "median_mean",
+                    "p80_mean",
+                    "mae_mean",
+                ],
+            )
 
 
 SECTIONS = (kernels, pipeline, server, quality, reconstruction)
@@ -359,11 +476,15 @@ def build(results: Path = RESULTS_DIR, out: Path = REPORT_MD) -> Report:
     matplotlib.use("Agg")
     results.mkdir(parents=True, exist_ok=True)
     rep = Report(results, out)
-    rep.add("# JR2Net benchmark report", "",
-            f"Generated by `make report` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) "
-            f"from `{_rel(results, out)}/*.json`; each section names the machine and date of its "
-            "measurements. Timings on a shared CPU machine are noisy; ratios measured in the same "
-            "run are the robust figures.", "")
+    rep.add(
+        "# JR2Net benchmark report",
+        "",
+        f"Generated by `make report` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}) "
+        f"from `{_rel(results, out)}/*.json`; each section names the machine and date of its "
+        "measurements. Timings on a shared CPU machine are noisy; ratios measured in the same "
+        "run are the robust figures.",
+        "",
+    )
     for section in SECTIONS:
         section(rep)
     out.write_text("\n".join(rep.lines).rstrip() + "\n")
@@ -385,8 +506,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--results", type=Path, default=RESULTS_DIR, help="folder of the JSON results")
     ap.add_argument("--out", type=Path, default=REPORT_MD, help="markdown file to write")
-    ap.add_argument("--rerun", default="", metavar="NAMES",
-                    help=f"comma-separated benchmarks to run first, or 'all' ({','.join(BENCHMARKS)})")
+    ap.add_argument(
+        "--rerun",
+        default="",
+        metavar="NAMES",
+        help=f"comma-separated benchmarks to run first, or 'all' ({','.join(BENCHMARKS)})",
+    )
     args = ap.parse_args(argv)
     names = list(BENCHMARKS) if args.rerun == "all" else [n for n in args.rerun.split(",") if n]
     bad = [n for n in names if n not in BENCHMARKS]

@@ -1,4 +1,4 @@
-"""``jr2net eval reenact|reconstruct``: the evaluation protocols of DESIGN §8 (docs/evaluation.md)."""
+"""``jr2net eval reenact|reconstruct``: the DESIGN §8 evaluation protocols (docs/evaluation.md)."""
 
 from __future__ import annotations
 
@@ -19,24 +19,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "driven by each video. Copy-source and the 2D similarity warp are always evaluated too.",
     )
     r.add_argument("--videos", type=Path, required=True, help="folder of driving videos")
-    r.add_argument("--sources", type=Path, default=None,
-                   help="folder of source images for cross identity "
-                        "(default: the first face frame of every other video)")
+    r.add_argument(
+        "--sources",
+        type=Path,
+        default=None,
+        help="folder of source images for cross identity "
+        "(default: the first face frame of every other video)",
+    )
     r.add_argument("--mode", default="geometric", help="reenactment mode: geometric | learned")
     r.add_argument("--out", type=Path, required=True, help="output folder (metrics.json, PNGs)")
-    r.add_argument("--max-frames", type=int, default=30, metavar="N",
-                   help="evaluated frames per video / pair, spread evenly (0: all; default 30)")
+    r.add_argument(
+        "--max-frames",
+        type=int,
+        default=30,
+        metavar="N",
+        help="evaluated frames per video / pair, spread evenly (0: all; default 30)",
+    )
     r.add_argument("--no-cross", action="store_true", help="same identity only")
-    r.add_argument("--fid", action="store_true",
-                   help="also a Frechet distance to the ground-truth frames (not Inception FID)")
-    r.add_argument("--fid-extractor", default=None, metavar="MODULE:FACTORY",
-                   help="feature extractor factory for --fid (default: the face-identity network)")
+    r.add_argument(
+        "--fid",
+        action="store_true",
+        help="also a Frechet distance to the ground-truth frames (not Inception FID)",
+    )
+    r.add_argument(
+        "--fid-extractor",
+        default=None,
+        metavar="MODULE:FACTORY",
+        help="feature extractor factory for --fid (default: the face-identity network)",
+    )
     r.add_argument("--pose-mode", choices=("relative", "absolute"), default="relative")
-    r.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="pipeline option (SessionOptions.extra), repeatable")
+    r.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline option (SessionOptions.extra), repeatable",
+    )
     r.add_argument("--face-model", default=None, help="face model (.npz, 'ict', 'generic')")
-    r.add_argument("--checkpoints", default=None,
-                   help="checkpoint file or training run folder (learned mode)")
+    r.add_argument(
+        "--checkpoints", default=None, help="checkpoint file or training run folder (learned mode)"
+    )
     r.add_argument("--device", default="cpu", help="torch device (default cpu)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -81,8 +81,11 @@ def _box(pts: np.ndarray, margin: float, min_side: int, hw: tuple[int, int]) -> 
     bh = max((y1 - y0) * (1 + 2 * margin), min_side)
     bx0 = int(np.clip(round(cx - bw / 2), 0, max(w - min_side, 0)))
     by0 = int(np.clip(round(cy - bh / 2), 0, max(h - min_side, 0)))
-    return bx0, by0, int(min(w, max(bx0 + min_side, round(cx + bw / 2)))), int(
-        min(h, max(by0 + min_side, round(cy + bh / 2)))
+    return (
+        bx0,
+        by0,
+        int(min(w, max(bx0 + min_side, round(cx + bw / 2)))),
+        int(min(h, max(by0 + min_side, round(cy + bh / 2)))),
     )
 
 

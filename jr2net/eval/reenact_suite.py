@@ -166,7 +166,10 @@ def run_reenact_eval(
             "per_video": same,
             "mean_over_videos": {
                 m: {
-                    r: {k: _mean_over(list(same.values()), "methods", m, r, k) for k in IMAGE_METRICS}
+                    r: {
+                        k: _mean_over(list(same.values()), "methods", m, r, k)
+                        for k in IMAGE_METRICS
+                    }
                     for r in REGIONS
                 }
                 for m in METHODS
@@ -193,8 +196,11 @@ def _fid(features: dict[str, list[np.ndarray]], name: str) -> dict:
     from jr2net.eval.fid import fid_from_features
 
     real = np.stack(features["real"]) if len(features["real"]) >= 2 else None
-    out: dict = {"extractor": name, "real_frames": len(features["real"]),
-                 "note": "Frechet distance on this extractor's features, not Inception FID"}
+    out: dict = {
+        "extractor": name,
+        "real_frames": len(features["real"]),
+        "note": "Frechet distance on this extractor's features, not Inception FID",
+    }
     for m in METHODS:
         if real is None or len(features[m]) < 2:
             out[m] = float("nan")
@@ -238,5 +244,7 @@ def tables(metrics: dict) -> str:
             f" {fid['real_frames']} frames)",
         ))  # fmt: skip
     if metrics["skipped"]:
-        text.append("\nskipped: " + "; ".join(f"{s['file']} ({s['reason']})" for s in metrics["skipped"]))
+        text.append(
+            "\nskipped: " + "; ".join(f"{s['file']} ({s['reason']})" for s in metrics["skipped"])
+        )
     return "\n".join(text)

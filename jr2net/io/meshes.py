@@ -77,7 +77,9 @@ def _read_obj(path: Path) -> Mesh:
     try:
         text = path.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a text OBJ file ({exc.reason} at byte {exc.start})") from None
+        raise ValueError(
+            f"{path}: not a text OBJ file ({exc.reason} at byte {exc.start})"
+        ) from None
     for lineno, raw in enumerate(text.splitlines(), 1):
         parts = raw.split("#", 1)[0].split()
         if not parts:
@@ -303,7 +305,9 @@ def _binary_lists(
 # Writing
 
 
-def save_mesh(path: str | Path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True) -> Path:
+def save_mesh(
+    path: str | Path, vertices: np.ndarray, faces: np.ndarray, binary: bool = True
+) -> Path:
     """Write a triangle mesh as OBJ or PLY (by suffix; PLY binary little-endian unless
     ``binary=False``). Returns the path."""
     path = Path(path)
