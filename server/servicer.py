@@ -177,7 +177,11 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         tasks: list[asyncio.Task] = []
         try:
             t0 = time.perf_counter()
-            reenactor = await self._run(self.factory.get, mode)  # built once, off the loop
+            try:
+                reenactor = await self._run(self.factory.get, mode)  # built once, off the loop
+            except ValueError as exc:  # a registered mode that cannot be built (e.g. no weights)
+                await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_config",
+                                   f"mode {mode!r}: {exc}")
             try:
                 source, pipeline_session = await self._run(
                     self._start_session, reenactor, cfg, options)

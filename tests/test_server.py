@@ -382,6 +382,23 @@ def test_bad_session_config_is_invalid_argument(loop, server, source_bytes, sour
     assert needle in err.details()
 
 
+def test_a_mode_whose_factory_refuses_is_invalid_argument(loop, server, source_bytes):
+    from jr2net.pipeline import registry
+
+    def needs_weights(settings):
+        raise ValueError("needs checkpoints: pass --checkpoints RUN_DIR")
+
+    saved = dict(registry._MODES)
+    registry.register_mode("learned", needs_weights)
+    try:
+        err = open_session_error(loop, server.address, source_bytes, mode="learned")
+    finally:
+        registry._MODES.clear()
+        registry._MODES.update(saved)
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "needs checkpoints" in err.details()
+
+
 def test_frame_before_config_is_failed_precondition(loop, server, d0_frames):
     async def attempt():
         async with grpc.aio.insecure_channel(server.address) as channel:
