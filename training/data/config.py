@@ -97,7 +97,10 @@ class PrepareConfig:
     a face mask and the fitter's pseudo-labels, cached per source (see training.stages.prepare)."""
 
     cache_size: int = 256  # crops are cached at this size (train at 128 or 224 from them)
-    video_stride: int = 4  # keep every n-th frame (every frame is still tracked and fitted)
+    video_stride: int = 4  # keep every n-th frame
+    # Track and fit every frame (the tracker sees consecutive frames), or only the kept ones
+    # (warm-started from the previous kept frame; ~stride x less tracking and fitting).
+    track_every_frame: bool = False
     max_frames: int = 0  # frames read per video; 0 = all
     max_images: int = 0  # images per image folder; 0 = all
     image_max_side: int = 1024  # photos are downscaled on load to this longest side

@@ -78,6 +78,11 @@ class SyntheticFaces(Dataset):
     def __len__(self) -> int:
         return self.cfg.size if self.split == "train" else self.cfg.heldout_size
 
+    def __getstate__(self) -> dict[str, Any]:  # workers build their own renderer and solver
+        state = dict(self.__dict__)
+        state["_state"] = None
+        return state
+
     def _setup(self) -> dict[str, Any]:
         # Built lazily, once per process (DataLoader workers each build their own).
         if self._state is None:

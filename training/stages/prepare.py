@@ -5,11 +5,12 @@ folders (plain trees, VoxCeleb2) and image folders (300W-LP, CelebA, LS3D-W, pla
 one shard; an image folder is cut into shards of ``prepare.shard_size`` images; the shared photos
 are one shard. Layout of the cache: ``training.data.cache``.
 
-Per video: frames are read in order (the first ``max_frames``); until a face appears, every frame
-runs dlib's detector; on the first face the ``SourceFitter`` (photometric) fits it once, and from
-then on a ``DrivingFitter`` warm-started with that identity tracks and fits every frame (pose +
-expression, ~8 ms), so the tracker sees consecutive frames; every ``video_stride``-th frame is
-kept. A kept frame carries the source fit's albedo and light. Per image: the annotation's 68
+Per video: frames are read in order (the first ``max_frames``) and every ``video_stride``-th is
+kept; until a face appears, each kept frame runs dlib's detector; on the first face the
+``SourceFitter`` (photometric) fits it once, and from then on a ``DrivingFitter`` with that
+identity tracks and fits (pose + expression, ~8 ms, warm-started from the previous fitted frame)
+the kept frames, or every frame with ``track_every_frame``. A kept frame carries the source
+fit's albedo and light. Per image: the annotation's 68
 landmarks when the layout has all of them, else dlib's largest face, then ``SourceFitter``.
 
 Kept samples get the crop box ``face_crop_box(landmarks)`` and a crop at ``cache_size``; the mask
@@ -41,13 +42,14 @@ import torch
 from ..data import cache
 from ..data.config import DataConfig, PrepareConfig
 from ..data.images import ImageFolder, ImageItem, rescaled
-from ..data.sample import coeff_tensors, crop_image, face_crop_box
+from ..data.sample import coeff_tensors, crop_image, crop_points, face_crop_box
 from ..data.video import VideoItem, list_videos, sampled, split_of
 from .base import Stage, register_stage
 
 log = logging.getLogger("jr2net.training")
 
 COUNT_KEYS = ("seen", "faces", "no_face", "corrupt", "rejected")
+SPARSE_DRIVING_ITERATIONS = 8
 
 
 @dataclass
@@ -176,8 +178,7 @@ class _Builder:
         if appearance is not None:  # a driving frame: its video's source albedo and light
             coeffs = coeffs.replace(albedo=appearance.albedo, light=appearance.light)
         Kc = crop_intrinsics(res.K, box, C)
-        lm_crop = (lm - np.array(box[:2], dtype=np.float32) + 0.5) * (C / (box[2] - box[0])) - 0.5
-        mask = polygon_mask(skin_outline(lm_crop), (C, C))
+        mask = polygon_mask(skin_outline(crop_points(lm, box, C)), (C, C))
         if self.prep.mask == "render":
             with torch.inference_mode():
                 out = self.renderer.render(coeffs, Kc, (C, C))
@@ -253,6 +254,8 @@ def _track_video(item: VideoItem, n_frames: int, b: _Builder, fitters: dict, bar
         if i >= n_frames:  # the container under-reported its frame count
             break
         keep = sampled(i, prep.video_stride)
+        if not keep and not (prep.track_every_frame and drv is not None):
+            continue
         b.counts["seen"] += int(keep)
         if frame is None:  # an extracted frame that does not decode
             b.counts["corrupt"] += int(keep)
@@ -269,7 +272,11 @@ def _track_video(item: VideoItem, n_frames: int, b: _Builder, fitters: dict, bar
                 log.warning("%s frame %d: source fit failed (%s)", item.name, i, exc)
                 b.counts["rejected"] += int(keep)
                 continue
-            drv = DrivingFitter(b.model, identity=source_res.coeffs.identity)
+            # Warm starts from a frame `stride` frames back need more iterations to converge.
+            iterations = 3 if prep.track_every_frame else SPARSE_DRIVING_ITERATIONS
+            drv = DrivingFitter(
+                b.model, identity=source_res.coeffs.identity, iterations=iterations
+            )
             drv.fit(frame)  # starts the tracker on this frame
             is_source = True
         else:
