@@ -6,7 +6,11 @@ looped), JPEG frames both ways. Scenarios:
 - session setup: SessionReady.setup_seconds and the client's time to open a session (target < 2 s);
 - one stream, unpaced (window = the server's grant): sustained fps (target >= 30);
 - one stream paced at 30 fps: end-to-end p99 latency (target <= 80 ms), drops, errors;
-- four concurrent streams paced at 30 fps: throughput and errors (target: zero errors).
+- four concurrent streams paced at 30 fps: throughput and errors (target: zero errors);
+- two and three streams paced at 30 fps: throughput against the number of streams.
+
+Every scenario also records each frame's end-to-end latency (``latencies_ms``, for the report's
+latency CDF).
 
 Each scenario set runs twice: against a server in the benchmark's own process (client and server
 share one event loop and the GIL), and against ``jr2net serve`` in a separate process, as deployed
@@ -127,6 +131,9 @@ async def _run_scenarios(mode: str, config: ServerConfig, args: argparse.Namespa
         scenarios = {
             "single_unpaced": await _load(streams=1, frames=args.frames, fps=0, **common),
             "single_30fps": await _load(streams=1, frames=args.frames, fps=30, **common),
+            # 2 and 3 streams: the throughput-against-streams curve of benchmarks/report.py.
+            "two_30fps": await _load(streams=2, frames=args.frames, fps=30, **common),
+            "three_30fps": await _load(streams=3, frames=args.frames, fps=30, **common),
             "four_30fps": await _load(streams=4, frames=args.frames, fps=30, **common),
         }
     return _report(mode, startup, setup_rows, scenarios)
