@@ -53,6 +53,7 @@ def reenact_run(tmp_path_factory, videos_dir, images_dir, ict_model_path):
     return rc, out
 
 
+@pytest.mark.slow
 def test_eval_reenact_writes_every_metric_for_ours_and_both_baselines(reenact_run):
     rc, out = reenact_run
     assert rc == 0
@@ -81,6 +82,7 @@ def test_eval_reenact_writes_every_metric_for_ours_and_both_baselines(reenact_ru
     assert all(math.isfinite(fid[k]) and fid[k] >= -1e-6 for k in METHODS)
 
 
+@pytest.mark.slow
 def test_eval_reenact_skips_and_reports_faceless_and_corrupt_inputs(reenact_run):
     _, out = reenact_run
     skipped = {s["file"]: s for s in json.loads((out / "metrics.json").read_text())["skipped"]}
@@ -89,6 +91,7 @@ def test_eval_reenact_skips_and_reports_faceless_and_corrupt_inputs(reenact_run)
     assert skipped["broken.png"]["part"] == "source"
 
 
+@pytest.mark.slow
 def test_eval_reenact_writes_contact_sheets(reenact_run):
     from jr2net.io.images import load_image
 

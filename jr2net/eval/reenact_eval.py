@@ -286,7 +286,7 @@ def evaluate_cross_identity(
         src_emb = face_embedding(source, source_detection)
     vals = {m: {k: [] for k in CROSS_METRICS} for m in METHODS}
     no_face = dict.fromkeys(METHODS, 0)
-    skipped_gt = skipped_fallback = streamed = 0
+    skipped_gt = skipped_fallback = streamed = evaluated = 0
     sample = None
     session = reenactor.start_session(source, options)
     bar = tqdm(total=total or None, desc=video.name, unit="frame", disable=not progress)
@@ -304,6 +304,7 @@ def evaluate_cross_identity(
             if not res.face_found:
                 skipped_fallback += 1
                 continue
+            evaluated += 1
             drv = normalised_landmarks(dets[0].landmarks)
             outs = {
                 "ours": res.image,
@@ -327,7 +328,6 @@ def evaluate_cross_identity(
     finally:
         bar.close()
         session.close()
-    evaluated = len(eval_ids) - skipped_gt - skipped_fallback
     summary = {
         "frames_streamed": streamed,
         "frames_evaluated": evaluated,

@@ -100,7 +100,9 @@ def run_reenact_eval(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     skipped: list[dict] = []
-    source_images = _load_sources(Path(sources), skipped) if sources is not None else None
+    source_images = None
+    if sources is not None and cross:
+        source_images = _load_sources(Path(sources), skipped)
     if source_images is not None and not source_images and cross:
         raise ValueError(f"no usable source image (with a face) in {sources}")
 
@@ -142,10 +144,16 @@ def run_reenact_eval(
         jobs = [(s, v) for v in same for s in embedded if s != v]
         for src_name, vname in tqdm(jobs, desc="cross identity", unit="pair", disable=not progress):
             img, det, emb = embedded[src_name]
-            summary, sample = evaluate_cross_identity(
-                reenactor, img, det, Path(videos) / vname, options, max_frames=max_frames,
-                source_embedding=emb,
-            )  # fmt: skip
+            try:
+                summary, sample = evaluate_cross_identity(
+                    reenactor, img, det, Path(videos) / vname, options, max_frames=max_frames,
+                    source_embedding=emb,
+                )  # fmt: skip
+            except (NoFaceError, VideoError) as exc:  # a source the pipeline refuses, a bad file
+                skipped.append(
+                    {"file": f"{src_name} x {vname}", "part": "pair", "reason": str(exc)}
+                )
+                continue
             pairs.append({"source": src_name, "video": vname, **summary})
             if sample is not None:
                 drv, outs = sample
