@@ -84,11 +84,15 @@ def test_second_prepare_reuses_the_cache(prepared, ict):
     assert second < 0.2 * first, (second, first)
 
 
-def test_missing_dataset_folder_fails_before_any_work(tmp_path, ict):
+def test_missing_or_empty_dataset_folder_fails_before_any_work(tmp_path, ict):
     cfg = DataConfig(shared_videos=[], shared_photos=[], image_dirs=[str(tmp_path / "absent")])
     with pytest.raises(FileNotFoundError, match="absent"):
         run_prepare(cfg, tmp_path / "out", progress=False, prepare=PREP, model=ict)
     assert not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()
+    cfg = DataConfig(shared_videos=[], shared_photos=[], video_dirs=[str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match="no videos in .*empty"):
+        run_prepare(cfg, tmp_path / "out", progress=False, prepare=PREP, model=ict)
 
 
 def test_corrupt_video_is_counted_not_raised(tmp_path, ict):
