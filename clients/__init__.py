@@ -3,6 +3,10 @@
 - ``jr2net.clients.client``: ``AsyncReenactClient`` (grpc.aio), ``ReenactClient`` (blocking),
   ``session_config``, ``make_frame``, ``StreamResult``.
 - ``jr2net.clients.reenact``: ``reenact_video`` (driving video + source photo -> mp4, side-by-side,
-  contact sheet), through a given server or one started in-process.
+  contact sheet), through a given server.
 - ``jr2net.clients.loadgen``: ``run_load`` (N streams x M frames at F fps; latency statistics).
+
+The clients speak only ``jr2net.protocol`` and never import ``jr2net.server``: the commands that
+run without a server address (``jr2net reenact``, ``demo``, ``bench server``) start one with
+``jr2net.server.app.local_server``.
 """

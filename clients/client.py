@@ -7,6 +7,13 @@ has to drop) and yield one :class:`StreamResult` per frame, in the order the fra
 
 Frames may be uint8 ``[H, W, 3]`` RGB arrays (encoded as ``frame_format``), already-encoded
 JPEG/PNG ``bytes``, or ready-made ``pb2.Frame`` messages (full control, e.g. for tests).
+
+A draining server answers the frames it can no longer take with ``FrameError{"UNAVAILABLE"}``,
+then ends the stream with status UNAVAILABLE. A grpc.aio client must stop writing at the first
+UNAVAILABLE (reply or status): a write that races the server's end of the stream turns the status
+into INTERNAL and can lose replies the server had sent. ``AsyncSession.run`` does so (it
+half-closes and reads the remaining replies); code that writes to ``AsyncSession.call`` itself
+must do the same. Reconnect to another replica after it: UNAVAILABLE is safe to retry.
 """
 
 from __future__ import annotations
@@ -150,6 +157,7 @@ class AsyncSession:
         slots = asyncio.Semaphore(window)
         sent: deque[tuple[int, float]] = deque()
         sender_error: list[BaseException] = []
+        unavailable = asyncio.Event()  # the server is draining: write nothing more
 
         async def frame_source() -> AsyncIterator[Any]:
             if isinstance(frames, AsyncIterable):
@@ -169,18 +177,25 @@ class AsyncSession:
                         if delay > 0:
                             await asyncio.sleep(delay)
                     await slots.acquire()
+                    if unavailable.is_set() or self.call.done():
+                        break
                     if isinstance(item, pb2.Frame):
                         msg = item
                     else:
                         msg = await asyncio.to_thread(make_frame, first_id + i, item, frame_format,
                                                       frame_quality)
+                    if unavailable.is_set():
+                        break
                     sent.append((msg.frame_id, time.perf_counter()))
                     await self.call.write(pb2.StreamRequest(frame=msg))
                     i += 1
-                await self.call.done_writing()
+                if not self.call.done():
+                    await self.call.done_writing()
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # surfaced by the reader below
+                if self.call.done() or unavailable.is_set():
+                    return  # the server ended the stream: the reader reports its status
                 sender_error.append(exc)
                 self.call.cancel()
 
@@ -197,6 +212,8 @@ class AsyncSession:
                           else _result(response, sent_at, False))
                 if result.frame_id != frame_id:
                     raise ProtocolError(f"reply for frame {result.frame_id}, expected {frame_id}")
+                if result.error_code == "UNAVAILABLE":
+                    unavailable.set()
                 slots.release()
                 yield result
             await sender

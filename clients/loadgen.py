@@ -145,7 +145,7 @@ def summarize(streams: list[StreamStats], wall_s: float, *, fps: float, frames: 
 
 async def run_load_async(
     *,
-    server: str | None,
+    server: str,
     source: str | Path,
     driving: str | Path,
     streams: int = 1,
@@ -156,35 +156,21 @@ async def run_load_async(
     root_certificates: str | Path | None = None,
     crop_size: int = 256,
     output_size: tuple[int, int] = (0, 0),
-    server_config: Any = None,
     driving_frames: list[bytes] | None = None,
 ) -> dict[str, Any]:
-    """Run the load; ``server`` None starts an in-process server (``server_config`` or defaults)."""
+    """Run the load against ``server`` ("host:port"; ``jr2net bench server`` without ``--server``
+    starts one in-process with ``jr2net.server.app.local_server``)."""
     if streams < 1 or frames < 1 or fps < 0:
         raise ValueError(f"need streams >= 1, frames >= 1, fps >= 0; got {streams}, {frames}, {fps}")
     clip = driving_frames or await asyncio.to_thread(load_driving_frames, driving, frames)
-    local = None
-    if server is None:
-        from jr2net.server.app import ReenactmentServer
-        from jr2net.server.config import ServerConfig
-
-        cfg = server_config or ServerConfig(host="127.0.0.1", port=0, metrics_port=-1,
-                                            max_sessions=max(8, streams))
-        local = ReenactmentServer(cfg)
-        await local.start()
-        server, token = local.address, None
-    try:
-        config = session_config(Path(source).read_bytes(), crop_size=crop_size, output_size=output_size)
-        async with AsyncReenactClient(server, token=token, root_certificates=root_certificates) as client:
-            t0 = time.perf_counter()
-            results = await asyncio.gather(*(
-                _one_stream(client, config, clip, frames, fps, window) for _ in range(streams)))
-            wall = time.perf_counter() - t0
-    finally:
-        if local is not None:
-            await local.stop(0)
+    config = session_config(Path(source).read_bytes(), crop_size=crop_size, output_size=output_size)
+    async with AsyncReenactClient(server, token=token, root_certificates=root_certificates) as client:
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(
+            _one_stream(client, config, clip, frames, fps, window) for _ in range(streams)))
+        wall = time.perf_counter() - t0
     report = summarize(list(results), wall, fps=fps, frames=frames)
-    report["server"] = "in-process" if local is not None else server
+    report["server"] = server
     return report
 
 

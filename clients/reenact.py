@@ -1,8 +1,8 @@
 """Reenact a driving video with a source photo through a real gRPC server (``jr2net reenact``).
 
-Without ``server`` an in-process server is started on a loopback port (127.0.0.1, port 0) on the
-same event loop as the client, so the same code path (protocol, drop policy, metrics) is used
-as against a remote replica. Outputs: an H.264 mp4 keeping the driving audio, optionally a
+``server`` is the address of a running server (``jr2net reenact`` without ``--server`` starts one
+in-process on 127.0.0.1 with ``jr2net.server.app.local_server``, so the same code path, protocol,
+drop policy and metrics, is used as against a remote replica). Outputs: an H.264 mp4 keeping the driving audio, optionally a
 side-by-side video (source | driving | output) and a contact sheet PNG (driving above output for
 a few evenly spaced frames).
 
@@ -106,7 +106,7 @@ async def reenact_video_async(
     driving: str | Path,
     out: str | Path,
     *,
-    server: str | None = None,
+    server: str,
     token: str | None = None,
     root_certificates: str | Path | None = None,
     side_by_side: str | Path | None = None,
@@ -118,7 +118,6 @@ async def reenact_video_async(
     mode: str = "",
     window: int | None = None,
     quality: int = 90,
-    face_model: str | None = None,
     options: dict[str, str] | None = None,
     progress: bool = True,
 ) -> ReenactSummary:
@@ -141,16 +140,6 @@ async def reenact_video_async(
     sheet_ids = set(np.linspace(0, max(total - 1, 0), min(CONTACT_SHEET_FRAMES, max(total, 1)))
                     .round().astype(int).tolist()) if contact_sheet_path else set()
 
-    local = None
-    if server is None:
-        from jr2net.server.app import ReenactmentServer
-        from jr2net.server.config import ServerConfig
-
-        local = ReenactmentServer(ServerConfig(
-            host="127.0.0.1", port=0, metrics_port=-1, max_sessions=1, face_model=face_model))
-        await local.start()
-        server = local.address
-        token = None
     summary.server = server
     driving_frames: dict[int, np.ndarray] = {}
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
@@ -215,8 +204,6 @@ async def reenact_video_async(
         close = getattr(reader, "close", None)
         if close is not None:
             close()
-        if local is not None:
-            await local.stop(0)
     summary.fps = summary.frames / summary.wall_s if summary.wall_s > 0 else 0.0
     summary.latency_ms_p50 = 1000 * _percentile(latencies, 50)
     summary.latency_ms_p95 = 1000 * _percentile(latencies, 95)
@@ -233,9 +220,9 @@ async def reenact_video_async(
 def reenact_video(source: str | Path, driving: str | Path, out: str | Path, **kwargs: Any) -> ReenactSummary:
     """Reenact ``driving`` with the face of ``source`` into ``out`` (mp4); see the module docstring.
 
-    Keyword arguments: server ("host:port"; None = in-process), token, root_certificates,
+    Keyword arguments: server ("host:port", required), token, root_certificates,
     side_by_side (mp4 path), contact_sheet_path (png path), max_frames, pose_mode, crop_size,
     output_size ((w, h); default: source aspect, longest side 512), mode, window, quality,
-    face_model (in-process server only), options, progress.
+    options, progress.
     """
     return asyncio.run(reenact_video_async(source, driving, out, **kwargs))

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from jr2net.protocol import SERVICE_NAME, pb2, pb2_grpc
 from jr2net.server.auth import BearerTokenInterceptor
@@ -29,6 +31,24 @@ from jr2net.server.metrics import ServerMetrics
 from jr2net.server.servicer import ReenactmentServicer
 
 log = logging.getLogger(__name__)
+
+# grpcio-reflection implements only v1alpha; v1 has the same messages under another package, so
+# the same servicer answers both (newer grpcurl and Postman try v1 first).
+REFLECTION_V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+
+
+def enable_reflection(server: grpc.aio.Server, service_names: tuple[str, ...]) -> None:
+    """Serve reflection as ``grpc.reflection.v1`` and ``v1alpha``, listing ``service_names``."""
+    names = (*service_names, REFLECTION_V1_SERVICE, reflection.SERVICE_NAME)
+    servicer = reflection.aio.ReflectionServicer(names)
+    handler = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    for service in (REFLECTION_V1_SERVICE, reflection.SERVICE_NAME):
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+            service, {"ServerReflectionInfo": handler}),))
 
 
 class ReenactmentServer:
@@ -86,8 +106,7 @@ class ReenactmentServer:
         )
         pb2_grpc.add_ReenactmentServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
+        enable_reflection(self.server, (SERVICE_NAME, health.SERVICE_NAME))
         bind = f"[{c.host}]:{c.port}" if ":" in c.host and not c.host.startswith("[") else f"{c.host}:{c.port}"
         if c.tls_cert:
             creds = grpc.ssl_server_credentials(
@@ -225,4 +244,17 @@ class ServerThread:
         self.stop()
 
 
-__all__ = ["ReenactmentServer", "ServerThread", "serve", "pb2", "pb2_grpc"]
+@contextlib.contextmanager
+def local_server(config: ServerConfig | None = None, **settings: Any) -> Iterator[str]:
+    """A server for the ``with`` block, in its own thread, on 127.0.0.1 (a free port, no metrics
+    endpoint unless ``settings`` say otherwise); yields its address ("127.0.0.1:PORT").
+
+    ``config`` is used as is when given; otherwise ``settings`` are ServerConfig fields.
+    """
+    if config is None:
+        config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "metrics_port": -1, **settings})
+    with ServerThread(config) as thread:
+        yield thread.address
+
+
+__all__ = ["ReenactmentServer", "ServerThread", "local_server", "serve", "pb2", "pb2_grpc"]

@@ -1,15 +1,45 @@
-"""Bearer-token authentication as a grpc.aio server interceptor."""
+"""Bearer-token authentication as a grpc.aio server interceptor, and the token file reader.
+
+Every call but the health checks needs the token, server reflection included (grpcurl:
+``-H 'authorization: Bearer TOKEN'``).
+"""
 
 from __future__ import annotations
 
 import hmac
+import logging
+import os
+import stat
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+log = logging.getLogger(__name__)
+
 # Load balancers and Kubernetes probes cannot send metadata, so health checks stay open.
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def read_token_file(path: str | os.PathLike) -> str:
+    """The bearer token: the first line of ``path``, stripped (later lines are ignored).
+
+    Logs a warning when the file can be read by its group or by others (it holds a secret);
+    ValueError when the first line is empty, FileNotFoundError when the file is missing.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"token_file: no such file: {path}")
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRGRP | stat.S_IROTH):
+        log.warning("token_file %s is readable by its group or by others (mode %s); "
+                    "chmod 600 it", path, stat.filemode(mode))
+    lines = path.read_text().splitlines()
+    token = lines[0].strip() if lines else ""
+    if not token:
+        raise ValueError(f"token_file {path}: the first line is empty (the token goes there)")
+    return token
 
 
 def _deny_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:

@@ -44,6 +44,7 @@ class ServerConfig:
     max_message_bytes: int = 16 * 1024 * 1024
     max_frame_pixels: int = 4096 * 4096
     idle_timeout: float = 30.0
+    write_timeout: float = 30.0
     drain_timeout: float = 20.0
     workers: int = 0
     torch_threads: int = 1
@@ -59,7 +60,7 @@ class ServerConfig:
                      "max_frame_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("idle_timeout", "drain_timeout"):
+        for name in ("idle_timeout", "write_timeout", "drain_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0 seconds, got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -92,10 +93,9 @@ class ServerConfig:
         if self.token:
             return self.token
         if self.token_file:
-            token = Path(self.token_file).read_text().strip()
-            if not token:
-                raise ValueError(f"token_file {self.token_file} is empty")
-            return token
+            from jr2net.server.auth import read_token_file
+
+            return read_token_file(self.token_file)
         return None
 
 
@@ -118,6 +118,9 @@ SETTINGS: dict[str, Setting] = {
     "idle_timeout": Setting(
         "end a stream with DEADLINE_EXCEEDED after this many seconds without a message while no "
         "frame is in flight", "SECONDS"),
+    "write_timeout": Setting(
+        "end a stream with DEADLINE_EXCEEDED when a reply has waited this many seconds for the "
+        "client to read it (a stalled reader frees its session slot)", "SECONDS"),
     "drain_timeout": Setting(
         "on SIGTERM/SIGINT: health NOT_SERVING, refuse new sessions (UNAVAILABLE), finish in-flight "
         "frames, stop after at most this many seconds", "SECONDS"),

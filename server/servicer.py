@@ -21,12 +21,15 @@ from jr2net.protocol import decode_image, pb2, pb2_grpc
 from jr2net.protocol.tables import mode_name, output_format, pose_mode_name
 from jr2net.server.config import ReenactorFactory, ServerConfig
 from jr2net.server.metrics import ServerMetrics
-from jr2net.server.session import OutputSpec, StreamSession
+from jr2net.server.options import check_options
+from jr2net.server.session import MalformedRequest, OutputSpec, StreamSession, read_request
 
 log = logging.getLogger(__name__)
 
 MIN_OUTPUT_SIDE, MAX_OUTPUT_SIDE = 16, 4096
 MIN_CROP_SIZE, MAX_CROP_SIZE = 64, 1024
+# An OutputFrame's fields besides the image bytes (ids, sizes, the timings map), generously.
+REPLY_OVERHEAD_BYTES = 16 * 1024
 
 
 class ConfigError(ValueError):
@@ -150,12 +153,16 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
             await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "draining",
                                "server is draining; not accepting new sessions")
         try:
-            first = await asyncio.wait_for(context.read(), self.config.idle_timeout)
+            first = await asyncio.wait_for(read_request(context), self.config.idle_timeout)
         except asyncio.TimeoutError:
             await self._refuse(context, grpc.StatusCode.DEADLINE_EXCEEDED, "idle_timeout",
                                f"no SessionConfig within {self.config.idle_timeout:g} s")
         if first is grpc.aio.EOF:
             return
+        if isinstance(first, MalformedRequest):
+            await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "malformed",
+                               "the first message is not a jr2net.v1.StreamRequest (malformed "
+                               f"protobuf: {first.error}); send a SessionConfig first")
         if self.draining:
             await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "draining",
                                "server is draining; not accepting new sessions")
@@ -184,7 +191,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
                                    f"mode {mode!r}: {exc}")
             try:
                 source, pipeline_session = await self._run(
-                    self._start_session, reenactor, cfg, options)
+                    self._start_session, reenactor, cfg, options, output)
             except InvalidImageError as exc:
                 await self._refuse(context, grpc.StatusCode.INVALID_ARGUMENT, "invalid_config",
                                    f"source image: {exc}")
@@ -203,7 +210,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
                 sid, pipeline_session, output=output, max_in_flight=window,
                 max_frame_pixels=self.config.max_frame_pixels,
                 idle_timeout=self.config.idle_timeout, pool=self.pool, metrics=self.metrics,
-                write=context.write,
+                write=context.write, write_timeout=self.config.write_timeout,
             )
             if self.draining:  # drain began while the source was being fitted
                 await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "draining",
@@ -275,17 +282,24 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
                 f"crop_size must be in {MIN_CROP_SIZE}..{MAX_CROP_SIZE}, got {cfg.crop_size}")
         if not cfg.source.data:
             raise ConfigError("SessionConfig.source: empty image data")
-        for k, v in cfg.options.items():
-            if len(k) > 128 or len(v) > 4096:
-                raise ConfigError(f"option {k[:32]!r}: key or value too long")
+        check_options(mode, cfg.options, crop)  # OptionError, a ValueError
         options = SessionOptions(
             pose_mode=pose_mode, crop_size=crop, extra=dict(cfg.options))
         return mode, options, OutputSpec(format=out_fmt, quality=quality)
 
-    def _start_session(self, reenactor: Any, cfg: Any, options: SessionOptions) -> tuple[Any, Any]:
+    def _start_session(self, reenactor: Any, cfg: Any, options: SessionOptions,
+                       output: OutputSpec) -> tuple[Any, Any]:
         """Thread-pool part of set-up: decode the source, size the output, fit the source."""
         image = decode_image(cfg.source, self.config.max_frame_pixels, still=True)
-        options.output_width, options.output_height = _output_size(cfg, image.shape[1], image.shape[0])
+        w, h = _output_size(cfg, image.shape[1], image.shape[0])
+        options.output_width, options.output_height = w, h
+        if output.format == pb2.RAW_RGB24:
+            need = w * h * 3 + REPLY_OVERHEAD_BYTES
+            if need > self.config.max_message_bytes:
+                raise ConfigError(
+                    f"RAW_RGB24 output {w}x{h} needs ~{need} bytes per reply, over the server's "
+                    f"max_message_bytes {self.config.max_message_bytes}; use JPEG/PNG or a "
+                    "smaller output size")
         return image, reenactor.start_session(image, options)
 
     # ---- unary calls -----------------------------------------------------------------------------

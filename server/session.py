@@ -14,6 +14,11 @@ they sent frames. Drop policy (also in proto/jr2net.proto): at most ``max_in_fli
 unanswered (queued or being processed); a frame arriving when that many are unanswered makes the
 OLDEST QUEUED frame answer ``FrameError{code: "DROPPED"}`` (if every unanswered frame is already
 being processed, the new frame itself is dropped).
+
+Two guards end a stream whose client misbehaves and free its slot: ``idle_timeout`` (nothing sent
+and nothing in flight) and ``write_timeout`` (a reply waits that long for the client to read it:
+a stalled reader would otherwise hold its slot for ever). Bytes that are not a ``StreamRequest``
+are answered in order with ``FrameError{frame_id: -1, code: "INVALID_ARGUMENT"}``.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import Error as ProtobufError
 
 from jr2net.errors import InvalidImageError, NoFaceError
 from jr2net.pipeline.base import StagedSession
@@ -45,6 +51,21 @@ class OutputSpec:
 
     format: int = output_format(0)  # ImageFormat; UNSPECIFIED resolves to JPEG
     quality: int = 90
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """What :func:`read_request` returns for bytes that do not parse as a ``StreamRequest``."""
+
+    error: str
+
+
+async def read_request(context: grpc.aio.ServicerContext) -> Any:
+    """The next request, ``grpc.aio.EOF``, or a :class:`MalformedRequest` (never a DecodeError)."""
+    try:
+        return await context.read()
+    except ProtobufError as exc:
+        return MalformedRequest(str(exc) or type(exc).__name__)
 
 
 @dataclass
@@ -74,6 +95,7 @@ class StreamSession:
         pool: concurrent.futures.Executor,
         metrics: ServerMetrics,
         write: Callable[[Any], Any],
+        write_timeout: float = 30.0,
     ) -> None:
         self.session_id = session_id
         self.pipeline = pipeline_session
@@ -81,6 +103,7 @@ class StreamSession:
         self.max_in_flight = max_in_flight
         self.max_frame_pixels = max_frame_pixels
         self.idle_timeout = idle_timeout
+        self.write_timeout = write_timeout
         self.pool = pool
         self.metrics = metrics
         self._write = write
@@ -187,12 +210,18 @@ class StreamSession:
         """Read requests until the client half-closes."""
         while True:
             await self._space.wait()
-            request = await context.read()
+            request = await read_request(context)
             if request is grpc.aio.EOF:
                 self.eof = True
                 self._check_done()
                 return
             self.last_activity = self._loop.time()
+            if isinstance(request, MalformedRequest):
+                self.metrics.rejected.labels(reason="malformed").inc()
+                self.reply_error("INVALID_ARGUMENT",
+                                 f"malformed StreamRequest (not a jr2net.v1.StreamRequest): "
+                                 f"{request.error}")
+                continue
             kind = request.WhichOneof("kind")
             if kind == "frame":
                 self.admit(request.frame)
@@ -202,14 +231,23 @@ class StreamSession:
                 self.reply_error("INVALID_ARGUMENT", "empty StreamRequest (neither config nor frame)")
 
     async def write_loop(self) -> None:
-        """Send replies strictly in arrival order."""
+        """Send replies strictly in arrival order; end the stream if the client stops reading."""
         while True:
             while not self.replies:
                 self._slot_added.clear()
                 await self._slot_added.wait()
             slot = self.replies[0]
             response = await slot.future
-            await self._write(response)
+            try:
+                await asyncio.wait_for(self._write(response), self.write_timeout)
+            except asyncio.TimeoutError:
+                self.metrics.rejected.labels(reason="write_stall").inc()
+                if not self.finished.done():
+                    self.finished.set_result((
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"write stalled: the client read no reply for {self.write_timeout:g} s",
+                    ))
+                return
             self.replies.popleft()
             if len(self.replies) < 4 * self.max_in_flight + 8:
                 self._space.set()

@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     import os
     import sys
@@ -40,12 +41,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         source = args.source or str(shared_path("data", "images", "obama.jpg"))
         driving = args.driving or str(shared_path("data", "videos", "d0.mp4"))
-        report = run_load(
-            server=args.server, source=source, driving=driving, streams=args.streams,
-            frames=args.frames, fps=args.fps, window=args.window,
-            token=args.token or os.environ.get("JR2NET_TOKEN"), root_certificates=args.tls_ca,
-            crop_size=args.crop_size,
-        )
+        token = args.token or os.environ.get("JR2NET_TOKEN")
+        if args.server:
+            server = contextlib.nullcontext(args.server)
+        else:
+            from jr2net.server.app import local_server
+
+            server, token = local_server(max_sessions=max(8, args.streams)), None
+        with server as address:
+            report = run_load(
+                server=address, source=source, driving=driving, streams=args.streams,
+                frames=args.frames, fps=args.fps, window=args.window, token=token,
+                root_certificates=args.tls_ca, crop_size=args.crop_size,
+            )
+        if not args.server:
+            report["server"] = "in-process"
     except (FileNotFoundError, ValueError) as exc:
         print(f"jr2net bench server: {exc}", file=sys.stderr)
         return 2

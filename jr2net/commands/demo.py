@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jr2net.clients.reenact import reenact_video
     from jr2net.errors import JR2NetError
+    from jr2net.server.app import local_server
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,17 +102,18 @@ def run(args: argparse.Namespace) -> int:
         "contact_sheet": out / "contact_sheet.png",
     }
     try:
-        summary = reenact_video(
-            source,
-            driving,
-            outputs["video"],
-            side_by_side=outputs["side_by_side"],
-            contact_sheet_path=outputs["contact_sheet"],
-            max_frames=args.max_frames or None,
-            pose_mode=args.pose_mode,
-            face_model=face_model,
-            progress=not args.no_progress,
-        )
+        with local_server(max_sessions=1, face_model=face_model) as address:
+            summary = reenact_video(
+                source,
+                driving,
+                outputs["video"],
+                server=address,
+                side_by_side=outputs["side_by_side"],
+                contact_sheet_path=outputs["contact_sheet"],
+                max_frames=args.max_frames or None,
+                pose_mode=args.pose_mode,
+                progress=not args.no_progress,
+            )
     except (FileNotFoundError, ValueError, JR2NetError) as exc:
         print(f"jr2net demo: {exc}", file=sys.stderr)
         return 2

@@ -42,11 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="frames in flight (default: the server's grant, which never drops)")
     parser.add_argument("--face-model", metavar="FILE", help="face model for the in-process server")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="pipeline option (SessionOptions.extra), repeatable; e.g. light=driving")
+                        help="pipeline option (SessionOptions.extra), repeatable; e.g. light=none, "
+                        "expression=relative, feather=8 (every option: docs/operations.md)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    import contextlib
     import json
     import os
     import sys
@@ -64,15 +66,22 @@ def run(args: argparse.Namespace) -> int:
             return 2
         options[key] = value
     token = args.token or os.environ.get("JR2NET_TOKEN")
+    if args.server:
+        server = contextlib.nullcontext(args.server)
+    else:
+        from jr2net.server.app import local_server
+
+        server, token = local_server(max_sessions=1, face_model=args.face_model), None
     try:
-        summary = reenact_video(
-            args.source, args.driving, args.out, server=args.server, token=token,
-            root_certificates=args.tls_ca, side_by_side=args.side_by_side,
-            contact_sheet_path=args.contact_sheet, max_frames=args.max_frames,
-            pose_mode=args.pose_mode, crop_size=args.crop_size, output_size=args.size,
-            mode=args.mode, window=args.window, quality=args.quality, face_model=args.face_model,
-            options=options, progress=not args.no_progress,
-        )
+        with server as address:
+            summary = reenact_video(
+                args.source, args.driving, args.out, server=address, token=token,
+                root_certificates=args.tls_ca, side_by_side=args.side_by_side,
+                contact_sheet_path=args.contact_sheet, max_frames=args.max_frames,
+                pose_mode=args.pose_mode, crop_size=args.crop_size, output_size=args.size,
+                mode=args.mode, window=args.window, quality=args.quality, options=options,
+                progress=not args.no_progress,
+            )
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "?"
         details = exc.details() if hasattr(exc, "details") else str(exc)
