@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 
 SIZE = 256
 YAW_MAX_DEG = 35.0
+_PAINTED_REGIONS = ("eyeball_left", "eyeball_right", "mouth_socket")
 
 
 # ---- backgrounds ------------------------------------------------------------------------------
@@ -207,7 +208,8 @@ def painted_albedo(model: FaceModel) -> np.ndarray:
 
 def render_model(model: FaceModel, textures: np.ndarray | None = None) -> FaceModel:
     """The model with a painted albedo mean, for rendering only; ``textures [T,V,3]`` (per-vertex
-    albedo, e.g. from :func:`unwrap_texture`) become extra albedo basis rows after the model's."""
+    albedo, e.g. from :func:`unwrap_texture`) become extra albedo basis rows after the model's
+    (on every region but the eyeballs and mouth socket, which keep their painted albedo)."""
     from jr2net.face.model import FaceModel
 
     if model.region is None or "face" not in model.region_names:
@@ -219,7 +221,12 @@ def render_model(model: FaceModel, textures: np.ndarray | None = None) -> FaceMo
         textures = np.asarray(textures, dtype=np.float32)
         if textures.ndim != 3 or textures.shape[1:] != mean.shape:
             raise ValueError(f"textures must be [T,{mean.shape[0]},3], got {textures.shape}")
-        basis = np.concatenate([basis, textures - mean[None]], axis=0)
+        delta = textures - mean[None]
+        # Eyeballs and the mouth socket keep the painted albedo (irises, pupils, mouth interior).
+        region = model.region.cpu().numpy()
+        keep = [model.region_names.index(n) for n in _PAINTED_REGIONS if n in model.region_names]
+        delta[:, np.isin(region, keep)] = 0.0
+        basis = np.concatenate([basis, delta], axis=0)
     arrays["albedo_mean"] = mean
     arrays["albedo_basis"] = basis
     return FaceModel.from_arrays(arrays, name="ict-render")
