@@ -69,8 +69,16 @@ def rotation_to_euler(rot: Tensor) -> Tensor:
     return torch.stack([pitch, yaw, roll], dim=-1)
 
 
+_FLIP_TENSORS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
 def _flip(x: Tensor) -> Tensor:
-    return x * x.new_tensor(_FLIP)
+    key = (x.dtype, x.device)
+    f = _FLIP_TENSORS.get(key)
+    if f is None:  # one constant per dtype/device (per-frame calls skip the allocation)
+        with torch.inference_mode(False):  # usable by autograd even if first made in inference
+            f = _FLIP_TENSORS[key] = torch.tensor(_FLIP, dtype=x.dtype, device=x.device)
+    return x * f
 
 
 def flip(x: Tensor) -> Tensor:
