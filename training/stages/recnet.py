@@ -87,36 +87,54 @@ def augment_batch(
     """
     img = batch["image"]
     B, _, S, _ = img.shape
-    dev = img.device
     if shift <= 0 and scale <= 0 and color <= 0 and flip <= 0:
         return batch
 
     def u(*shape: int) -> torch.Tensor:
-        return (torch.rand(*shape, generator=generator) * 2 - 1).to(dev)
+        return (torch.rand(*shape, generator=generator) * 2 - 1).to(img.device)
 
     if flip > 0:
         batch = _mirror(batch, (u(B) + 1) / 2 < flip)
         img = batch["image"]
 
-    zoom = torch.exp(scale * u(B))  # > 1 zooms in (a smaller box)
-    dx, dy = shift * S * u(B), shift * S * u(B)
+    out = dict(batch)
+    image = img
+    if shift > 0 or scale > 0:
+        out.update(_shift_zoom(batch, scale * u(B), shift * S * u(B), shift * S * u(B)))
+        image = out["image"]
+    if color > 0:
+        gain = 1 + color * u(B, 3, 1, 1)
+        contrast = 1 + color * u(B, 1, 1, 1)
+        mean = image.mean(dim=(1, 2, 3), keepdim=True)
+        image = (((image - mean) * contrast + mean) * gain).clamp(0, 1)
+    out["image"] = image
+    return out
+
+
+def _shift_zoom(
+    batch: dict[str, Any], log_zoom: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor
+) -> dict[str, Any]:
+    """The crop moved by (dx, dy) pixels and zoomed by exp(log_zoom) per sample."""
+    img = batch["image"]
+    B, _, S, _ = img.shape
+    zoom = torch.exp(log_zoom)  # > 1 zooms in (a smaller box)
     # New crop pixel p' samples old pixel p = c + (p' - c) / zoom + d, with c the crop centre.
     c = (S - 1) / 2.0
-    inv = 1.0 / zoom
     # grid_sample (align_corners=False): normalised x_n = (2p + 1) / S - 1.
-    theta = torch.zeros(B, 2, 3, device=dev)
-    theta[:, 0, 0] = inv
-    theta[:, 1, 1] = inv
+    theta = torch.zeros(B, 2, 3, device=img.device)
+    theta[:, 0, 0] = 1.0 / zoom
+    theta[:, 1, 1] = 1.0 / zoom
     theta[:, 0, 2] = 2 * dx / S
     theta[:, 1, 2] = 2 * dy / S
     grid = F.affine_grid(theta, [B, 3, S, S], align_corners=False)
-    out = dict(batch)
-    image = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out["mask"] = (
-        F.grid_sample(batch["mask"], grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    )
+    out = {
+        "image": F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False),
+        "mask": F.grid_sample(batch["mask"], grid, mode="nearest", padding_mode="zeros",
+                              align_corners=False),
+    }  # fmt: skip
     # Old pixel p -> new pixel p' = c + zoom (p - d - c).
-    A = torch.zeros(B, 3, 3, device=dev)
+    A = torch.zeros(B, 3, 3, device=img.device)
     A[:, 0, 0] = zoom
     A[:, 1, 1] = zoom
     A[:, 0, 2] = c - zoom * (dx + c)
@@ -128,12 +146,6 @@ def augment_batch(
     # Landmarks pushed out of the crop are unknown to the image: weight them 0.
     inside = ((out["landmarks"] >= -0.5) & (out["landmarks"] <= S - 0.5)).all(dim=-1)
     out["landmark_weight"] = batch["landmark_weight"] * inside.to(lm.dtype)
-    if color > 0:
-        gain = 1 + color * u(B, 3, 1, 1)
-        contrast = 1 + color * u(B, 1, 1, 1)
-        mean = image.mean(dim=(1, 2, 3), keepdim=True)
-        image = ((image - mean) * contrast + mean) * gain
-    out["image"] = image.clamp(0, 1)
     return out
 
 
