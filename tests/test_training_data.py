@@ -300,3 +300,19 @@ def test_face_crop_box_is_square_around_the_landmarks():
     lm = np.stack([np.linspace(100, 200, 68), np.linspace(50, 120, 68)], 1)
     x0, y0, x1, y1 = face_crop_box(lm)
     assert x1 - x0 == pytest.approx(y1 - y0) and x0 < 100 and x1 > 200
+
+
+def test_photo_texture_selection_keeps_painted_eyes(ict):
+    from jr2net.face import synthetic as syn
+
+    tex = np.full((1, ict.n_vertices, 3), 0.5, np.float32)
+    m = syn.render_model(ict, tex)
+    colors = m.albedo.colors(syn.render_albedo(torch.zeros(1, ict.n_albedo), 1, 0))[0].numpy()
+    region = ict.region.numpy()
+    face = region == ict.region_names.index("face")
+    eyes = region == ict.region_names.index("eyeball_left")
+    np.testing.assert_allclose(colors[face], 0.5, atol=1e-6)
+    np.testing.assert_allclose(colors[eyes], syn.painted_albedo(ict)[eyes], atol=1e-6)
+    # Without a texture the model's own coefficients apply.
+    plain = m.albedo.colors(syn.render_albedo(torch.zeros(1, ict.n_albedo), 1, None))[0].numpy()
+    np.testing.assert_allclose(plain, syn.painted_albedo(ict), atol=1e-6)
