@@ -127,6 +127,9 @@ setup(
         "jr2net.clients",
         "jr2net.training",
         "jr2net.training.data",
+        "jr2net.training.stages",
+        "jr2net.face.fitting",
+        "jr2net.face.generic",
     ],
     package_dir={
         "jr2net": "jr2net",

@@ -29,7 +29,10 @@ def test_cascade_runs_then_skips_then_forces(tmp_path: Path, capsys) -> None:
     assert read_status(tmp_path / "prepare")["status"] == "done"
     assert run_cascade(cfg, tmp_path) == {"prepare": {"status": "skipped"}}
     assert "skip prepare: already done" in capsys.readouterr().err
+    before = read_status(tmp_path / "prepare")["time"]
     assert run_cascade(cfg, tmp_path, force=True)["prepare"]["status"] == "done"
+    assert "already done" not in capsys.readouterr().err
+    assert read_status(tmp_path / "prepare")["time"] > before  # redone, not reported as done
 
 
 @register_stage

@@ -149,7 +149,7 @@ class Trainer:
                     p = self.out / name
                     shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             ctx.barrier()
-            has_output = False
+            has_output, status = False, None
         if has_output and not self.resume:
             what = "is already complete" if status and status.get("status") == "done" else (
                 "already holds a run")
