@@ -142,3 +142,24 @@ def test_gan_losses_are_zero_at_their_optimum_and_positive_otherwise():
         feature_matching_loss(real, [[big]])
     with pytest.raises(ValueError, match="weights"):
         perceptual_loss(x, x, (1.0,))
+
+
+def test_training_pairs_are_resampled_within_the_identity_and_split(prepared, ict_model_path):
+    from jr2net.training.stages.base import TrainContext
+    from jr2net.training.stages.dcnet import DCNetStage
+
+    cfg = _config(ict_model_path, source_repeats=3)
+    stage = DCNetStage(cfg, prepared.parent, TrainContext("cpu", face_model_spec=cfg.run.face_model))
+    ds = stage.train_dataset()
+    n = len(ds.pairs)
+    assert len(ds) == 3 * n and n == 8
+    sources = set()
+    for k in (2, 2 + n, 2 + 2 * n):
+        item = ds[k]
+        assert item["identity"] == "d0" and item["source"]["identity"] == "d0"
+        assert torch.equal(item["driving"]["image"], ds[2]["driving"]["image"])
+        assert not torch.equal(item["source"]["image"], item["driving"]["image"])
+        sources.add(item["source"]["image"].sum().item())
+    assert len(sources) >= 2  # another source on another repeat
+    held = stage.eval_dataset()
+    assert len(held) == 2  # the d0 tail pairs only with itself

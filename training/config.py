@@ -160,6 +160,7 @@ class DCNetStageConfig(TrainConfig):
     light: Literal["driving", "source"] = "driving"
     vgg_weights: str = ""  # torchvision-format VGG-19 weights (.pth); '' = face-id features
     augment_color: float = 0.1  # brightness/contrast/gain jitter of each pair (same for both)
+    source_repeats: int = 8  # each driving frame is paired with this many sources in turn
 
 
 @dataclass

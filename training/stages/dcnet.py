@@ -99,6 +99,34 @@ class _Accumulator:
         return {k: self.sums[k] / self.counts[k] if self.counts[k] else math.nan for k in self.sums}
 
 
+class _ResampledPairs(Dataset):
+    """``FramePairs`` seen ``repeats`` times, each time with another source: item ``k`` is driving
+    frame ``k mod N`` with a same-identity source drawn by a generator seeded with (seed, k)."""
+
+    def __init__(self, pairs: Any, repeats: int) -> None:
+        self.pairs, self.repeats = pairs, max(1, int(repeats))
+
+    def __len__(self) -> int:
+        return len(self.pairs) * self.repeats
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        from ..data.prepared import cached_sample
+
+        p = self.pairs
+        n = len(p)
+        if k < n:
+            return p[k]
+        identity, pos = p.items[k % n]
+        members = p.groups[identity]
+        other = int(np.random.default_rng([p.seed, int(k)]).integers(len(members) - 1))
+        (ss, sj), (ds, dj) = members[other + (other >= pos)], members[pos]
+        return {
+            "source": cached_sample(p.shards[ss], sj, p.crop_size),
+            "driving": cached_sample(p.shards[ds], dj, p.crop_size),
+            "identity": identity,
+        }
+
+
 @register_stage
 class DCNetStage(Stage):
     """DCNet and its discriminator (see the module docstring)."""
@@ -203,7 +231,7 @@ class DCNetStage(Stage):
         return FramePairs(prepare_dir, split, crop_size(self.cfg), self.cfg.run.seed)
 
     def train_dataset(self) -> Dataset:
-        return self._pairs("train")
+        return _ResampledPairs(self._pairs("train"), self.section.source_repeats)
 
     def eval_dataset(self) -> Dataset | None:
         ds = self._pairs("heldout")
