@@ -145,7 +145,9 @@ def dense_map(model: FaceModel, n: int = 40) -> DenseMap:
     import logging
 
     logging.getLogger("jr2net.face").info(
-        "deriving the MediaPipe mesh -> %s vertex map on %d synthetic renders (cached)", model.name, n
+        "deriving the MediaPipe mesh -> %s vertex map on %d synthetic renders (cached)",
+        model.name,
+        n,
     )
     m = derive_dense_map(model, synthetic_mesh_samples(model, n))
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -190,7 +190,9 @@ def _letterbox(image: np.ndarray) -> tuple[np.ndarray, float, float, int, int]:
     h, w = image.shape[:2]
     s = DET_SIZE / max(h, w)
     nw, nh = max(1, round(w * s)), max(1, round(h * s))
-    small = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    small = np.asarray(
+        Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    )
     canvas = np.zeros((DET_SIZE, DET_SIZE, 3), np.float32)
     px, py = (DET_SIZE - nw) // 2, (DET_SIZE - nh) // 2
     canvas[py : py + nh, px : px + nw] = small
@@ -254,7 +256,10 @@ def crop_roi(image: np.ndarray, roi: Roi) -> np.ndarray:
     tx = (roi.cx - ox) / step - (a + b) * MESH_SIZE / 2
     ty = (roi.cy - oy) / step - (d + e) * MESH_SIZE / 2
     out = src.transform(
-        (MESH_SIZE, MESH_SIZE), Image.Transform.AFFINE, (a, b, tx, d, e, ty), Image.Resampling.BILINEAR
+        (MESH_SIZE, MESH_SIZE),
+        Image.Transform.AFFINE,
+        (a, b, tx, d, e, ty),
+        Image.Resampling.BILINEAR,
     )
     return np.asarray(out, dtype=np.float32) / 255.0
 

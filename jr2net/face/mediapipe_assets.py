@@ -145,5 +145,7 @@ def model_path(name: str) -> Path:
         raise ValueError(f"unknown MediaPipe model {name!r}; known: {', '.join(MODEL_FILES)}")
     path = ensure_mediapipe_models() / name
     if not path.is_file():
-        raise FileNotFoundError(f"MediaPipe model file missing: {path} (run `jr2net assets mediapipe`)")
+        raise FileNotFoundError(
+            f"MediaPipe model file missing: {path} (run `jr2net assets mediapipe`)"
+        )
     return path

@@ -183,7 +183,9 @@ def landmarks68_from_mesh(mesh_xy: np.ndarray) -> np.ndarray:
     return np.einsum("kc,kcd->kd", MAP68_WEIGHT, pts[MAP68_INDEX, :2])
 
 
-def derive_map68(samples, candidates: int = CANDIDATES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def derive_map68(
+    samples, candidates: int = CANDIDATES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Index ``[68, C]``, weight ``[68, C]`` tables and the per-landmark RMS error / IOD on
     ``samples`` (:class:`jr2net.face.dense_landmarks.SyntheticMeshSample`, those with a mesh)."""
     from scipy.optimize import nnls
