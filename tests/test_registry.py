@@ -8,14 +8,26 @@ from jr2net.pipeline import registry
 from jr2net.pipeline.registry import ReenactorSettings
 
 
-def test_geometric_is_registered_and_learned_is_known_but_refused():
+def test_geometric_is_registered_and_learned_is_known():
     assert registry.available_modes()[0] == "geometric"
     assert registry.known_modes()[:2] == ["geometric", "learned"]
-    assert "learned" not in registry.available_modes()
-    with pytest.raises(ValueError, match="'learned'.*not available"):
-        registry.create_reenactor("learned", ReenactorSettings())
     with pytest.raises(ValueError, match="mode must be one of"):
         registry.check_mode("nope")
+
+
+def test_an_unavailable_mode_is_refused_with_its_message_until_a_factory_replaces_it():
+    registry.register_unavailable("test_mode_u", "mode 'test_mode_u' is not available here")
+    try:
+        assert "test_mode_u" in registry.known_modes()
+        assert "test_mode_u" not in registry.available_modes()
+        with pytest.raises(ValueError, match="not available here"):
+            registry.create_reenactor("test_mode_u", ReenactorSettings())
+        registry.register_mode("test_mode_u", lambda settings: "built")
+        assert registry.create_reenactor("test_mode_u") == "built"
+        registry.register_unavailable("test_mode_u", "too late")  # a real factory wins
+        assert registry.create_reenactor("test_mode_u") == "built"
+    finally:
+        registry._MODES.pop("test_mode_u", None)
 
 
 def test_a_registered_mode_is_created_with_its_settings_and_cannot_be_registered_twice():
