@@ -233,8 +233,12 @@ class ServerThread:
         return self.call(self.server.drain(timeout), wait)
 
     def stop(self) -> None:
+        """Stop the server (if a drain has not already) and wait for its thread to end."""
         if self.server is not None and self._thread.is_alive():
-            self.call(self.server.stop(0), 30)
+            try:  # the thread ends once the server has stopped, whoever stopped it
+                asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop)
+            except RuntimeError:  # the loop is already closed
+                pass
         self._thread.join(30)
 
     def __enter__(self) -> ServerThread:

@@ -30,6 +30,20 @@ MIN_OUTPUT_SIDE, MAX_OUTPUT_SIDE = 16, 4096
 MIN_CROP_SIZE, MAX_CROP_SIZE = 64, 1024
 # An OutputFrame's fields besides the image bytes (ids, sizes, the timings map), generously.
 REPLY_OVERHEAD_BYTES = 16 * 1024
+STATUS_GRACE_S = 1.0  # how long a stalled stream's status may wait before the stream is reset
+
+
+async def _abort_or_reset(context: grpc.aio.ServicerContext, code: grpc.StatusCode,
+                          details: str) -> None:
+    """End a stream whose client stopped reading: with ``code`` if the transport takes the status
+    within ``STATUS_GRACE_S`` (it waits behind the unread replies), else by resetting the stream
+    (the client then sees CANCELLED), so the call does not stay open for ever."""
+    abort = asyncio.ensure_future(context.abort(code, details))
+    done, _ = await asyncio.wait((abort,), timeout=STATUS_GRACE_S)
+    if done:
+        abort.result()  # raises AbortError, as context.abort does
+    abort.add_done_callback(lambda f: f.cancelled() or f.exception())
+    raise asyncio.CancelledError("write stalled: stream reset")
 
 
 class ConfigError(ValueError):
@@ -182,6 +196,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         self.metrics.sessions_active.inc()
         session: StreamSession | None = None
         tasks: list[asyncio.Task] = []
+        release = self._releaser(tasks, lambda: session)
         try:
             t0 = time.perf_counter()
             try:
@@ -235,24 +250,42 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
             outcome = await session.finished
             if outcome is not None:
                 code, details = outcome
+                if session.write_stalled:
+                    release()  # the slot is free now, whatever the client does next
+                    await _abort_or_reset(context, code, details)
                 await context.abort(code, details)
         except grpc.aio.AbortError:
             raise
         except asyncio.CancelledError:
-            log.info("session %s cancelled by the client", session.session_id if session else "-")
+            log.info("session %s cancelled (%s)", session.session_id if session else "-",
+                     "write stalled" if session and session.write_stalled else "by the client")
             raise
         except Exception:
             log.exception("stream failed")
             await context.abort(grpc.StatusCode.INTERNAL, "internal server error (logged)")
         finally:
+            release()
+
+    def _releaser(self, tasks: list[asyncio.Task], session: Any) -> Any:
+        """A function that frees a stream's slot once (its tasks, session, pipeline, counters)."""
+        done = False
+
+        def release() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
             for task in tasks:
                 task.cancel()
-            if session is not None:
-                self.sessions.pop(session.session_id, None)
-                session.close()
-                log.info("session %s ended (%d frames)", session.session_id, session.frames_in)
+            live = session()
+            if live is not None:
+                self.sessions.pop(live.session_id, None)
+                live.close()
+                log.info("session %s ended (%d frames)", live.session_id, live.frames_in)
             self.slots_used -= 1
             self.metrics.sessions_active.dec()
+
+        return release
 
     def _task_done(self, task: asyncio.Task, kind: str, session: StreamSession) -> None:
         """A session coroutine died: a failed read/write means the client is gone; else a bug."""

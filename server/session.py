@@ -68,6 +68,12 @@ async def read_request(context: grpc.aio.ServicerContext) -> Any:
         return MalformedRequest(str(exc) or type(exc).__name__)
 
 
+def _consume_outcome(future: asyncio.Future) -> None:
+    """Retrieve an abandoned write's outcome (so asyncio logs no 'exception never retrieved')."""
+    if not future.cancelled():
+        future.exception()
+
+
 @dataclass
 class _Slot:
     frame_id: int
@@ -130,6 +136,7 @@ class StreamSession:
         # Result of the stream: None = ended normally, else (status code, details).
         self.finished: asyncio.Future = self._loop.create_future()
         self.frames_in = 0
+        self.write_stalled = False  # the write_timeout ended the stream
 
     # ---- admission (event loop) ----------------------------------------------------------------
 
@@ -238,9 +245,12 @@ class StreamSession:
                 await self._slot_added.wait()
             slot = self.replies[0]
             response = await slot.future
-            try:
-                await asyncio.wait_for(self._write(response), self.write_timeout)
-            except asyncio.TimeoutError:
+            # Not wait_for: a write blocked by flow control does not end when cancelled.
+            write = asyncio.ensure_future(self._write(response))
+            done, _ = await asyncio.wait((write,), timeout=self.write_timeout)
+            if not done:
+                write.add_done_callback(_consume_outcome)
+                self.write_stalled = True
                 self.metrics.rejected.labels(reason="write_stall").inc()
                 if not self.finished.done():
                     self.finished.set_result((
@@ -248,6 +258,7 @@ class StreamSession:
                         f"write stalled: the client read no reply for {self.write_timeout:g} s",
                     ))
                 return
+            write.result()
             self.replies.popleft()
             if len(self.replies) < 4 * self.max_in_flight + 8:
                 self._space.set()
