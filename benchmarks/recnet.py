@@ -304,12 +304,14 @@ def contact_sheet(run: Path, path: Path, n: int = 8) -> list[float]:
             continue
         residuals.append(res.residual_iod)
         tile = Image.fromarray(render_fit_overlay(frames[k], res, rec.model, out_size=320))
-        tiles.append(tile.resize((320, 320)))
+        tile.thumbnail((320, 320))  # keeps the aspect ratio
+        tiles.append(tile)
     cols = 4
     rows = max(1, math.ceil(len(tiles) / cols))
     sheet = Image.new("RGB", (cols * 320, rows * 320), (0, 0, 0))
     for j, t in enumerate(tiles):
-        sheet.paste(t, ((j % cols) * 320, (j // cols) * 320))
+        x, y = (j % cols) * 320 + (320 - t.width) // 2, (j // cols) * 320 + (320 - t.height) // 2
+        sheet.paste(t, (x, y))
     sheet.save(path)
     print(f"wrote {path}")
     return residuals

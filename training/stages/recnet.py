@@ -151,8 +151,9 @@ def _shift_zoom(
 
 class MemoisedSamples(Dataset):
     """A deterministic dataset whose samples are kept after their first draw (compactly: uint8
-    image, bool mask). Synthetic faces cost a render each (~80 ms on a CPU core) and an epoch
-    revisits every one of them; their images are already 8-bit quantised, so this is exact."""
+    image, bool mask). A synthetic face costs a render (~80 ms on a CPU core), a cached real one
+    two resizes, and every epoch revisits them all; both images are 8-bit already (the synthetic
+    renders are quantised like a photo), so keeping them as uint8 is exact."""
 
     def __init__(self, base: Dataset) -> None:
         self.base = base
@@ -176,16 +177,17 @@ class MemoisedSamples(Dataset):
         return out
 
 
-def memoise_synthetic(ds: Dataset) -> Dataset:
-    """``ds`` (``training.data.prepared.recnet_dataset``'s mix) with its synthetic part memoised."""
+def memoise(ds: Dataset) -> Dataset:
+    """``ds`` (``training.data.prepared.recnet_dataset``'s mix) with its parts memoised."""
     from torch.utils.data import ConcatDataset
 
+    from ..data.prepared import PreparedFaces
     from ..data.synthetic import SyntheticFaces
 
-    if isinstance(ds, SyntheticFaces):
+    if isinstance(ds, (SyntheticFaces, PreparedFaces)):
         return MemoisedSamples(ds)
     if isinstance(ds, ConcatDataset):
-        return ConcatDataset([memoise_synthetic(d) for d in ds.datasets])
+        return ConcatDataset([memoise(d) for d in ds.datasets])
     if isinstance(getattr(ds, "base", None), SyntheticFaces):  # the mix's cycling wrapper
         ds.base = MemoisedSamples(ds.base)  # type: ignore[attr-defined]
     return ds
@@ -299,7 +301,7 @@ class RecNetStage(Stage):
 
         prepare_dir = self.require_output("prepare")
         ds = recnet_dataset(self.cfg.data, prepare_dir, self.ctx.face_model.to("cpu"), split)
-        return memoise_synthetic(ds)
+        return memoise(ds)
 
     def train_dataset(self) -> Dataset:
         return self._dataset("train")
