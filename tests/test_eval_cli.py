@@ -75,6 +75,7 @@ def test_eval_reenact_writes_every_metric_for_ours_and_both_baselines(reenact_ru
     for method in METHODS:
         c = pair["methods"][method]
         assert 0 < c["efl"] < 0.5 and c["output_no_face"] == 0
+        assert 0 < c["efl_aligned"] <= c["efl"] + 1e-9  # the similarity only removes error
         assert 0 <= c["id_distance"] < 0.6 and c["id_cosine"] > 0.9  # still the source's identity
     assert pair["methods"]["copy_source"]["id_distance"] == pytest.approx(0.0, abs=1e-6)
     fid = m["fid"]

@@ -9,7 +9,9 @@
 - **Cross identity** (``evaluate_cross_identity``): a source image driven by a whole video.
   EFL: RMSE of the generated frame's 68 landmarks against the driving frame's, each set centred
   on its mean and divided by its own inter-ocular distance (so the source's placement and size
-  in its frame do not count, expression and head rotation do). Identity: Euclidean distance
+  in its frame do not count, expression and head rotation do); ``efl_aligned`` is the same after
+  the least-squares 2D similarity of the generated set onto the driving set (in-plane rotation
+  removed: expression and face shape). Identity: Euclidean distance
   (dlib: < 0.6 is the same person) and cosine similarity of dlib's 128-D embeddings of the
   generated face and the source face. A generated frame with no detectable face counts in
   ``output_no_face`` and in neither average.
@@ -40,6 +42,7 @@ __all__ = [
     "region_boxes",
     "image_scores",
     "normalised_landmarks",
+    "aligned",
     "SameIdentityResult",
     "evaluate_same_identity",
     "evaluate_cross_identity",
@@ -50,7 +53,7 @@ __all__ = [
 METHODS = ("ours", "copy_source", "similarity_warp")
 REGIONS = ("face_box", "mouth_box", "full", "face_hull")
 IMAGE_METRICS = ("l1", "psnr", "ssim")
-CROSS_METRICS = ("efl", "id_distance", "id_cosine")
+CROSS_METRICS = ("efl", "efl_aligned", "id_distance", "id_cosine")
 MOUTH = slice(48, 68)
 
 
@@ -136,6 +139,13 @@ def normalised_landmarks(landmarks: np.ndarray) -> np.ndarray:
 
     lm = np.asarray(landmarks, dtype=np.float64)
     return (lm - lm.mean(0)) / max(interocular_distance(lm), 1e-9)
+
+
+def aligned(landmarks: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """``landmarks`` moved by the least-squares 2D similarity onto ``target`` (pose removed)."""
+    from jr2net.eval.geometry import apply_similarity, similarity_align
+
+    return apply_similarity(landmarks, similarity_align(landmarks, target))
 
 
 def _mean(values: list[float]) -> float:
@@ -320,6 +330,9 @@ def evaluate_cross_identity(
                     continue
                 gen = normalised_landmarks(found[0].landmarks)
                 vals[m]["efl"].append(float(metrics.landmark_rmse(gen, drv)[0]))
+                vals[m]["efl_aligned"].append(
+                    float(metrics.landmark_rmse(aligned(gen, drv), drv)[0])
+                )
                 emb = face_embedding(img, found[0])
                 vals[m]["id_distance"].append(float(np.linalg.norm(emb - src_emb)))
                 vals[m]["id_cosine"].append(float(metrics.identity_cosine(emb, src_emb)[0]))

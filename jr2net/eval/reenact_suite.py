@@ -241,7 +241,8 @@ def tables(metrics: dict) -> str:
             for m in METHODS
         ]
         text.append(format_table(
-            crow, ["method", "pairs", "efl", "id_distance", "id_cosine", "output_no_face"],
+            crow,
+            ["method", "pairs", *CROSS_METRICS, "output_no_face"],
             "\ncross identity (mean over source x video pairs; EFL: normalised 68-landmark RMSE)",
         ))  # fmt: skip
     fid = metrics.get("fid")
