@@ -113,6 +113,10 @@ HOW_TO_ENABLE = (
 )
 
 
+class ModeNotConfigured(ValueError):
+    """Mode ``learned`` was asked for but no DCNet checkpoint is configured."""
+
+
 def _now() -> float:
     return time.perf_counter()
 
@@ -120,25 +124,28 @@ def _now() -> float:
 def resolve_checkpoints(checkpoints: Any) -> dict[str, Path]:
     """Network name -> checkpoint file from a run folder, a DCNet file or a name -> file mapping.
 
-    A run folder gives ``dcnet/best.pt`` (required) and ``recnet/best.pt`` (when present).
-    Raises ValueError (with how to enable the mode) when there is no DCNet checkpoint, and
-    FileNotFoundError naming a missing file."""
+    A run folder gives ``dcnet/best.pt`` (required) and ``recnet/best.pt`` / ``etnet/best.pt``
+    (when present); a mapping may name the run folder as ``"run"``, its other entries win.
+    Raises ``ModeNotConfigured`` (a ValueError saying how to enable the mode) when there is no
+    DCNet checkpoint, and FileNotFoundError naming a missing file."""
     if checkpoints is None or checkpoints == "" or checkpoints == {}:
-        raise ValueError(HOW_TO_ENABLE)
-    if isinstance(checkpoints, Mapping):
-        found = {str(k): Path(v) for k, v in checkpoints.items() if v}
-    else:
-        root = Path(checkpoints)
+        raise ModeNotConfigured(HOW_TO_ENABLE)
+    given = dict(checkpoints) if isinstance(checkpoints, Mapping) else {"run": checkpoints}
+    found: dict[str, Path] = {}
+    run = given.pop("run", None)
+    if run:
+        root = Path(run)
         if root.is_dir():
             found = {n: root / n / "best.pt" for n in ("recnet", "dcnet", "etnet")}
             found = {n: p for n, p in found.items() if p.is_file() or n == "dcnet"}
         else:
             found = {"dcnet": root}
+    found.update({str(k): Path(v) for k, v in given.items() if v})
     unknown = sorted(set(found) - {"recnet", "dcnet", "etnet"})
     if unknown:
         raise ValueError(f"unknown checkpoint names {unknown}; use recnet, dcnet, etnet")
     if "dcnet" not in found:
-        raise ValueError(HOW_TO_ENABLE)
+        raise ModeNotConfigured(HOW_TO_ENABLE)
     for name, path in found.items():
         if not path.is_file():
             raise FileNotFoundError(f"{name} checkpoint not found: {path}")
