@@ -253,20 +253,24 @@ def run_random(target: str, seconds: float, runs: int, crash_dir: Path, seed: in
     """The plain engine: mutate corpus inputs for ``seconds`` or ``runs`` inputs; stop at a crash."""
     fn, cleanup = make_target(target)
     rng = random.Random(seed)
-    pool = [data for _, data in corpus_inputs(target)] or [b""]
+    corpus = corpus_inputs(target)
+    pool = [data for _, data in corpus] or [b""]
     t0, n, crash = time.monotonic(), 0, None
     try:
-        for data in pool:  # the corpus itself first: the regression inputs
+        for path, data in corpus:  # the corpus itself first: the regression inputs
             n += 1
-            fn(data)
-        while n < runs and time.monotonic() - t0 < seconds:
+            try:
+                fn(data)
+            except Exception as exc:
+                crash = (path, f"{type(exc).__name__}: {exc}")
+                break
+        while crash is None and n < runs and time.monotonic() - t0 < seconds:
             data = mutate(rng.choice(pool), rng, pool)
             n += 1
             try:
                 fn(data)
             except Exception as exc:
                 crash = (save_crash(crash_dir, data), f"{type(exc).__name__}: {exc}")
-                break
     finally:
         cleanup()
     return {"target": target, "engine": "random", "inputs": n,
