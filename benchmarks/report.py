@@ -388,13 +388,27 @@ def quality(rep: Report) -> None:
         from jr2net.eval.reenact_suite import tables
 
         try:
-            text = tables(json.loads(ev.read_text()))
+            m = json.loads(ev.read_text())
+            text = tables(m)
         except (OSError, ValueError, KeyError) as exc:
             rep.note(f"`{ev}` is unreadable ({exc}).")
         else:
             rep.add(
-                "### `jr2net eval reenact` (results/eval/metrics.json)", "", "```", text, "```", ""
+                "### `jr2net eval reenact` (results/eval/metrics.json)",
+                "",
+                f"Mode {m.get('reenactor')}, {m.get('max_frames')} scored frames per video and "
+                f"pair, pose {m.get('pose_mode')}, options {m.get('options')}, sources: "
+                f"{m.get('sources')}. Metrics: docs/evaluation.md.",
+                "",
+                "```",
+                text,
+                "```",
+                "",
             )
+            sheets = sorted(ev.parent.glob("*.png"))
+            if sheets:
+                links = [f"[{p.stem}]({_rel(p, rep.out)})" for p in sheets]
+                rep.add("Contact sheets: " + ", ".join(links) + ".", "")
 
 
 def reconstruction(rep: Report) -> None:
