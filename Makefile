@@ -20,7 +20,7 @@ CU_GLUE_CHECKS := $(patsubst csrc/cuda/%.cpp,build/cuda-check/%.ok,$(CU_GLUE))
 CUDA_INCLUDE ?= $(firstword $(wildcard $(CUDA_HOME)/include /usr/local/cuda/include))
 GLUE_STUB := build/cuda-check/stub/c10/cuda/impl/cuda_cmake_macros.h
 
-.PHONY: all venv deps install build test pytest lint bench report demo cuda-check clean
+.PHONY: all venv deps install build test pytest lint bench report demo cuda-check clean nginx
 
 all: build
 
@@ -50,7 +50,14 @@ build: $(INSTALL_STAMP)
 		{ grep -v -i "warning" build/build_ext.log | tail -40; echo "build failed: see build/build_ext.log"; exit 1; }
 	$(PY) -c "import torch, jr2net._C, jr2net.protocol"
 
-pytest: build
+# nginx (Debian package) for tests/test_scaleout.py: the gRPC proxy of docs/operations.md.
+nginx:
+	@command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || \
+		{ echo "installing nginx (apt-get)"; apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || \
+		{ echo "nginx could not be installed: tests/test_scaleout.py needs it"; exit 1; }
+
+pytest: build nginx
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test: lint pytest cuda-check
