@@ -50,6 +50,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", help="which face model the lookup picks and why, with its sizes")
     p.add_argument("--face-model", default=None, help="model spec: .npz path, 'generic', 'ict', NAME")
 
+    p = sub.add_parser(
+        "write-csv", help="write a Live Link Face CSV from a fit-video track or a generated take"
+    )
+    p.add_argument("out", type=Path, help="output .csv")
+    p.add_argument("--track", type=Path, default=None, help="a jr2net fit-video <stem>_fit.jsonl")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of a generated take")
+    p.add_argument("--fps", type=float, default=None, help="frame rate (default: track's, or 60)")
+    p.add_argument("--seed", type=int, default=0, help="seed of a generated take")
+    p.add_argument("--face-model", default=None, help="model spec of a generated take")
+
 
 def _error(msg: str) -> int:
     print(f"jr2net assets: error: {msg}", file=sys.stderr)
@@ -141,6 +151,22 @@ def _describe(model, choice=None) -> str:
     return "\n".join(lines)
 
 
+def _write_csv(args: argparse.Namespace) -> int:
+    from jr2net.face.model import load_face_model
+    from jr2net.io.arkit_csv import sample_take, track_from_fit_jsonl, write_live_link_csv
+
+    if args.track is not None:
+        beta, names, fps, head = track_from_fit_jsonl(args.track)
+        fps = args.fps or fps
+    else:
+        names = load_face_model(args.face_model).expression_names
+        fps = args.fps or 60.0
+        beta, head = sample_take(names, args.seconds, fps, args.seed)
+    out = write_live_link_csv(args.out, beta, names, fps=fps, head=head)
+    print(f"wrote {out} ({len(beta)} rows at {fps:g} fps)")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from jr2net.errors import FaceModelError
     from jr2net.face.importers import import_bfm, import_ict
@@ -184,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name:24s} {where}")
             print(f"\ndefault lookup: {choice.describe()}")
             return 0
+        if action == "write-csv":
+            return _write_csv(args)
         if action == "info":
             choice = resolve_face_model(args.face_model)
             model = load_face_model(args.face_model)
@@ -191,5 +219,8 @@ def run(args: argparse.Namespace) -> int:
             return 0
     except (FaceModelError, OSError, ValueError) as exc:
         return _error(str(exc))
-    print("usage: jr2net assets {import-ict,import-bfm,fetch,face-id,list,info} …", file=sys.stderr)
+    print(
+        "usage: jr2net assets {import-ict,import-bfm,fetch,face-id,list,info,write-csv} …",
+        file=sys.stderr,
+    )
     return 2
