@@ -28,7 +28,7 @@ class ServerMetrics:
         )
         self.rejected = Counter(
             "jr2net_rejected_total", "Calls refused, by reason (sessions_full, unauthenticated, "
-            "draining, invalid_config, no_face, no_config, idle_timeout)",
+            "draining, invalid_config, no_face, no_config, malformed, idle_timeout, write_stall)",
             ["reason"], registry=self.registry,
         )
         self.session_setup = Histogram(

@@ -335,6 +335,11 @@ def test_readme_and_help_command_examples_parse_and_their_options_are_valid():
     assert len(commands) >= 5, commands
     for command in commands:
         argv = shlex.split(command)[1:]
+        if "--help" in argv:
+            with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as done:
+                parser.parse_args(argv)
+            assert done.value.code == 0, command
+            continue
         args = parser.parse_args(argv)  # SystemExit on a bad example
         for item in getattr(args, "option", []) or []:
             key, _, value = item.partition("=")
@@ -357,3 +362,17 @@ def test_importing_the_clients_does_not_import_the_server():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(PROJECT_ROOT), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_operations_doc_covers_every_setting_and_rejection_reason():
+    from jr2net.server.config import SETTINGS
+
+    doc = (PROJECT_ROOT / "docs" / "operations.md").read_text()
+    for name in SETTINGS:
+        assert f"`{name}`" in doc, f"docs/operations.md does not document the setting {name}"
+    source = "".join(p.read_text() for p in (PROJECT_ROOT / "server").glob("*.py"))
+    reasons = set(re.findall(r'reason="(\w+)"', source))
+    reasons |= set(re.findall(r'_refuse\(\s*context,\s*grpc\.StatusCode\.\w+,\s*"(\w+)"', source))
+    assert {"malformed", "write_stall", "sessions_full"} <= reasons
+    for reason in reasons:
+        assert f"`{reason}`" in doc, f"docs/operations.md does not list rejected reason {reason}"

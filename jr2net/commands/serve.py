@@ -13,7 +13,7 @@ Settings come from, highest precedence first: these flags, environment variables
 $JR2NET_CONFIG) whose keys are the setting names (max_sessions: 4), then the defaults shown.
 
 Protocol: proto/jr2net.proto (service jr2net.v1.Reenactment; grpc.health.v1.Health and server
-reflection are also served). Per stream at most --max-in-flight frames are unanswered; when a
+reflection, v1 and v1alpha, are also served; with a token, reflection needs it too). Per stream at most --max-in-flight frames are unanswered; when a
 frame arrives and the window is full, the OLDEST QUEUED frame is answered FrameError "DROPPED", so
 every frame still gets exactly one reply. Metrics: http://HOST:METRICS_PORT/metrics
 (jr2net_frame_latency_seconds{stage}, jr2net_frames_total{result}, jr2net_sessions_active,
