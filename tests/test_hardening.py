@@ -376,3 +376,14 @@ def test_operations_doc_covers_every_setting_and_rejection_reason():
     assert {"malformed", "write_stall", "sessions_full"} <= reasons
     for reason in reasons:
         assert f"`{reason}`" in doc, f"docs/operations.md does not list rejected reason {reason}"
+
+
+def test_no_client_module_imports_the_server_even_lazily():
+    import ast
+
+    for path in sorted((PROJECT_ROOT / "clients").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad = [n for n in names if n == "jr2net.server" or n.startswith("jr2net.server.")]
+            assert not bad, f"{path.name}:{node.lineno} imports {bad[0]}"
