@@ -17,6 +17,11 @@ Real photos: every shared photo with a face, fitted with the ICT and the generic
 
 Timing: SourceFitter.fit on a 512x512 photo including detection (median), and DrivingFitter per frame
 (landmark tracking + fit) on d0.mp4. Run: ``.venv/bin/python -m benchmarks.fitting [--n 100]``.
+
+Detectors: ``--detector both`` (default) runs everything with MediaPipe's face mesh (Apache-2.0; 68
+points by the fixed 468 -> 68 map plus the dense mesh term) and with dlib (68-point predictor, iBUG
+300-W, non-commercial), in that order, and reports them side by side; the JSON's top-level keys are the
+project default detector's (``jr2net.face.landmarks.DEFAULT_DETECTOR``), ``by_detector`` holds both.
 """
 
 from __future__ import annotations
@@ -50,12 +55,14 @@ SIZE = 256
 ALT_KWARGS = {"final_landmark_weight": 0.0}
 
 
-def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple[dict, list[dict]]:
+def synthetic(
+    n: int, seed: int = 0, fitter_kwargs: dict | None = None, detector: str = "dlib"
+) -> tuple[dict, list[dict]]:
     from jr2net.errors import NoFaceError
     from jr2net.eval.geometry import reconstruction_errors
     from jr2net.face.camera import default_intrinsics, flip, project
     from jr2net.face.fitting import SourceFitter
-    from jr2net.face.landmarks import FaceDetection, detect_largest_face
+    from jr2net.face.landmarks import FaceDetection, find_largest_face
     from jr2net.face.model import FaceModel
     from jr2net.face.renderer import FaceRenderer
     from jr2net.face.synthetic import (
@@ -95,7 +102,7 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         iod = float(np.linalg.norm(gt_lm[36] - gt_lm[45]))
         row = {"i": i, "yaw_deg": math.degrees(float(c.angles[0, 1]))}
         try:
-            det = detect_largest_face(image)
+            det = find_largest_face(image, detector)
         except NoFaceError:
             row["detected"] = False
             rows.append(row)
@@ -153,6 +160,7 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
         return float(statistics.median(r[key] for r in det_rows)) if det_rows else float("nan")
 
     summary = {
+        "detector": detector,
         "n": n,
         "detection_rate": len(det_rows) / max(n, 1),
         "rmse_mm_median": med("rmse_mm"),
@@ -174,9 +182,12 @@ def synthetic(n: int, seed: int = 0, fitter_kwargs: dict | None = None) -> tuple
     return summary, rows
 
 
-def real_photos() -> list[dict]:
+DOG_PHOTOS = ("s25", "s31", "s33")  # no human face
+
+
+def real_photos(detector: str = "dlib") -> list[dict]:
     from jr2net.face.fitting import SourceFitter
-    from jr2net.face.landmarks import detect_largest_face
+    from jr2net.face.landmarks import find_largest_face
     from jr2net.face.model import FaceModel, load_face_model
     from jr2net.face.overlay import render_fit_overlay
     from jr2net.io.images import load_image, save_image
@@ -189,17 +200,18 @@ def real_photos() -> list[dict]:
     fitters = {k: SourceFitter(m) for k, m in models.items()}
     alt = SourceFitter(models["ict"], **ALT_KWARGS)
     rows = []
+    suffix_det = "" if detector == "dlib" else f"_{detector}"
     for path in sorted(shared_path("data", "images").iterdir()):
-        if path.stem == "s31":  # the dog
+        if path.stem in DOG_PHOTOS:
             continue
         image = load_image(path)
-        det = detect_largest_face(image)
+        det = find_largest_face(image, detector)
         row = {"photo": path.name}
         for key, fitter in fitters.items():
             res = fitter.fit(image, det)
             row[f"{key}_residual_iod"] = res.residual_iod
             row[f"{key}_fit_s"] = res.timings["total"]
-            suffix = "" if key == "ict" else f"_{key}"
+            suffix = ("" if key == "ict" else f"_{key}") + suffix_det
             save_image(
                 RESULTS_DIR / f"fit_{path.stem}{suffix}.png",
                 render_fit_overlay(image, res, models[key]),
@@ -210,7 +222,7 @@ def real_photos() -> list[dict]:
     return rows
 
 
-def timings() -> dict:
+def timings(detector: str = "dlib") -> dict:
     from jr2net.face.fitting import DrivingFitter, SourceFitter
     from jr2net.face.model import FaceModel
     from jr2net.io.images import load_image
@@ -221,8 +233,8 @@ def timings() -> dict:
     photo = load_image(shared_path("data", "images", "s42.jpg"))  # 512x512
     if photo.shape[:2] != (512, 512):
         photo = np.asarray(Image.fromarray(photo).resize((512, 512)))
-    fitter = SourceFitter(model)
-    fitter.fit(photo)  # warm-up (lazy albedo/renderer set-up)
+    fitter = SourceFitter(model, detector=detector)
+    fitter.fit(photo)  # warm-up (lazy albedo/renderer set-up, dense map)
     src = []
     stages: dict[str, list[float]] = {}
     for _ in range(7):
@@ -232,7 +244,7 @@ def timings() -> dict:
         for k, v in r.timings.items():
             stages.setdefault(k, []).append(v)
     frames = VideoReader(shared_path("data", "videos", "d0.mp4")).read_all()
-    drv = DrivingFitter(model)
+    drv = DrivingFitter(model, detector=detector)
     per_frame, fit_only, track = [], [], []
     for f in frames:
         t0 = time.perf_counter()
@@ -255,19 +267,13 @@ def timings() -> dict:
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=100, help="synthetic faces (default 100)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+def run_detector(detector: str, n: int, seed: int) -> dict:
+    """Timings, real photos and synthetic faces with one detector; prints its tables."""
+    from jr2net.face.landmarks import detector_description
 
+    print(detector_description(detector), flush=True)
     print("timing source / driving fits ...", flush=True)
-    tim = timings()
+    tim = timings(detector)
     print_table(
         [
             {
@@ -296,10 +302,10 @@ def main() -> None:
             },
         ],
         ["what", "value", "unit", "target"],
-        "Timings",
+        f"Timings ({detector})",
     )
     print("real photos ...", flush=True)
-    photos = real_photos()
+    photos = real_photos(detector)
     print_table(
         photos,
         [
@@ -310,15 +316,15 @@ def main() -> None:
             "pass",
             "alt_ict_residual_iod",
         ],
-        "Real photos: landmark residual / IOD (target < 0.03)",
+        f"Real photos ({detector}): landmark residual / IOD (target < 0.03)",
     )
 
-    print(f"synthetic ground truth ({args.n} faces) ...", flush=True)
-    summary, rows = synthetic(args.n, args.seed)
+    print(f"synthetic ground truth ({n} faces) ...", flush=True)
+    summary, rows = synthetic(n, seed, detector=detector)
     print_table(
         [
             {
-                "metric": "dlib detection rate",
+                "metric": f"{detector} detection rate",
                 "ours": summary["detection_rate"],
                 "baseline": summary["detection_rate"],
             },
@@ -343,7 +349,7 @@ def main() -> None:
                 "baseline": summary["baseline_lmk_err_iod_median"],
             },
             {
-                "metric": "  dlib detections vs GT / IOD",
+                "metric": f"  {detector} detections vs GT / IOD",
                 "ours": summary["dlib_err_iod_median"],
                 "baseline": summary["dlib_err_iod_median"],
             },
@@ -374,16 +380,85 @@ def main() -> None:
             },
         ],
         ["metric", "ours", "baseline"],
-        f"Synthetic ICT faces at {SIZE}^2, yaw within +-{YAW_MAX_DEG:.0f} deg (baseline: mean shape, pose only)",
+        f"Synthetic ICT faces at {SIZE}^2 ({detector}), yaw within +-{YAW_MAX_DEG:.0f} deg (baseline: mean shape, pose only)",
     )
+    return {
+        "detector": detector,
+        "synthetic": summary,
+        "synthetic_rows": rows,
+        "real_photos": photos,
+        "real_photos_all_pass": all(r["pass"] for r in photos),
+        "real_photos_worst_ict_residual_iod": max(r["ict_residual_iod"] for r in photos),
+        "timings": tim,
+    }
+
+
+def acceptance_table(results: dict[str, dict]) -> list[dict]:
+    """Issue 13's acceptance figures, one column per detector."""
+    rows = []
+    keys = [
+        ("synthetic mesh RMSE mm (median)", lambda r: r["synthetic"]["rmse_mm_median"], "<= dlib"),
+        ("synthetic expression MAE", lambda r: r["synthetic"]["expr_mae_mean"], "<= dlib"),
+        ("detection rate (synthetic)", lambda r: r["synthetic"]["detection_rate"], ""),
+        ("68-pt detections vs GT / IOD", lambda r: r["synthetic"]["dlib_err_iod_median"], ""),
+        (
+            "worst real-photo residual / IOD",
+            lambda r: r["real_photos_worst_ict_residual_iod"],
+            "< 0.03",
+        ),
+        (
+            "driving landmarks + fit ms (median)",
+            lambda r: r["timings"]["driving_ms_median"],
+            "<= 10",
+        ),
+        ("  of which tracking ms", lambda r: r["timings"]["driving_track_ms_median"], ""),
+        ("source fit s (512^2, median)", lambda r: r["timings"]["source_fit_s_median"], "< 1.5"),
+    ]
+    for name, get, target in keys:
+        row = {"metric": name, "target": target}
+        for det, r in results.items():
+            row[det] = get(r)
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    from jr2net.face.landmarks import DEFAULT_DETECTOR, DETECTOR_LICENCES, DETECTORS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100, help="synthetic faces (default 100)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument(
+        "--detector",
+        choices=[*DETECTORS, "both"],
+        default="both",
+        help="landmark detector(s) to benchmark (default both, side by side)",
+    )
+    args = ap.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+
+    detectors = list(DETECTORS) if args.detector == "both" else [args.detector]
+    results = {d: run_detector(d, args.n, args.seed) for d in detectors}
+    print_table(
+        acceptance_table(results),
+        ["metric", *detectors, "target"],
+        "Issue 13 acceptance: MediaPipe vs dlib (one thread; machine load affects timings)",
+    )
+    main_det = DEFAULT_DETECTOR if DEFAULT_DETECTOR in results else detectors[0]
+    top = {k: v for k, v in results[main_det].items()}
     write_results(
         "fitting",
         {
-            "synthetic": summary,
-            "synthetic_rows": rows,
-            "real_photos": photos,
-            "real_photos_all_pass": all(r["pass"] for r in photos),
-            "timings": tim,
+            **top,
+            "detector_licence": DETECTOR_LICENCES[main_det],
+            "by_detector": {
+                d: {k: v for k, v in r.items() if k != "synthetic_rows"} for d, r in results.items()
+            },
+            "acceptance": acceptance_table(results),
             "targets": {
                 "rmse_mm_median": 2.0,
                 "source_fit_s": 1.5,

@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--dat", type=Path, default=None, help="dlib .dat (default: installed package)")
     p.add_argument("--out", type=Path, default=None, help="output .pt (default: user cache)")
 
+    p = sub.add_parser(
+        "mediapipe",
+        help="extract MediaPipe's face detector and mesh (.tflite, Apache-2.0) from its PyPI wheel",
+    )
+    p.add_argument("--wheel", type=Path, default=None, help="a downloaded mediapipe wheel")
+    p.add_argument("--out", type=Path, default=None, help="folder (default: cache)")
+
     sub.add_parser("list", help="list the face models the lookup can find")
 
     p = sub.add_parser("info", help="which face model the lookup picks and why, with its sizes")
@@ -117,6 +124,24 @@ def _fetch(args: argparse.Namespace) -> int:
         return _error(str(exc))
     out = model.save_npz(args.out or default_model_path())
     print(f"imported {model} -> {out} (sha256 {model.sha256[:16]})")
+    return 0
+
+
+def _mediapipe(args: argparse.Namespace) -> int:
+    from jr2net.face.mediapipe_assets import (
+        LICENCE,
+        MediaPipeModelsError,
+        fetch_mediapipe_models,
+        mediapipe_models_dir,
+    )
+
+    try:
+        shas = fetch_mediapipe_models(args.wheel, args.out)
+    except MediaPipeModelsError as exc:
+        return _error(str(exc))
+    for name, sha in shas.items():
+        print(f"{name:42s} sha256 {sha}")
+    print(f"-> {args.out or mediapipe_models_dir()} ({LICENCE}; LICENSE and MANIFEST.json beside)")
     return 0
 
 
@@ -197,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
             return _fetch(args)
         if action == "face-id":
             return _face_id(args)
+        if action == "mediapipe":
+            return _mediapipe(args)
         if action == "list":
             choice = resolve_face_model(None)
             rows = [("generic", "built-in generic template (generated from code)")]
@@ -220,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     except (FaceModelError, OSError, ValueError) as exc:
         return _error(str(exc))
     print(
-        "usage: jr2net assets {import-ict,import-bfm,fetch,face-id,list,info,write-csv} …",
+        "usage: jr2net assets {import-ict,import-bfm,fetch,face-id,mediapipe,list,info,write-csv} …",
         file=sys.stderr,
     )
     return 2

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 MAP_VERSION = 1
 DENSE_SEED = 1  # disjoint from the fitting benchmark's seed 0
 SIZE = 256
+# Total weight of the mesh term relative to the 68 landmarks' (chosen on seed-1 renders).
+DENSE_WEIGHT = 1.0
+# Dense points the driving fitter keeps (best weighted): its per-frame time budget.
+DRIVING_DENSE_POINTS = 100
 
 
 @dataclass
@@ -156,3 +160,57 @@ def dense_map(model: FaceModel, n: int = 40) -> DenseMap:
     np.savez(tmp, vertices=m.vertices, weights=m.weights, rms_iod=m.rms_iod, meta=meta)
     tmp.replace(path)
     return m
+
+
+# ---- the solver's side ------------------------------------------------------------------------
+
+
+def dense_target(
+    solver, model: FaceModel, detection, w_dense: float, max_points: int | None = None
+) -> dict:
+    """``LandmarkSolver.solve`` keyword arguments of the dense term for ``detection`` (empty
+    without a mesh); enables the solver's dense rows from the model's map on first use, keeping
+    the ``max_points`` best-weighted points when given (the driving fitter's time budget)."""
+    dense = getattr(detection, "dense", None)
+    if dense is None or w_dense <= 0:
+        return {}
+    if solver.dense_rows is None:
+        m = dense_map(model)
+        w = m.weights.copy()
+        if max_points is not None and max_points < int((w > 0).sum()):
+            w[np.argsort(-w)[max_points:]] = 0.0
+        solver.enable_dense(m.vertices, w)
+    return {"dense_target": np.asarray(dense, np.float64)[:, :2], "w_dense": float(w_dense)}
+
+
+def dense_terms(
+    solver, dense_target: np.ndarray | None, w_dense: float, lw_sum: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Solver rows, targets ``[D,2]`` and weights of the used dense points (total weight
+    ``w_dense * lw_sum``), or None without a dense term."""
+    if dense_target is None or w_dense <= 0:
+        return None
+    if solver.dense_rows is None or solver.dense_weights is None:
+        raise ValueError("dense_target given but the solver has no dense rows (enable_dense)")
+    dense_target = np.asarray(dense_target, np.float64)[:, :2]
+    if len(dense_target) != len(solver.dense_rows):
+        raise ValueError(
+            f"dense_target has {len(dense_target)} points, the solver {len(solver.dense_rows)}"
+        )
+    use = solver.dense_weights > 0
+    dw = solver.dense_weights[use]
+    dw = dw * (w_dense * lw_sum / max(float(dw.sum()), 1e-12))
+    return solver.dense_rows[use], dense_target[use], dw
+
+
+def landmark_weights(detection) -> np.ndarray:
+    """Per-landmark solver weights for ``detection``'s 68 points: the mesh-derived ones
+    (:data:`jr2net.face.mediapipe_map.MESH_LANDMARK_WEIGHTS`) for a MediaPipe detection, else
+    ``LANDMARK_WEIGHTS`` (tuned for dlib)."""
+    if getattr(detection, "dense", None) is None:
+        from jr2net.face.fitting.solver import LANDMARK_WEIGHTS
+
+        return LANDMARK_WEIGHTS.copy()
+    from jr2net.face.mediapipe_map import MESH_LANDMARK_WEIGHTS
+
+    return MESH_LANDMARK_WEIGHTS.astype(np.float64)

@@ -175,6 +175,30 @@ MAP68_WEIGHT = np.array([
 # fmt: on
 
 
+# RMS error / IOD of each derived landmark on the derivation renders, and the solver weights that
+# follow from it: (eye-corner mean / max(rms, 0.03))^2, capped at 1 (jaw ~0.1, brows ~0.6, eyes 1).
+# On seed-1 renders these weights take the fit from 2.02 to 1.58 mm median mesh RMSE (vs the
+# dlib-tuned LANDMARK_WEIGHTS).
+# fmt: off
+MAP68_RMS_IOD = np.array([
+    0.079, 0.084, 0.122, 0.117, 0.123, 0.115, 0.093, 0.117, 0.128, 0.119, 0.095, 0.107,
+    0.108, 0.105, 0.112, 0.084, 0.082, 0.049, 0.042, 0.038, 0.037, 0.034, 0.039, 0.045,
+    0.045, 0.045, 0.047, 0.032, 0.034, 0.039, 0.047, 0.052, 0.046, 0.044, 0.045, 0.051,
+    0.037, 0.041, 0.036, 0.029, 0.028, 0.034, 0.027, 0.035, 0.039, 0.032, 0.033, 0.028,
+    0.062, 0.056, 0.057, 0.059, 0.054, 0.051, 0.057, 0.090, 0.103, 0.111, 0.103, 0.091,
+    0.065, 0.073, 0.080, 0.073, 0.060, 0.101, 0.113, 0.102,
+])
+MESH_LANDMARK_WEIGHTS = np.array([
+    0.18, 0.16, 0.07, 0.08, 0.07, 0.08, 0.13, 0.08, 0.07, 0.08, 0.12, 0.10,
+    0.09, 0.10, 0.09, 0.16, 0.17, 0.45, 0.63, 0.78, 0.82, 0.94, 0.73, 0.56,
+    0.54, 0.56, 0.50, 1.00, 0.95, 0.71, 0.50, 0.42, 0.53, 0.58, 0.55, 0.42,
+    0.80, 0.67, 0.87, 1.00, 1.00, 0.98, 1.00, 0.90, 0.71, 1.00, 1.00, 1.00,
+    0.29, 0.35, 0.34, 0.32, 0.38, 0.43, 0.34, 0.14, 0.10, 0.09, 0.10, 0.13,
+    0.26, 0.21, 0.18, 0.21, 0.30, 0.11, 0.09, 0.11,
+])
+# fmt: on
+
+
 def landmarks68_from_mesh(mesh_xy: np.ndarray) -> np.ndarray:
     """The 68 iBUG landmarks ``[68, 2]`` of mesh points ``[468, >=2]`` (same coordinates)."""
     pts = np.asarray(mesh_xy, dtype=np.float64)
