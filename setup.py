@@ -151,6 +151,7 @@ setup(
         "av>=12",
         "dlib-bin>=19.24",
         "face-recognition-models>=0.3",
+        "ai-edge-litert>=1.2",  # MediaPipe face detector + mesh (.tflite)
         "grpcio>=1.60",
         "protobuf>=5.26",  # runtime of the generated jr2net.protocol._generated modules
         "grpcio-health-checking>=1.60",

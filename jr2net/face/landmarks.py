@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -437,3 +438,57 @@ class LandmarkTracker:
         self._last = det
         self._since_verify = 0
         return det
+
+
+# ---------------------------------------------------------------------------------------------
+# Detector choice: dlib (this module) or MediaPipe (jr2net.face.mediapipe)
+
+DETECTORS = ("mediapipe", "dlib")
+DEFAULT_DETECTOR = "dlib"
+DETECTOR_ENV_VAR = "JR2NET_DETECTOR"
+DETECTOR_LICENCES = {
+    "mediapipe": "MediaPipe face detector + 468-point face mesh, Apache-2.0",
+    "dlib": "dlib HOG detector + 68-point predictor trained on iBUG 300-W: non-commercial use only",
+}
+
+
+def resolve_detector(name: str | None = None) -> str:
+    """The detector to use: ``name``, else ``$JR2NET_DETECTOR``, else ``DEFAULT_DETECTOR``."""
+    choice = (name or os.environ.get(DETECTOR_ENV_VAR, "").strip() or DEFAULT_DETECTOR).lower()
+    if choice not in DETECTORS:
+        raise ValueError(f"unknown face detector {choice!r}; choose one of {', '.join(DETECTORS)}")
+    return choice
+
+
+def detector_description(name: str | None = None) -> str:
+    """One line naming the detector in use and its licence (printed by the CLI and server)."""
+    d = resolve_detector(name)
+    return f"face detector: {d} ({DETECTOR_LICENCES[d]})"
+
+
+def find_faces(image: np.ndarray, detector: str | None = None) -> list[FaceDetection]:
+    """All faces, largest first, with the chosen detector (MediaPipe's carry a ``dense`` mesh)."""
+    if resolve_detector(detector) == "mediapipe":
+        from jr2net.face import mediapipe
+
+        return list(mediapipe.detect_faces(image))
+    return detect_faces(image)
+
+
+def find_largest_face(image: np.ndarray, detector: str | None = None) -> FaceDetection:
+    """The largest face with the chosen detector; raises NoFaceError when there is none."""
+    dets = find_faces(image, detector)
+    if not dets:
+        raise NoFaceError("no face found in the image")
+    if len(dets) > 1:
+        log.warning("several faces (%d): the largest is used", len(dets))
+    return dets[0]
+
+
+def make_tracker(detector: str | None = None):
+    """A per-video tracker for the chosen detector (``LandmarkTracker`` or ``MeshTracker``)."""
+    if resolve_detector(detector) == "mediapipe":
+        from jr2net.face.mediapipe import MeshTracker
+
+        return MeshTracker()
+    return LandmarkTracker()
