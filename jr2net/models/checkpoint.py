@@ -81,7 +81,7 @@ class RecNetFitter:
         step: int | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        from jr2net.training.losses import ModelLandmarks
+        from jr2net.training.model_landmarks import ModelLandmarks
 
         # channels_last: ~25 % faster CPU inference of the convolutions (same results).
         self.net = net.eval().to(device, memory_format=torch.channels_last)
