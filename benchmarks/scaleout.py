@@ -195,7 +195,7 @@ def run_scaleout(kill: str = "term", streams: int = 4, frames: int = 150, fps: f
     """One scenario on a fresh cluster (see the module docstring); the report."""
     if kill not in ("term", "kill"):
         raise ValueError(f"kill must be 'term' or 'kill', got {kill!r}")
-    with cluster(max_sessions=max(4, streams)) as c:
+    with cluster(max_sessions=max(4, streams, after)) as c:
         report = asyncio.run(_scenario(c, kill, streams, frames, fps, after))
     report["load_average"] = list(os.getloadavg())
     return report

@@ -44,6 +44,8 @@ from jr2net.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
 
+DRAIN_EOF_GRACE_S = 2.0  # a draining stream waits this long for the client to half-close
+
 
 @dataclass
 class OutputSpec:
@@ -131,6 +133,7 @@ class StreamSession:
         self._space = asyncio.Event()
         self._space.set()
         self.draining = False
+        self._grace_over = False
         self.eof = False
         self.last_activity = self._loop.time()
         # Result of the stream: None = ended normally, else (status code, details).
@@ -198,18 +201,26 @@ class StreamSession:
         self._work.set()
 
     def begin_drain(self) -> None:
-        """Stop admitting frames; the stream ends UNAVAILABLE once admitted frames are answered."""
+        """Stop admitting frames; the stream ends UNAVAILABLE once admitted frames are answered
+        and the client has half-closed (it stops writing at the first UNAVAILABLE reply), or
+        ``DRAIN_EOF_GRACE_S`` after the drain began: ending it while the client still writes
+        would turn the status into INTERNAL on the client's side."""
         self.draining = True
+        self._loop.call_later(DRAIN_EOF_GRACE_S, self._end_grace)
+        self._check_done()
+
+    def _end_grace(self) -> None:
+        self._grace_over = True
         self._check_done()
 
     def _check_done(self) -> None:
-        if self.finished.done():
+        if self.finished.done() or self.replies:
             return
-        if self.eof and not self.replies:
-            self.finished.set_result(None)
-        elif self.draining and not self.replies:
+        if self.draining and (self.eof or self._grace_over):
             self.finished.set_result((grpc.StatusCode.UNAVAILABLE,
                                       "server is draining; reconnect to another replica"))
+        elif self.eof and not self.draining:
+            self.finished.set_result(None)
 
     # ---- coroutines ----------------------------------------------------------------------------
 
