@@ -150,7 +150,7 @@ def decode_detections(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Boxes ``[N, 4]`` (x0, y0, x1, y1), keypoints ``[N, 6, 2]`` (normalised) and scores above
     ``min_score``, before suppression."""
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits, -100.0, 100.0)))
+    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.astype(np.float64), -100.0, 100.0)))
     keep = np.flatnonzero(scores >= min_score)
     r = reg[keep].astype(np.float64) / DET_SIZE
     a = _ANCHORS[keep]
