@@ -165,34 +165,81 @@ class DCNetStageConfig(TrainConfig):
 
 @dataclass
 class SynthesizeConfig:
-    """Synthesis of expression-specific image/coefficient pairs with RecNet + DCNet (no training)."""
+    """Expression-specific generation with DCNet (no training): each cached source frame keeps
+    its shape, pose and light, and takes a driving expression from the configured sources."""
 
     n_pairs: int = 10000
     batch_size: int = 16
-    expression_source: Literal["prior", "arkit", "tracks"] = "prior"
+    # Where the driving expressions come from, drawn in turn: fitted video tracks of the prepare
+    # cache, the large-expression prior, rows of the Live Link Face CSVs in csv_takes.
+    sources: list[Literal["tracks", "prior", "csv"]] = field(
+        default_factory=lambda: ["tracks", "prior"]
+    )
+    csv_takes: list[str] = field(default_factory=list)  # Live Link Face CSV files
+    csv_fps: float = 60.0
+    dcnet_checkpoint: str = ""  # '' = RUN/dcnet/best.pt
+    shard_size: int = 512  # pairs per shard file
+    sheet_tiles: int = 24  # pairs shown on RUN/synthesize/contact_sheet.png
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_pairs < 1 or self.batch_size < 1 or self.shard_size < 1:
+            raise ConfigError("synthesize.n_pairs, batch_size and shard_size must be >= 1")
+        if not self.sources:
+            raise ConfigError("synthesize.sources: name at least one of tracks, prior, csv")
+        if "csv" in self.sources and not self.csv_takes:
+            raise ConfigError("synthesize.sources has 'csv' but synthesize.csv_takes is empty")
 
 
 @dataclass
 class ETNetStageConfig(TrainConfig):
-    """ETNet: expression transfer from driving to source coefficients."""
+    """ETNet: a ResNet regressing expression β from the face crop (data.crop_size), trained with
+    the activation loss on renderer-synthetic pairs plus, when RUN/synthesize exists, DCNet's."""
 
-    hidden: int = 512
-    n_layers: int = 4
-    eval_metric: str = "coeff_l2"
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet34"
+    width: float = 1.0
+    synthesized_fraction: float = 0.5  # share of DCNet-synthesized pairs (when they exist)
+    synthetic_size: int = 2000  # distinct renderer-synthetic faces
+    p_large: float = 0.5  # their expressions: large-expression prior, fitted tracks, else sparse
+    p_track: float = 0.3
+    w_l1: float = 0.0  # an optional plain L1 term beside the activation loss
+    heldout_size: int = 64  # the held-out large-expression synthetic set ...
+    heldout_seed: int = 1001  # ... on its own seed (never the fitting benchmark's 0)
+    augment_shift: float = 0.03
+    augment_scale: float = 0.03
+    augment_color: float = 0.1
+    eval_metric: str = "expression_mae"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("synthesized_fraction", "p_large", "p_track"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
+        if self.p_large + self.p_track > 1.0:
+            raise ConfigError("p_large + p_track must be <= 1")
+        if self.synthetic_size < 1 or self.heldout_size < 1:
+            raise ConfigError("synthetic_size and heldout_size must be >= 1")
 
 
 @dataclass
 class RecAugNetStageConfig(RecNetStageConfig):
-    """RecAugNet: RecNet retrained with the synthesized pairs added."""
+    """RecAugNet: RUN/recnet/best.pt with its expression head replaced by RUN/etnet/best.pt,
+    fine-tuned with RecNet's losses on RecNet's data plus the expression pairs."""
 
-    augmented_fraction: float = 0.5
+    augmented_fraction: float = 0.3  # share of the expression pairs in the training epoch
+    init_from_recnet: bool = True  # start from RUN/recnet/best.pt (else from scratch)
+    large_heldout: bool = True  # also score expression MAE on ETNet's held-out large set
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.augmented_fraction < 1.0:
+            raise ConfigError(f"augmented_fraction: must be in [0, 1), got {self.augmented_fraction}")
 
 
 @dataclass
-class AblationStageConfig(TrainConfig):
-    """An ablation of the cascade (baseline, reccopynet, recdatanet); later issues add fields."""
-
-    eval_metric: str = "l1"
+class AblationStageConfig(RecAugNetStageConfig):
+    """An ablation of the cascade (baseline, reccopynet, recdatanet): RecAugNet's settings; each
+    stage reads the ones it uses (see training/README.md)."""
 
 
 @dataclass

@@ -441,3 +441,16 @@ def feature_matching_loss(real: list[list[Tensor]], fake: list[list[Tensor]]) ->
         p for fr, ff in zip(real, fake, strict=True) for p in zip(fr[:-1], ff[:-1], strict=True)
     ]
     return torch.stack([F.l1_loss(b, a.detach()) for a, b in pairs]).mean()
+
+
+# ---- ETNet ---------------------------------------------------------------------------------------
+
+
+def activation_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """The seed's activation loss of expressions ``[B,E]``: mean over samples and dimensions of
+    ``|max(β, β_gt)·(β − β_gt)|``: errors weigh by how active the shape is (in either), so the
+    many inactive shapes of a sparse expression cost little and extreme ones most."""
+    if pred.shape != target.shape or pred.dim() != 2:
+        raise ValueError(f"pred and target must be the same [B,E], got {pred.shape}, {target.shape}")
+    target = target.to(pred)
+    return (torch.maximum(pred, target) * (pred - target)).abs().mean()
