@@ -46,6 +46,29 @@ class CameraRecAugNet(RecAugNet):
     def to_image_camera(self, coeffs, K_actual):  # noqa: ANN001, ANN201
         return self.recnet.to_image_camera(coeffs, K_actual)
 
+    @property
+    def n_identity(self) -> int:
+        return self.recnet.n_identity
+
+
+def load_cascade_net(path, face_model):  # noqa: ANN001, ANN201
+    """The network of a recnet / recaugnet / ablation checkpoint for inference (eval mode):
+    a RecNet, or a ``CameraRecAugNet`` (both fit photos through ``RecNetFitter``)."""
+    from jr2net.models.checkpoint import build_recnet
+
+    from ..checkpoints import check_face_model, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    check_face_model(ckpt, face_model.sha256, path)
+    spec, models = ckpt["model_spec"], ckpt["models"]
+    if spec.get("kind") == "recaugnet":
+        net = CameraRecAugNet(build_recnet(face_model, spec["recnet"]), build_etnet(spec["etnet"]))
+        net.load_state_dict(models["recaugnet"])
+    else:
+        net = build_recnet(face_model, spec)
+        net.load_state_dict(models["recnet"])
+    return net.eval()
+
 
 class _Tagged(Dataset):
     """``base`` with every sample's ``source`` set to ``tag`` (to tell sets apart in a batch)."""
