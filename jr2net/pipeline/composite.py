@@ -88,11 +88,13 @@ class Compositor:
     ) -> np.ndarray:
         """Paste the face crop (feathered) over the source background warped by the head motion.
 
+        ``face`` is ``[1,3,s,s]``: the render crop (s = ``crop``) or any square size (it is
+        resampled to the box); ``valid``, ``points`` and ``depth`` are at the crop's size.
+
         The background moves with the head's rigid motion (extrapolated over the whole box, so hair,
         ears and neck follow it) plus the non-rigid face motion near the face only (so the jaw
         drags the skin just below it, not the collar).
         """
-        S = self.crop
         Ho, Wo = self.out_hw
         x0, y0, side = box
         alpha = feather(valid, self.feather_radius)
@@ -126,15 +128,18 @@ class Compositor:
         else:
             region = self.bg255[:, :, fy0:fy1, fx0:fx1].clone()
 
-        # Face layer (crop resampled to its box in the output frame), clipped to the region.
+        # Face layer (crop resampled to its box in the output frame), clipped to the region. A
+        # face given at another size than the crop (e.g. already at box size) gets the mask's size.
+        if face.shape[-2:] != alpha.shape[-2:]:
+            alpha = F.interpolate(alpha, size=face.shape[-2:], mode="bilinear", align_corners=False)
         layer = torch.cat([face, alpha], dim=1)
-        if side != S:
+        if layer.shape[-1] != side or layer.shape[-2] != side:
             layer = F.interpolate(
                 layer,
                 size=(side, side),
                 mode="bilinear",
                 align_corners=False,
-                antialias=side < 0.6 * S,
+                antialias=side < 0.6 * layer.shape[-1],
             )
         lx0, ly0 = max(x0, fx0), max(y0, fy0)
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
@@ -195,22 +200,24 @@ class Compositor:
         """
         x0, y0, side = box
         inner = self.field_inner
-        # rasterize and interpolate give zeros off the mesh (DESIGN §4): no premultiplying.
-        cells = F.adaptive_avg_pool2d(
-            torch.cat([valid, points.permute(0, 3, 1, 2), depth.unsqueeze(1)], 1), inner
-        )
-        w_cell = cells[:, :1]
-        cells = cells[:, 1:] / w_cell.clamp_min(1e-6)
-        p_src = project_points(cells[:, :3].permute(0, 2, 3, 1).reshape(1, -1, 3), self.K_out[None])
-        p_tgt = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # [n,n,2]
-        rays = (
-            torch.cat([p_tgt, torch.ones(inner, inner, 1)], -1).reshape(-1, 3) @ self._K_out_inv.T
-        )
+        S = valid.shape[-1]
+        # Per crop pixel (exact where the head is still: both displacements are then zero), then
+        # averaged over the face cells. rasterize/interpolate give zeros off the mesh (DESIGN §4).
+        u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
+        p_tgt = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1).view(-1, 2)
+        p_src = project_points(points.reshape(1, -1, 3), self.K_out[None])[0]
+        rays = torch.cat([p_tgt, torch.ones(S * S, 1)], -1) @ self._K_out_inv.T
         R, t = pose
-        X_m = camera_to_model(rays * cells[0, 3].reshape(-1, 1), R, t)  # target point, model space
-        p_rig = project_points(pose_points(X_m, self.R_src, self.t_src), self.K_out[None])
-        full = p_src[0].view(inner, inner, 2) - p_tgt
-        rigid = p_rig[0].view(inner, inner, 2) - p_tgt
+        X_m = camera_to_model(rays * depth.reshape(-1, 1), R, t)  # target point, model space
+        p_rig = project_points(pose_points(X_m, self.R_src, self.t_src), self.K_out[None])[0]
+        m = valid.reshape(-1, 1)
+        disp = torch.cat([(p_rig - p_tgt) * m, (p_src - p_rig) * m, m], -1)
+        disp = torch.nan_to_num_(disp).T.reshape(1, 5, S, S)
+        cells = F.adaptive_avg_pool2d(disp, inner)
+        w_cell = cells[:, 4:5]
+        cells = cells[:, :4] / w_cell.clamp_min(1e-6)
+        rigid = cells[0, 0:2].permute(1, 2, 0)
+        full = rigid + cells[0, 2:4].permute(1, 2, 0)
         w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
         face = torch.cat([rigid.permute(2, 0, 1), (full - rigid).permute(2, 0, 1)], 0)[None]
         face = torch.cat([face * w_cell, w_cell], 1)  # [1,5,n,n], displacements premultiplied

@@ -36,6 +36,11 @@ the small stage functions are ``jr2net.pipeline.stages``. Stages and their docum
   raise TypeError / ValueError. A target head far outside the frame (or filling it many times
   over) is drawn as the plain background.
 
+- **temporal filter** (``options.extra["temporal_filter"]``: ``1``, default, or ``0``): the
+  driving fit's angles, translation and expression go through a One-Euro filter
+  (``jr2net.pipeline.filters``, settings documented there) before recombination, so a still
+  driving head gives a still output; a lost face resets it.
+
 ``options.extra`` also accepts ``feather`` (mask feather radius in crop pixels, default crop/64)
 and ``background_warp`` (``1``/``0``).
 """
@@ -60,6 +65,7 @@ from jr2net.ops import correspondence_warp, interpolate, rasterize
 from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 from jr2net.pipeline.composite import Compositor
+from jr2net.pipeline.filters import PoseExpressionFilter
 from jr2net.pipeline.recombine import (
     EXPRESSION_MODES,
     POSE_MODES,
@@ -137,6 +143,12 @@ class GeometricSession:
                 f"options.extra['expression'] must be 'relative' or 'absolute', got {self.expression_mode!r}"
             )
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
+        self.full_res = extra.get("full_res_face", "1") not in ("0", "false", "no")
+        self.pose_filter = (
+            PoseExpressionFilter()
+            if extra.get("temporal_filter", "1") not in ("0", "false", "no")
+            else None
+        )
         self.model = reenactor.model
         self.mesh: st.RenderMesh = reenactor.render_model
         self.faces = self.mesh.faces
@@ -278,6 +290,11 @@ class GeometricSession:
             else:
                 timings["track"] = t1 - t_start
             target = None
+            if self.pose_filter is not None:
+                if fit is None or not is_finite(fit.coeffs):
+                    self.pose_filter.reset()
+                else:
+                    fit = self.pose_filter(fit)
             if fit is not None and is_finite(fit.coeffs):
                 target, normals = self._recombine(fit)
                 t2 = _now()
@@ -363,7 +380,10 @@ class GeometricSession:
         # -- fill the non-covisible face pixels
         fill = planes[:, 0:3] * ratio_map
         cov_soft = st.box_blur3(covisible).mul_(covisible)
-        face = fill + cov_soft * (relit - fill)
+        if self.full_res:
+            face = self._full_res_face(points, valid, fill, ratio_map, cov_soft, box)
+        else:
+            face = fill + cov_soft * (relit - fill)
         t6 = _now()
         timings["fill"] = t6 - t5
 
@@ -372,6 +392,42 @@ class GeometricSession:
         timings["composite"] = _now() - t6
         return image
 
+
+    def _full_res_face(
+        self,
+        points: Tensor,
+        valid: Tensor,
+        fill: Tensor,
+        ratio: Tensor,
+        cov_soft: Tensor,
+        box: tuple[int, int, int],
+    ) -> Tensor:
+        """The face layer at its box's size ``[1,3,side,side]``: the warp's source points,
+        projected into the source photo and upsampled (a smooth field), sample the full-size
+        photo once, so the face keeps the photo's sharpness and a still head returns the photo
+        itself; relight ratio, fill colours and co-visibility are upsampled from the crop."""
+        S = self.crop
+        Ho, Wo = self.out_hw
+        x0, y0, side = box
+        p = project_points(points.view(1, -1, 3), self.K_out[None])[0].view(S, S, 2)
+        # Off the mesh: the target pixel itself (the mask hides it; keeps the field smooth).
+        u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
+        own = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1)
+        on = valid[0, 0, :, :, None] > 0
+        p = torch.where(on, p, own)
+        grid = torch.stack([(2 * p[..., 0] + 1) / Wo - 1, (2 * p[..., 1] + 1) / Ho - 1], 0)
+        planes = torch.cat([grid[None], fill, ratio, cov_soft], 1)
+        if side != S:
+            planes = F.interpolate(
+                planes, size=(side, side), mode="bilinear", align_corners=False,
+                antialias=side < 0.6 * S,
+            )  # fmt: skip
+        photo = F.grid_sample(
+            self.bg, planes[:, 0:2].permute(0, 2, 3, 1), mode="bilinear",
+            padding_mode="border", align_corners=False,
+        )  # fmt: skip
+        fill_up, ratio_up, cov_up = planes[:, 2:5], planes[:, 5:8], planes[:, 8:9]
+        return fill_up + cov_up * (photo * ratio_up - fill_up)
 
     def close(self) -> None:
         """Release per-session state (buffers, tracker)."""
