@@ -140,3 +140,30 @@ def test_assets_write_csv_writes_a_ten_second_take(tmp_path):
     take = read_live_link_csv(out)
     assert len(take) == 600 and take.duration == pytest.approx(10.0)
     assert take.arkit.max() > 0.5  # large expressions, not a neutral track
+
+
+def test_reenact_driving_csv_writes_one_frame_per_row(tmp_path, images_dir):
+    from jr2net.io.video import VideoReader
+
+    beta, head = sample_take(NAMES, seconds=1.0, fps=12, seed=2)
+    csv = write_live_link_csv(tmp_path / "take.csv", beta, NAMES, fps=12, head=head)
+    out = tmp_path / "out.mp4"
+    cmd = [sys.executable, "-m", "jr2net.cli", "reenact", "--source", str(images_dir / "biden.jpg"),
+           "--driving-csv", str(csv), "--csv-fps", "12", "--out", str(out), "--face-model", "ict",
+           "--crop-size", "128"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    with VideoReader(out) as reader:
+        frames = list(reader)
+    assert len(frames) == 12
+    # The take opens the mouth and moves the head: the output frames are not all the same.
+    assert max(np.abs(f.astype(int) - frames[0].astype(int)).mean() for f in frames) > 0.5
+
+
+def test_reenact_driving_csv_reports_a_bad_take_by_line_and_column(tmp_path, images_dir):
+    bad = _write(tmp_path / "bad.csv", [HEADER, _row(value=2.0)])
+    cmd = [sys.executable, "-m", "jr2net.cli", "reenact", "--source", str(images_dir / "biden.jpg"),
+           "--driving-csv", str(bad), "--out", str(tmp_path / "o.mp4"), "--face-model", "ict"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert "bad.csv:2, column EyeBlinkLeft: 2 is outside [0, 1]" in res.stderr

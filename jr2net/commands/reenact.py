@@ -20,7 +20,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="source face image (JPEG/PNG)")
-    parser.add_argument("--driving", required=True, help="driving video (its audio is kept)")
+    parser.add_argument("--driving", help="driving video (its audio is kept)")
+    parser.add_argument("--driving-csv", metavar="CSV",
+                        help="drive by a Live Link Face take instead (docs/mocap.md): one output "
+                             "frame per row, in-process geometric path")
+    parser.add_argument("--csv-fps", type=float, default=60.0,
+                        help="frame rate of the take's timecodes (Live Link Face: 60)")
     parser.add_argument("--out", required=True, help="output H.264 mp4")
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="server to use; default: start one in-process on 127.0.0.1 (port 0)")
@@ -58,6 +63,11 @@ def run(args: argparse.Namespace) -> int:
     from jr2net.clients.reenact import reenact_video
     from jr2net.errors import JR2NetError
 
+    if bool(args.driving) == bool(args.driving_csv):
+        print("jr2net reenact: give one of --driving VIDEO or --driving-csv CSV", file=sys.stderr)
+        return 2
+    if args.driving_csv:
+        return _reenact_csv(args)
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
@@ -92,3 +102,23 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary.to_dict(), indent=2))
     return 0 if not summary.errors else 1
+
+def _reenact_csv(args: argparse.Namespace) -> int:
+    """``--driving-csv``: the source driven by a motion-capture take (jr2net.pipeline.mocap)."""
+    import json
+    import sys
+
+    from jr2net.errors import JR2NetError
+    from jr2net.io.images import load_image
+    from jr2net.pipeline.mocap import reenact_take
+
+    try:
+        summary = reenact_take(
+            load_image(args.source), args.driving_csv, args.out, csv_fps=args.csv_fps,
+            face_model=args.face_model, crop_size=args.crop_size, max_frames=args.max_frames,
+        )  # fmt: skip
+    except (FileNotFoundError, ValueError, JR2NetError) as exc:
+        print(f"jr2net reenact: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
