@@ -344,3 +344,17 @@ def test_coefficients_select_cat_and_detach(ict: FaceModel) -> None:
     c.requires_grad_(["expression"])
     assert c.expression.requires_grad and not c.detach().expression.requires_grad
     assert one.expand(4).batch_size == 4
+
+
+def test_albedo_first_built_under_inference_mode_still_supports_autograd():
+    import torch
+
+    from jr2net.face.model import load_face_model
+
+    model = load_face_model("generic")
+    model._albedo = None  # force a fresh build inside inference mode
+    with torch.inference_mode():
+        model.albedo  # noqa: B018
+    coeffs = torch.zeros(1, model.n_albedo, requires_grad=True)
+    model.albedo.colors(coeffs).sum().backward()
+    assert coeffs.grad is not None and torch.isfinite(coeffs.grad).all()

@@ -215,3 +215,13 @@ def test_mixed_precision_path_trains_and_resumes_the_scaler(tmp_path: Path) -> N
     assert ctx.scaler.get_scale() == 1024.0
     bf16 = Trainer("toy", cfg, tmp_path / "bf16", ctx=_amp_ctx(torch.bfloat16)).run()
     assert bf16["status"] == "done"
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.9])
+def test_a_truncated_checkpoint_is_refused_as_not_a_checkpoint(tmp_path: Path, keep: float) -> None:
+    Trainer("toy", toy_config(**{"recnet.steps": 2}), tmp_path).run()
+    data = (tmp_path / "toy" / "last.pt").read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError, match="not a JR2Net checkpoint"):
+        load_checkpoint(bad)

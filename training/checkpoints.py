@@ -71,6 +71,7 @@ def load_checkpoint(
         ValueError,
         KeyError,
         AttributeError,
+        OSError,  # a truncated zip archive
     ) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"not a JR2Net checkpoint: {path} ({first})") from None

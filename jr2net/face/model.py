@@ -210,7 +210,10 @@ class FaceModel:
                 if self._albedo is None:
                     if self._albedo_factory is None:
                         raise FaceModelError(f"face model {self.name!r} has no albedo model")
-                    self._albedo = self._albedo_factory().to(self.device)
+                    # Built outside inference mode, so a first use under torch.inference_mode()
+                    # does not leave inference tensors that later autograd code cannot use.
+                    with torch.inference_mode(False):
+                        self._albedo = self._albedo_factory().to(self.device)
         return self._albedo
 
     @property
