@@ -23,7 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-photometric", action="store_true", help="landmarks only (no albedo/light refinement)"
     )
     parser.add_argument("--no-overlay", action="store_true", help="skip the overlay PNG")
+    add_detector_argument(parser)
     add_recnet_arguments(parser)
+
+
+def add_detector_argument(parser: argparse.ArgumentParser) -> None:
+    """``--detector mediapipe|dlib`` (default: $JR2NET_DETECTOR, else the project default)."""
+    from jr2net.face.landmarks import DETECTORS
+
+    parser.add_argument(
+        "--detector",
+        choices=DETECTORS,
+        default=None,
+        help="face landmark detector: mediapipe (Apache-2.0) or dlib (iBUG 300-W, non-commercial)",
+    )
 
 
 REFINE_ITERATIONS = 8  # landmark-solver iterations of --refine
@@ -58,7 +71,8 @@ def build_fitter(args: argparse.Namespace, model, *, photometric: bool = True):
             raise ValueError("--refine needs --recnet CKPT")
         from jr2net.face.fitting import SourceFitter
 
-        return SourceFitter(model, photometric=photometric).fit
+        detector = getattr(args, "detector", None)
+        return SourceFitter(model, photometric=photometric, detector=detector).fit
     from jr2net.models.checkpoint import load_recnet
 
     recnet = load_recnet(args.recnet, model)
@@ -81,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from jr2net.errors import FaceModelError, InvalidImageError, NoFaceError
+    from jr2net.face.landmarks import detector_description
     from jr2net.face.model import load_face_model
     from jr2net.face.overlay import render_fit_overlay
     from jr2net.io.images import load_image, save_image
@@ -91,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
         image = load_image(args.image)
         model = load_face_model(args.face_model)
         fit = build_fitter(args, model, photometric=not args.no_photometric)
+        if args.recnet is None:
+            print(f"jr2net fit: {detector_description(args.detector)}", file=sys.stderr)
     except (FileNotFoundError, InvalidImageError, FaceModelError, CheckpointError, ValueError) as exc:
         print(f"jr2net fit: error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,12 @@ import numpy as np
 import torch
 
 from jr2net.face.camera import default_intrinsics
+from jr2net.face.dense_landmarks import (
+    DENSE_WEIGHT,
+    DRIVING_DENSE_POINTS,
+    dense_target,
+    landmark_weights,
+)
 from jr2net.face.fitting.results import FitResult, LandmarkParams, Timer, params_to_coeffs, safe_iod
 from jr2net.face.fitting.solver import LandmarkSolver
 from jr2net.io.images import check_image
@@ -41,6 +47,9 @@ class DrivingFitter:
         w_smooth: float = 1e-4,
         w_identity: float = 2e-4,
         w_expression_l1: float = 2e-3,
+        detector: str | None = None,
+        w_dense: float = DENSE_WEIGHT,
+        dense_points: int | None = DRIVING_DENSE_POINTS,
     ) -> None:
         if identity is not None:
             if not isinstance(identity, torch.Tensor):
@@ -59,9 +68,12 @@ class DrivingFitter:
         self.w_identity = float(w_identity)
         self.w_expression_l1 = float(w_expression_l1)
         self._given_identity = identity
-        from jr2net.face.landmarks import LandmarkTracker
+        from jr2net.face.landmarks import make_tracker, resolve_detector
 
-        self.tracker = LandmarkTracker()
+        self.detector = resolve_detector(detector)
+        self.w_dense = float(w_dense)
+        self.dense_points = dense_points
+        self.tracker = make_tracker(self.detector)
         self.reset()
 
     def reset(self) -> None:
@@ -94,6 +106,8 @@ class DrivingFitter:
             self._size = (H, W)
             self._params = None
         target = np.asarray(det.landmarks, dtype=np.float64)
+        dense = dense_target(self.solver, self.model, det, self.w_dense, self.dense_points)
+        self.solver.weights = landmark_weights(det)
         if self._identity is None:
             p, info = self.solver.solve(
                 target,
@@ -101,6 +115,7 @@ class DrivingFitter:
                 w_identity=self.w_identity,
                 w_expression=self.w_expression,
                 w_expression_l1=self.w_expression_l1,
+                **dense,
             )
             self._identity = torch.as_tensor(p.alpha, dtype=torch.float32)[None]
         else:
@@ -115,6 +130,7 @@ class DrivingFitter:
                     fit_identity=False,
                     w_expression=self.w_expression,
                     w_expression_l1=self.w_expression_l1,
+                    **dense,
                 )
             else:
                 p, info = self.solver.solve(
@@ -128,6 +144,7 @@ class DrivingFitter:
                     beta_ref=prev.beta,
                     w_smooth=self.w_smooth,
                     w_expression_l1=self.w_expression_l1,
+                    **dense,
                 )
         self._params = p
         coeffs = params_to_coeffs(p, self.model, 0, identity=self._identity)

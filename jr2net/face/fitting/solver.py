@@ -8,7 +8,8 @@ closed-form normal equations on the landmark rows of the bases only. The 2D jaw 
 vertices (a cut through the cheek from the landmark vertex back to the model's
 ``jawline_left/right`` contour) and, every other iteration, the front-facing candidate lying
 furthest outward in the image is the one matched (the occluding contour). Used by both the
-source and the driving fitter.
+source and the driving fitter. Optional dense term (``enable_dense``, ``solve(dense_target=)``): 2D
+points on fixed model vertices (MediaPipe's mesh, :mod:`jr2net.face.dense_landmarks`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from jr2net.face.camera import (
     rotate_to_camera_np,
     so3_exp,
 )
+from jr2net.face.dense_landmarks import dense_terms
 from jr2net.face.fitting.geometry import CHIN, contour_candidates
 from jr2net.face.fitting.results import LandmarkFitInfo, LandmarkParams
 from jr2net.face.mesh import vertex_normals_np
@@ -98,6 +100,26 @@ class LandmarkSolver:
         self.jaw_outward = out / np.linalg.norm(out, axis=1, keepdims=True)
         iod_model = np.linalg.norm(vertices[landmarks68[36]] - vertices[landmarks68[45]])
         self.model_iod = float(iod_model)
+        self.dense_rows: np.ndarray | None = None  # solver rows of the dense points
+        self.dense_weights: np.ndarray | None = None
+        self._arrays = (vertices, faces, identity_basis, expression_basis)
+
+    def enable_dense(self, vertex_ids: np.ndarray, weights: np.ndarray) -> None:
+        """Add rows for the dense points' model vertices ``[D]`` (per-point weights ``[D]``)."""
+        vertex_ids, weights = np.asarray(vertex_ids, np.int64), np.asarray(weights, np.float64)
+        if vertex_ids.shape != weights.shape or vertex_ids.ndim != 1:
+            raise ValueError("dense vertex_ids and weights must be matching 1-D arrays")
+        verts, faces, idb, exb = self._arrays
+        new = np.setdiff1d(np.unique(vertex_ids), self.rows)
+        self.rows = np.concatenate([self.rows, new])
+        self.mean = np.concatenate([self.mean, verts[new]])
+        ib = np.asarray(idb[: self.n_identity][:, new], np.float64).transpose(1, 2, 0)
+        eb = np.asarray(exb[:, new], np.float64).transpose(1, 2, 0)
+        self.basis = np.concatenate([self.basis, np.concatenate([ib, eb], axis=2)])
+        self.normals = np.concatenate([self.normals, vertex_normals_np(verts, faces)[new]])
+        pos = {int(v): k for k, v in enumerate(self.rows)}
+        self.dense_rows = np.array([pos[int(v)] for v in vertex_ids], np.int64)
+        self.dense_weights = weights
 
     @classmethod
     def from_model(cls, model: FaceModel, n_identity: int = 80) -> LandmarkSolver:
@@ -212,6 +234,8 @@ class LandmarkSolver:
         shape_metric: np.ndarray | None = None,
         w_shape_ref: float = 0.0,
         weights: np.ndarray | None = None,
+        dense_target: np.ndarray | None = None,
+        w_dense: float = 0.0,
     ) -> tuple[LandmarkParams, LandmarkFitInfo]:
         """Levenberg-Marquardt on the weighted landmark error (residuals in units of the inter-ocular distance).
 
@@ -220,6 +244,8 @@ class LandmarkSolver:
         ``alpha_ref`` with ``w_alpha_ref`` alpha (keeping a photometric estimate). ``shape_ref``
         (``[K+E]`` stacked alpha, beta) with ``w_shape_ref`` pulls both with the quadratic form
         ``shape_metric`` (``[K+E, K+E]``, e.g. the surface metric of :func:`surface_metric`).
+        ``dense_target`` (``[D, 2]`` pixels, after :meth:`enable_dense`) adds the dense term with
+        total weight ``w_dense`` times the 68 landmarks' (the reported residual stays the 68's).
         """
         target = np.asarray(target, dtype=np.float64)
         K = np.asarray(K, dtype=np.float64)
@@ -228,11 +254,13 @@ class LandmarkSolver:
         p = self.init_pose(target, K) if params is None else params.copy()
         iod = max(float(np.linalg.norm(target[36] - target[45])), 1.0)
         lw = self.weights if weights is None else np.asarray(weights, np.float64)
+        dense = dense_terms(self, dense_target, w_dense, float(lw.sum()))
         data = _Data(
-            target,
-            np.sqrt(lw)[:, None] / iod,  # per-landmark residual scale
+            target if dense is None else np.concatenate([target, dense[1]]),
+            np.sqrt(lw if dense is None else np.concatenate([lw, dense[2]]))[:, None] / iod,
             np.array([K[0, 0], K[1, 1]]),
             np.array([K[0, 2], K[1, 2]]),
+            np.zeros(0, np.int64) if dense is None else dense[0],
         )
         priors = _Priors(
             self.n_identity, self.n_expression, fit_identity, fit_expression, w_identity,
@@ -246,7 +274,9 @@ class LandmarkSolver:
         for it in range(total):
             do_shape = it >= pose_iterations and (fit_identity or fit_expression)
             if contour and (it % 2 == 0 or it == total - 1):
-                sel = self.select_contour(p, K)
+                sel = np.concatenate([self.select_contour(p, K), data.extra_rows])
+            elif it == 0:
+                sel = np.concatenate([sel, data.extra_rows])
             r, X, Xc = self._residual(p, sel, data)
             J = self._jacobian(p, X, Xc, sel, data, do_shape, priors)
             H = J.T @ J
@@ -262,6 +292,7 @@ class LandmarkSolver:
             p, lam = self._damped_step(
                 p, H, g, free, lam, x_shape, do_shape, sel, data, priors, base_cost
             )
+        sel = sel[:68]
         uv, _ = self.project(p, K, sel)
         res = float(np.linalg.norm(uv - target, axis=1).mean())
         info = LandmarkFitInfo(self.rows[sel], uv, res, it + 1)
@@ -270,7 +301,7 @@ class LandmarkSolver:
     def _residual(
         self, pp: LandmarkParams, sel: np.ndarray, data: _Data
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Weighted residuals ``[136]``, model points ``[68,3]`` and camera points of ``sel``."""
+        """Weighted residuals ``[2N]``, model points ``[N,3]`` and camera points of ``sel``."""
         X = self.shape_rows(pp.alpha, pp.beta)[sel]
         Xc = model_to_camera_np(X, pp.R, pp.t)
         uv = Xc[:, :2] / Xc[:, 2:3] * data.f + data.c
@@ -287,11 +318,12 @@ class LandmarkSolver:
         do_shape: bool,
         priors: _Priors,
     ) -> np.ndarray:
-        """``[136, 6 (+K) (+E)]``: d residual / d (rotation increment, translation, shape)."""
+        """``[2N, 6 (+K) (+E)]``: d residual / d (rotation increment, translation, shape)."""
         f = data.f
-        # d uv / d Xc  [68,2,3]
+        n = len(sel)
+        # d uv / d Xc  [N,2,3]
         z = Xc[:, 2]
-        P = np.zeros((68, 2, 3))
+        P = np.zeros((n, 2, 3))
         P[:, 0, 0] = f[0] / z
         P[:, 1, 1] = f[1] / z
         P[:, 0, 2] = -f[0] * Xc[:, 0] / z**2
@@ -300,21 +332,19 @@ class LandmarkSolver:
         PF = P * FLIP_NP  # d uv / d (R X + t)
         RX = X @ p.R.T
         # d(RX)/dw = -[RX]_x
-        skew = np.zeros((68, 3, 3))
+        skew = np.zeros((n, 3, 3))
         skew[:, 0, 1], skew[:, 0, 2] = RX[:, 2], -RX[:, 1]
         skew[:, 1, 0], skew[:, 1, 2] = -RX[:, 2], RX[:, 0]
         skew[:, 2, 0], skew[:, 2, 1] = RX[:, 1], -RX[:, 0]
-        cols = [np.einsum("nij,njk->nik", PF, skew), PF]
+        cols = [PF @ skew, PF]
         if do_shape:
-            B = self.basis[sel]  # [68,3,K+E]
-            RB = np.einsum("ij,njk->nik", p.R, B)
-            JB = np.einsum("nij,njk->nik", PF, RB)
+            B = self.basis[sel]  # [N,3,K+E]; only the fitted columns (batched matmul, not einsum)
             if not priors.fit_identity:
-                JB = JB[:, :, self.n_identity :]
+                B = B[:, :, self.n_identity :]
             elif not priors.fit_expression:
-                JB = JB[:, :, : self.n_identity]
-            cols.append(JB)
-        return np.concatenate(cols, axis=2).reshape(136, -1)
+                B = B[:, :, : self.n_identity]
+            cols.append(PF @ (p.R @ B))
+        return np.concatenate(cols, axis=2).reshape(2 * n, -1)
 
     def _damped_step(
         self,
@@ -366,10 +396,11 @@ class LandmarkSolver:
 class _Data:
     """The landmark targets of one solve and their scaling."""
 
-    target: np.ndarray  # [68,2] pixels
-    w: np.ndarray  # [68,1] per-landmark residual scale (sqrt weight / IOD)
+    target: np.ndarray  # [N,2] pixels (the 68 landmarks, then any dense points)
+    w: np.ndarray  # [N,1] per-point residual scale (sqrt weight / IOD)
     f: np.ndarray  # [2] focal lengths
     c: np.ndarray  # [2] principal point
+    extra_rows: np.ndarray  # [N-68] solver rows of the dense points
 
 
 @dataclass
