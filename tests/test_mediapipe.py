@@ -153,3 +153,55 @@ def test_dense_map_puts_mesh_points_on_their_true_vertices(ict_model_path):
     errs, rand = np.stack(errs)[:, used], np.stack(rand)[:, used]
     assert np.median(errs) < 0.06
     assert np.median(errs) < 0.2 * np.median(rand)
+
+
+@pytest.fixture(scope="module")
+def ict_model(ict_model_path):
+    from jr2net.face.model import FaceModel
+
+    return FaceModel.from_npz(ict_model_path)
+
+
+def test_source_fit_with_mediapipe_meets_the_residual_target(images_dir, ict_model):
+    from jr2net.face.fitting import SourceFitter
+
+    fitter = SourceFitter(ict_model, detector="mediapipe")
+    res = fitter.fit(load_image(images_dir / "obama.jpg"))
+    assert isinstance(res.detection, mp.MeshFaceDetection)
+    assert fitter.solver.dense_rows is not None and len(fitter.solver.dense_rows) == 468
+    assert res.residual_iod < 0.03
+
+
+def test_driving_fit_with_mediapipe_tracks_d0(videos_dir, ict_model):
+    from jr2net.face.fitting import DrivingFitter
+
+    with VideoReader(videos_dir / "d0.mp4") as reader:
+        frames = reader.read_all(max_frames=8)
+    fitter = DrivingFitter(ict_model, detector="mediapipe")
+    out = [fitter.fit(f) for f in frames]
+    assert all(r is not None and r.residual_iod < 0.05 for r in out)
+    assert fitter.tracker.detections == 1
+    # Only the best-weighted dense points are kept for the per-frame budget.
+    assert (fitter.solver.dense_weights > 0).sum() == fitter.dense_points
+
+
+def test_dense_target_needs_enabled_rows(ict_model):
+    from jr2net.face.fitting import LandmarkSolver
+
+    solver = LandmarkSolver.from_model(ict_model)
+    target = np.zeros((68, 2)) + np.arange(68)[:, None]
+    with pytest.raises(ValueError, match="no dense rows"):
+        solver.solve(target, np.eye(3), dense_target=np.zeros((468, 2)), w_dense=1.0)
+
+
+def test_fit_cli_names_the_detector_and_its_licence(images_dir, tmp_path):
+    import subprocess
+    import sys
+
+    run = subprocess.run(
+        [sys.executable, "-m", "jr2net.cli", "fit", str(images_dir / "s42.jpg"), "--out-dir",
+         str(tmp_path), "--no-overlay", "--no-photometric", "--detector", "mediapipe"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "face detector: mediapipe" in run.stderr and "Apache-2.0" in run.stderr
