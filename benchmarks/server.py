@@ -7,7 +7,9 @@ looped), JPEG frames both ways. Scenarios:
 - one stream, unpaced (window = the server's grant): sustained fps (target >= 30);
 - one stream paced at 30 fps: end-to-end p99 latency (target <= 80 ms), drops, errors;
 - four concurrent streams paced at 30 fps: throughput and errors (target: zero errors);
-- two and three streams paced at 30 fps: throughput against the number of streams.
+- two and three streams paced at 30 fps: throughput against the number of streams;
+- with ``--learned RUN`` (a training run with dcnet/best.pt): the learned path, one stream at 512²
+  input, unpaced and paced at 30 fps (fps, p50/p99), in-process server only.
 
 Every scenario also records each frame's end-to-end latency (``latencies_ms``, for the report's
 latency CDF).
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -153,16 +156,47 @@ async def main_async(args: argparse.Namespace) -> dict:
                           face_model=face_model, workers=args.workers,
                           torch_threads=args.torch_threads)
     modes = ["in-process", "subprocess"] if args.server_mode == "both" else [args.server_mode]
+    if args.learned and args.skip_geometric:
+        modes = []
     runs = {}
     for mode in modes:
         print(f"\n=== server {mode} ===", flush=True)
         runs[mode] = await _run_scenarios(mode, config, args, source_path, driving_path, clip)
+    learned = None
+    if args.learned:
+        print("\n=== learned path, server in-process ===", flush=True)
+        learned = await _learned_scenarios(
+            dataclasses.replace(config, checkpoints=str(args.learned), default_mode="learned"),
+            args, source_path, driving_path, clip)
     return {
         "config": {"source": source_path.name, "driving": driving_path.name, "crop": CROP,
                    "output": list(OUTPUT), "frames_per_stream": args.frames, "workers": config.worker_count,
                    "torch_threads": config.torch_threads, "load_average": list(os.getloadavg())},
         "runs": runs,
+        "learned": learned,
     }
+
+
+async def _learned_scenarios(config: ServerConfig, args: argparse.Namespace, source_path,
+                             driving_path, clip: list[bytes]) -> dict:
+    """The learned path (the server's default mode here): one stream, unpaced and at 30 fps."""
+    async with _in_process_server(config) as address:
+        common = dict(server=address, source=source_path, driving=driving_path,
+                      crop_size=CROP, output_size=OUTPUT, driving_frames=clip)
+        await run_load_async(streams=1, frames=10, fps=0, **common)  # warm-up, not measured
+        scenarios = {
+            "learned_single_unpaced": await _load(streams=1, frames=args.frames, fps=0, **common),
+            "learned_single_30fps": await _load(streams=1, frames=args.frames, fps=30, **common),
+        }
+    rows = [{"scenario": k, "fps": r["throughput_fps"], "p50_ms": r["latency_ms"]["p50"],
+             "p99_ms": r["latency_ms"]["p99"], "dropped": r["dropped"], "errors": r["errors"]}
+            for k, r in scenarios.items()]
+    print_table(rows, list(rows[0]), title="Learned path, one stream (512² input and output)")
+    stage_rows = [{"stage": k, **v}
+                  for k, v in scenarios["learned_single_unpaced"]["stages"].items()]
+    print_table(stage_rows, ["stage", "p50_ms", "p95_ms", "p99_ms"],
+                title="Learned path per-stage times, single unpaced stream")
+    return {"checkpoints": config.checkpoints, "scenarios": scenarios}
 
 
 def _report(mode: str, startup: float, setup_rows: list[dict], scenarios: dict) -> dict:
@@ -208,6 +242,10 @@ def main() -> None:
                         help="torch intra-op threads in the server (0: torch's default)")
     parser.add_argument("--server-mode", choices=("in-process", "subprocess", "both"), default="both",
                         help="server in this process, in a child `jr2net serve`, or both (default)")
+    parser.add_argument("--learned", metavar="RUN",
+                        help="also the learned path with this run's checkpoints (dcnet/best.pt)")
+    parser.add_argument("--skip-geometric", action="store_true",
+                        help="with --learned: only the learned scenarios")
     args = parser.parse_args()
     payload = asyncio.run(main_async(args))
     write_results("server", payload)

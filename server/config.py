@@ -51,6 +51,9 @@ class ServerConfig:
     default_mode: str = "geometric"
     face_model: str | None = None
     checkpoints: str | None = None
+    recnet: str | None = None
+    dcnet: str | None = None
+    etnet: str | None = None
     preload: bool = True
     log_level: str = "INFO"
 
@@ -78,11 +81,23 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key must be given together")
         if self.checkpoints is not None and not Path(self.checkpoints).exists():
             raise ValueError(f"checkpoints: no such file or directory: {self.checkpoints}")
+        for name in ("recnet", "dcnet", "etnet"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such checkpoint file: {path}")
         for name in ("tls_cert", "tls_key", "token_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: no such file: {path}")
         return self
+
+    def checkpoint_sources(self) -> str | dict[str, str] | None:
+        """``checkpoints`` (a run folder or file), or, when --recnet/--dcnet/--etnet are given,
+        those files by network name (the run folder as ``"run"``)."""
+        files = {n: getattr(self, n) for n in ("recnet", "dcnet", "etnet") if getattr(self, n)}
+        if not files:
+            return self.checkpoints
+        return {**({"run": self.checkpoints} if self.checkpoints else {}), **files}
 
     @property
     def worker_count(self) -> int:
@@ -128,11 +143,14 @@ SETTINGS: dict[str, Setting] = {
     "torch_threads": Setting(
         "torch intra-op threads (0: torch's default); 1 keeps concurrent sessions from "
         "oversubscribing the cores", "N"),
-    "default_mode": Setting("mode for sessions that do not choose one (only geometric in this version)", "MODE"),
+    "default_mode": Setting("mode for sessions that do not choose one (geometric; learned needs checkpoints)", "MODE"),
     "face_model": Setting("face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"),
     "checkpoints": Setting(
         "network weights for modes that use them: a training run directory or a checkpoint file "
         "(the geometric mode needs none)", "PATH"),
+    "recnet": Setting("RecNet checkpoint (replaces the fitter in mode learned; overrides RUN's)", "FILE"),
+    "dcnet": Setting("DCNet checkpoint: enables mode learned (overrides RUN's dcnet/best.pt)", "FILE"),
+    "etnet": Setting("ETNet checkpoint (reserved for RecAugNet; overrides RUN's)", "FILE"),
     "preload": Setting("build the default reenactor at start-up so the first session is fast"),
     "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
 }
@@ -233,6 +251,10 @@ def load_config(
     return ServerConfig(**values).validate()
 
 
+# Modes whose networks come from --checkpoints / --recnet / --dcnet (see ReenactorFactory).
+CHECKPOINT_MODES = ("learned",)
+
+
 class ReenactorFactory:
     """Builds (once, thread-safely) and caches the reenactor of each mode.
 
@@ -244,15 +266,40 @@ class ReenactorFactory:
         self.config = config
         self._cache: dict[str, Any] = dict(overrides or {})
         self._lock = threading.Lock()
+        self._refused: dict[str, str] = {}
+        self._build_checkpoint_modes()
+
+    def _build_checkpoint_modes(self) -> None:
+        """Modes built from network checkpoints (``CHECKPOINT_MODES``) are built now, when the
+        server starts, so a corrupt file or another face model's checkpoint stops the start with
+        a clear message (never the first frame); without checkpoints they are not listed, and
+        their factories refuse each session with how to enable them."""
+        import jr2net.pipeline.learned  # noqa: F401  (registers mode 'learned')
+        from jr2net.pipeline.learned import ModeNotConfigured
+
+        if self.config.checkpoint_sources() is None:
+            return  # their factories refuse each session, saying how to enable them
+        for mode in CHECKPOINT_MODES:
+            if mode in self._cache:
+                continue
+            try:
+                self._cache[mode] = registry.create_reenactor(mode, self.settings())
+            except ModeNotConfigured as exc:  # e.g. a run folder without dcnet/best.pt yet
+                self._refused[mode] = str(exc)
 
     def available_modes(self) -> list[str]:
-        ready = registry.available_modes()
+        ready = [
+            m for m in registry.available_modes()
+            if m not in self._refused and (m not in CHECKPOINT_MODES or m in self._cache)
+        ]
         return ready + [m for m in registry.known_modes() if m not in ready and m in self._cache]
 
     def check_mode(self, mode: str) -> None:
         """ValueError (-> INVALID_ARGUMENT) unless this server can serve ``mode``."""
         if mode in self._cache and mode in registry.known_modes():
             return
+        if mode in self._refused:
+            raise ValueError(self._refused[mode])
         registry.check_mode(mode)
 
     def get(self, mode: str) -> Any:
@@ -266,7 +313,7 @@ class ReenactorFactory:
     def settings(self) -> registry.ReenactorSettings:
         """What every mode's factory gets from this server's configuration."""
         return registry.ReenactorSettings(
-            face_model=self.config.face_model, checkpoints=self.config.checkpoints
+            face_model=self.config.face_model, checkpoints=self.config.checkpoint_sources()
         )
 
     def loaded(self) -> dict[str, Any]:

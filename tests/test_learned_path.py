@@ -129,8 +129,10 @@ def test_bad_checkpoints_are_refused_when_the_reenactor_is_built(tmp_path, run_d
         LearnedReenactor(ict, dcnet=tmp_path / "corrupt.pt")
     with pytest.raises(CheckpointError, match="not a DCNet"):
         LearnedReenactor(ict, dcnet=run_dir / "recnet" / "best.pt")
-    with pytest.raises(FileNotFoundError, match="dcnet checkpoint not found"):
+    with pytest.raises(ValueError, match="there is no .*dcnet/best.pt"):
         resolve_checkpoints(tmp_path)
+    with pytest.raises(FileNotFoundError, match="dcnet checkpoint not found"):
+        resolve_checkpoints({"run": str(run_dir), "dcnet": str(tmp_path / "missing.pt")})
     for empty in (None, "", {}, {"recnet": str(run_dir / "recnet" / "best.pt")}):
         with pytest.raises(ValueError, match="--checkpoints"):
             resolve_checkpoints(empty)
@@ -159,3 +161,49 @@ def test_runner_split_equals_forward_and_onnxruntime_matches_eager():
         assert (ort.generate(inputs) - ref).abs().max() < 1e-4
     with pytest.raises(ValueError, match="runtime"):
         DCNetRunner(net, "tensorrt")
+
+
+def test_real_server_serves_the_learned_path_and_lists_it(run_dir, ict_model_path, source, frames):
+    from jr2net.clients.client import ReenactClient
+    from jr2net.server.app import local_server
+
+    settings = dict(face_model=str(ict_model_path), preload=False, max_sessions=1)
+    with local_server(checkpoints=str(run_dir), **settings) as address:
+        with ReenactClient(address) as client:
+            assert set(client.server_info().modes) == {"geometric", "learned"}
+            results = list(client.stream(source, frames, mode="learned", output_size=(256, 256)))
+            ready = client.last_ready
+    assert ready.mode == "learned"
+    assert [r.frame_id for r in results] == list(range(5))
+    assert all(r.ok and r.face_found and r.image.shape == (256, 256, 3) for r in results)
+    assert {"dcnet", "conditions", "recombine", "composite", "pipeline", "total"} <= set(
+        results[-1].timings
+    )
+
+
+def test_server_without_checkpoints_refuses_learned_with_how_to_enable(ict_model_path, source):
+    import grpc
+
+    from jr2net.clients.client import ReenactClient
+    from jr2net.server.app import local_server
+
+    with local_server(face_model=str(ict_model_path), preload=False) as address:
+        with ReenactClient(address) as client:
+            assert list(client.server_info().modes) == ["geometric"]
+            with pytest.raises(grpc.RpcError) as err:
+                list(client.stream(source, [], mode="learned"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "--checkpoints RUN" in err.value.details()
+
+
+def test_server_start_refuses_a_corrupt_or_foreign_checkpoint(tmp_path, run_dir, ict_model_path):
+    from jr2net.server.app import ReenactmentServer
+    from jr2net.server.config import ServerConfig
+
+    (tmp_path / "corrupt.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="not a JR2Net checkpoint"):
+        ReenactmentServer(ServerConfig(face_model=str(ict_model_path), preload=False,
+                                       dcnet=str(tmp_path / "corrupt.pt")))  # fmt: skip
+    with pytest.raises(CheckpointError, match="sha256"):
+        ReenactmentServer(ServerConfig(face_model="generic", preload=False,
+                                       checkpoints=str(run_dir)))  # fmt: skip

@@ -46,6 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, metavar="N",
                         help="frames in flight (default: the server's grant, which never drops)")
     parser.add_argument("--face-model", metavar="FILE", help="face model for the in-process server")
+    parser.add_argument("--checkpoints", metavar="RUN",
+                        help="training run folder (dcnet/best.pt, recnet/best.pt) for the in-process "
+                             "server: enables --mode learned")
+    parser.add_argument("--recnet", metavar="FILE", help="RecNet checkpoint (in-process server)")
+    parser.add_argument("--dcnet", metavar="FILE", help="DCNet checkpoint (in-process server)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="pipeline option (SessionOptions.extra), repeatable; e.g. light=none, "
                         "expression=relative, feather=8 (every option: docs/operations.md)")
@@ -81,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         from jr2net.server.app import local_server
 
-        server, token = local_server(max_sessions=1, face_model=args.face_model), None
+        nets = {k: getattr(args, k) for k in ("checkpoints", "recnet", "dcnet") if getattr(args, k)}
+        server = local_server(max_sessions=1, face_model=args.face_model, **nets)
+        token = None
     try:
         with server as address:
             summary = reenact_video(
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(summary.to_dict(), indent=2))
     return 0 if not summary.errors else 1
+
 
 def _reenact_csv(args: argparse.Namespace) -> int:
     """``--driving-csv``: the source driven by a motion-capture take (jr2net.pipeline.mocap)."""

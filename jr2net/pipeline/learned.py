@@ -127,7 +127,8 @@ def resolve_checkpoints(checkpoints: Any) -> dict[str, Path]:
     A run folder gives ``dcnet/best.pt`` (required) and ``recnet/best.pt`` / ``etnet/best.pt``
     (when present); a mapping may name the run folder as ``"run"``, its other entries win.
     Raises ``ModeNotConfigured`` (a ValueError saying how to enable the mode) when there is no
-    DCNet checkpoint, and FileNotFoundError naming a missing file."""
+    DCNet checkpoint (a run folder without ``dcnet/best.pt`` included), and FileNotFoundError
+    naming a checkpoint file given explicitly that does not exist."""
     if checkpoints is None or checkpoints == "" or checkpoints == {}:
         raise ModeNotConfigured(HOW_TO_ENABLE)
     given = dict(checkpoints) if isinstance(checkpoints, Mapping) else {"run": checkpoints}
@@ -146,6 +147,8 @@ def resolve_checkpoints(checkpoints: Any) -> dict[str, Path]:
         raise ValueError(f"unknown checkpoint names {unknown}; use recnet, dcnet, etnet")
     if "dcnet" not in found:
         raise ModeNotConfigured(HOW_TO_ENABLE)
+    if run and "dcnet" not in given and not found["dcnet"].is_file():
+        raise ModeNotConfigured(f"{HOW_TO_ENABLE} (there is no {found['dcnet']})")
     for name, path in found.items():
         if not path.is_file():
             raise FileNotFoundError(f"{name} checkpoint not found: {path}")
