@@ -115,3 +115,15 @@ def test_a_second_cascade_skips_every_finished_stage(cascade):
     cfg, run, _ = cascade
     again = run_cascade(cfg, run)
     assert {r["status"] for r in again.values()} == {"skipped"}
+
+
+def test_jr2net_fit_loads_a_recaugnet_checkpoint_and_reports_etnet_expressions(cascade, images_dir):
+    from jr2net.io.images import load_image
+    from jr2net.models.checkpoint import load_recnet
+
+    cfg, run, _ = cascade
+    fitter = load_recnet(run / "recaugnet" / "best.pt")
+    assert type(fitter.net).__name__ == "CameraRecAugNet"
+    res = fitter.fit(load_image(images_dir / "obama.jpg"))
+    beta = fitter.net.etnet(torch.zeros(1, 3, 64, 64))
+    assert res.coeffs.expression.shape == beta.shape == (1, 53)

@@ -32,7 +32,7 @@ from jr2net.face.model import FaceModel
 from jr2net.models.recnet import RecNet, face_crop_box
 from jr2net.training.data.sample import crop_image
 
-RECNET_STAGES = ("recnet",)
+RECNET_STAGES = ("recnet", "recaugnet", "baseline", "reccopynet", "recdatanet")
 SPEC_KEYS = ("backbone", "width", "crop_size", "n_identity", "n_albedo", "n_expression")
 
 
@@ -221,13 +221,19 @@ def load_recnet(
         raise CheckpointError(f"not a JR2Net checkpoint: {path} ({exc})") from None
     if ckpt["stage"] not in RECNET_STAGES:
         raise CheckpointError(
-            f"{path} is a {ckpt['stage']!r} checkpoint, not a RecNet one (stage 'recnet')"
+            f"{path} is a {ckpt['stage']!r} checkpoint, not a RecNet one (stage 'recnet', "
+            "'recaugnet' or an ablation)"
         )
     if face_model is None:
         spec = ((ckpt.get("config") or {}).get("run") or {}).get("face_model") or None
         face_model = load_face_model(spec)
     check_face_model(ckpt, face_model.sha256, path)
     spec = ckpt["model_spec"]
+    if isinstance(spec, dict) and spec.get("kind") == "recaugnet":  # RecNet + ETNet
+        from jr2net.training.stages.recaugnet import load_cascade_net
+
+        net = load_cascade_net(path, face_model)
+        return RecNetFitter(net, face_model, path=path, step=int(ckpt["step"]), device=device)
     if not isinstance(spec, dict) or spec.get("kind", "recnet") != "recnet":
         raise CheckpointError(f"{path}: model_spec is not a RecNet spec: {spec!r}")
     state = (ckpt.get("models") or {}).get("recnet")
