@@ -21,6 +21,7 @@ Writes ``benchmarks/results/dcnet.json`` and ``benchmarks/results/dcnet_<video>.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import time
@@ -222,6 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", type=Path, required=True, help="training run folder (dcnet/best.pt)")
     ap.add_argument("--ablation", nargs="*", default=[], metavar="NAME=RUN",
                     help="ablation runs (their dcnet/best.pt), e.g. ours_r=runs/abl_r")
+    ap.add_argument("--ablation-step", type=int, default=0,
+                    help="take every ablation row (ours included) from the runs' held-out "
+                         "evaluation at this step (eval.json: same pairs, same metrics), so "
+                         "equally long trainings are compared; 0: their best.pt here")
     ap.add_argument("--speed-frames", type=int, default=20, help="timed frames per setting")
     ap.add_argument("--skip-served", action="store_true", help="skip the geometric/learned paths")
     ap.add_argument("--skip-speed", action="store_true")
@@ -239,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.ablation:
         name, _, path = item.partition("=")
         ablations[name] = Path(path)
-        nets[name] = load_run(Path(path))[1]
+        if not args.ablation_step:
+            nets[name] = load_run(Path(path))[1]
     reenactors = {}
     if not args.skip_served:
         recnet = args.run / "recnet" / "best.pt" if spec.get("conditions") == "recnet" else None
@@ -255,8 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         vr = [r for r in rows if r["video"] == video]
         per_video[video] = summarise(vr, ["dcnet", "warped", "geometric", "copy"], ("face",))
     ablation_rows = []
-    for name in ablations:
+    for name, path in ablations.items():
         key = "dcnet" if name == "ours" else name
+        if args.ablation_step:
+            hist = json.loads((path / "dcnet" / "eval.json").read_text())["history"]
+            e = next(h for h in hist if h["step"] == args.ablation_step)
+            vals = {f"{r}_{k}": e[f"dcnet_{r}_{k}"] for r in ("face", "crop")
+                    for k in ("l1", "psnr", "ssim")}  # fmt: skip
+            ablation_rows.append({"ablation": name, "step": args.ablation_step, **vals})
+            continue
         s = {x["region"]: x for x in summarise(rows, [key])}
         ablation_rows.append({"ablation": name, **{f"{r}_{k}": s[r][k] for r in ("face", "crop")
                                                   for k in ("l1", "psnr", "ssim")}})  # fmt: skip

@@ -207,3 +207,15 @@ def test_server_start_refuses_a_corrupt_or_foreign_checkpoint(tmp_path, run_dir,
     with pytest.raises(CheckpointError, match="sha256"):
         ReenactmentServer(ServerConfig(face_model="generic", preload=False,
                                        checkpoints=str(run_dir)))  # fmt: skip
+
+
+def test_without_a_face_model_the_checkpoints_own_is_used(tmp_path, ict, ict_model_path):
+    from jr2net.training.checkpoints import load_checkpoint
+
+    path = save_dcnet(tmp_path / "dcnet.pt", ict)
+    ckpt = load_checkpoint(path)
+    ckpt["config"] = {"run": {"face_model": str(ict_model_path)}}
+    ckpt.pop("format")
+    save_checkpoint(path, ckpt)
+    r = registry.create_reenactor("learned", registry.ReenactorSettings(checkpoints=str(path)))
+    assert r.model.sha256 == ict.sha256

@@ -423,10 +423,17 @@ class LearnedReenactor(GeometricReenactor):
 
 
 def create_learned(settings: ReenactorSettings) -> LearnedReenactor:
-    """The registry's factory: ValueError saying how to enable the mode without checkpoints."""
+    """The registry's factory: ValueError saying how to enable the mode without checkpoints.
+    Without a face model in the settings, the one the DCNet checkpoint was trained with."""
     found = resolve_checkpoints(settings.checkpoints)
+    face_model = settings.face_model
+    if face_model is None:  # none chosen: the face model the DCNet was trained with
+        from jr2net.training.checkpoints import load_checkpoint
+
+        config = load_checkpoint(found["dcnet"]).get("config") or {}
+        face_model = (config.get("run") or {}).get("face_model") or None
     return LearnedReenactor(
-        settings.face_model, dcnet=found["dcnet"], recnet=found.get("recnet"),
+        face_model, dcnet=found["dcnet"], recnet=found.get("recnet"),
         device=settings.device, runtime=str((settings.extra or {}).get("dcnet_runtime", "auto")),
     )  # fmt: skip
 
