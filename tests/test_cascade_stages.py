@@ -127,3 +127,25 @@ def test_jr2net_fit_loads_a_recaugnet_checkpoint_and_reports_etnet_expressions(c
     res = fitter.fit(load_image(images_dir / "obama.jpg"))
     beta = fitter.net.etnet(torch.zeros(1, 3, 64, 64))
     assert res.coeffs.expression.shape == beta.shape == (1, 53)
+
+
+def test_etnet_driving_tracker_keeps_the_fitters_pose_and_gives_etnets_expression(
+    cascade, videos_dir
+):
+    from jr2net.face.fitting import DrivingFitter
+    from jr2net.face.model import load_face_model
+    from jr2net.io.video import VideoReader
+    from jr2net.pipeline.etnet_tracker import ETNetDrivingFitter, load_tracker_etnet
+
+    cfg, run, _ = cascade
+    model = load_face_model(cfg.run.face_model)
+    with VideoReader(videos_dir / "d0.mp4") as reader:
+        frames = [f for _, f in zip(range(3), reader, strict=False)]
+    plain = [DrivingFitter(model).fit(f) for f in frames[:1]][0]
+    for ckpt in ("etnet", "recaugnet"):
+        etnet = load_tracker_etnet(run / ckpt / "best.pt", model)
+        tracker = ETNetDrivingFitter(DrivingFitter(model), etnet)
+        fit = tracker.fit(frames[0])
+        assert torch.allclose(fit.coeffs.angles, plain.coeffs.angles, atol=1e-5)
+        expected = tracker.expression(frames[0], fit.detection.landmarks)
+        assert torch.equal(fit.coeffs.expression, expected) and "etnet" in fit.timings
