@@ -444,6 +444,8 @@ class LandmarkTracker:
 # Detector choice: dlib (this module) or MediaPipe (jr2net.face.mediapipe)
 
 DETECTORS = ("mediapipe", "dlib")
+# dlib stays the default while MediaPipe takes two of the shared dog photos (s25, s31) for faces:
+# its fits are better otherwise (benchmarks/fitting.py), but "no face" must stay "no face".
 DEFAULT_DETECTOR = "dlib"
 DETECTOR_ENV_VAR = "JR2NET_DETECTOR"
 DETECTOR_LICENCES = {
