@@ -46,7 +46,9 @@ def load_run(run: Path, dcnet_path: Path | None = None):
     from jr2net.training.stages.base import TrainContext, get_stage
 
     path = dcnet_path or run / "dcnet" / "best.pt"
-    cfg = from_dict(RunConfig, load_checkpoint(path)["config"])
+    stored = load_checkpoint(path)["config"]
+    # The sections DCNet reads (other stages' sections may have changed since it was trained).
+    cfg = from_dict(RunConfig, {k: stored[k] for k in ("run", "data", "prepare", "dcnet")})
     ctx = TrainContext("cpu", face_model_spec=cfg.run.face_model, seed=cfg.run.seed)
     stage = get_stage("dcnet")(cfg, run, ctx)
     net, spec = load_dcnet(path, ctx.face_model)
