@@ -8,6 +8,7 @@
 #include "rasterize_dispatch.h"
 #include "sh_shading_dispatch.h"
 #include "warp_dispatch.h"
+#include "cpu/cpu_features.h"
 
 // The kernels only touch tensors, so they run without the GIL: server threads (and any Python
 // thread) keep working while a kernel runs.
@@ -20,6 +21,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.def(
+      "simd_level", [] { return std::string(jr2net::simd_level_name(jr2net::simd_level())); },
+      "instruction-set level of the CPU kernels' vectorised copies: baseline, avx2 or avx512 "
+      "(the CPU's best, lowered by the JR2NET_SIMD environment variable)");
+  m.def(
+      "cpu_simd_level", [] { return std::string(jr2net::simd_level_name(jr2net::cpu_simd_level())); },
+      "the best instruction-set level this CPU supports (ignores JR2NET_SIMD)");
   // --- rasterize + interpolate -------------------------------------------------------------
   m.attr("rasterize_default_near_z") = jr2net::kDefaultNearZ;
   m.def("rasterize_fwd", &jr2net::rasterize_fwd, kNoGil,

@@ -1,6 +1,9 @@
 // CPU rasteriser: project vertices, scatter every triangle's covered pixels into a packed
-// (depth, face id) z-buffer with an atomic min, then resolve (u, v, z) per pixel.
-// Coverage and depth run in double so ids match the reference bit for bit.
+// (depth, face id) z-buffer (each thread owns whole images or a band of rows: no atomics), then
+// resolve (u, v, z) per pixel. Coverage and depth run in double so ids match the reference bit
+// for bit; the per-triangle work is ordered so that the common tiny or empty triangle costs no
+// division (edges and bbox first, row spans only for wide triangles, depth coefficients only
+// once a pixel is covered).
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -16,11 +19,128 @@
 namespace jr2net::raster {
 namespace {
 
-inline void atomic_min_u64(unsigned long long* addr, unsigned long long v) {
-  unsigned long long cur = __atomic_load_n(addr, __ATOMIC_RELAXED);
-  while (v < cur &&
-         !__atomic_compare_exchange_n(addr, &cur, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+// Triangles at most this many columns wide test every pixel of their bbox rows; wider ones
+// narrow each row to a conservative span first (row_span), which costs three divisions.
+constexpr int kSpanMinWidth = 6;
+
+// Scatters triangle f of one image into the rows [r0, r1] of its z-buffer zb (the caller owns
+// those rows: plain loads and stores). Ties go to the lower id through the packed key, so the
+// order triangles are drawn in does not matter.
+inline void draw_triangle(const double* pb, const int32_t* fv, int f, int H, int W, bool cull,
+                          int r0, int r1, unsigned long long* zb) {
+  const double *p0 = pb + int64_t(fv[0]) * 3, *p1 = pb + int64_t(fv[1]) * 3,
+               *p2 = pb + int64_t(fv[2]) * 3;
+  TriSetup<double> ts;
+  if (!setup_coverage(p0, p1, p2, H, W, cull, ts)) return;
+  const int i0 = ts.i0 > r0 ? ts.i0 : r0, i1 = ts.i1 < r1 ? ts.i1 : r1;
+  if (i0 > i1) return;
+  const bool spans = ts.j1 - ts.j0 >= kSpanMinWidth;
+  if (spans) prepare_spans(ts);
+  bool depth_ready = false;
+  for (int i = i0; i <= i1; ++i) {
+    const RowTerms<double> rt = row_terms(ts, static_cast<double>(i));
+    int ja = ts.j0, jb = ts.j1;
+    if (spans && !row_span(ts, rt, ja, jb)) continue;
+    unsigned long long* zrow = zb + int64_t(i) * W;
+    for (int j = ja; j <= jb; ++j) {
+      double E[3];
+      if (!pixel_edges(ts, rt, static_cast<double>(j), E)) continue;
+      if (!depth_ready) {
+        setup_depth(p0, p1, p2, ts);
+        depth_ready = true;
+      }
+      const unsigned long long key = depth_key(ts, E, f);
+      if (key < zrow[j]) zrow[j] = key;
+    }
   }
+}
+
+// Rows [r0, r1) of pixels of image b: (u, v, z, id + 1) from the z-buffer keys.
+template <typename scalar_t>
+void resolve_rows(const RasterFwdParams<scalar_t, double>& p, int64_t r0, int64_t r1) {
+  const int64_t H = p.H, W = p.W, V = p.V;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t b = row / H;
+    const double py = static_cast<double>(row - b * H);
+    const double* pb = p.proj + b * V * 3;
+    for (int64_t j = 0; j < W; ++j) {
+      const int64_t pix = row * W + j;
+      const unsigned long long key = p.zbuf[pix];
+      scalar_t* out = p.rast + pix * 4;
+      if (key == kEmptyKey) {
+        out[0] = out[1] = out[2] = out[3] = scalar_t(0);
+        continue;
+      }
+      const int f = static_cast<int>(key & 0xffffffffull);
+      const int32_t* fv = p.faces + int64_t(f) * 3;
+      double u, v, z;
+      resolve_uvz_proj(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3, pb + int64_t(fv[2]) * 3,
+                       static_cast<double>(j), py, u, v, z);
+      out[0] = static_cast<scalar_t>(u);
+      out[1] = static_cast<scalar_t>(v);
+      out[2] = static_cast<scalar_t>(z);
+      out[3] = static_cast<scalar_t>(f + 1);
+    }
+  }
+}
+
+// Least triangles per thread: smaller meshes are drawn by one thread.
+constexpr int64_t kTrianglesPerThread = 4096;
+
+// Draws image b with `parts` threads, each owning a band of rows (no atomics; deterministic).
+// A first pass finds every triangle's clipped row range and the number of triangles per row; the
+// bands are cut so that each gets about as many triangle rows, and each thread then draws the
+// triangles that reach its band.
+template <typename scalar_t>
+void draw_image_banded(const RasterFwdParams<scalar_t, double>& p, int64_t b, int64_t parts) {
+  const int H = p.H, W = p.W, F = p.F;
+  const double* pb = p.proj + b * int64_t(p.V) * 3;
+  unsigned long long* zb = p.zbuf + b * int64_t(H) * W;
+  std::vector<int32_t> rows(static_cast<size_t>(F));  // i0 | i1 << 16 of a drawn triangle, else -1
+  std::vector<int32_t> hist(static_cast<size_t>(parts * (H + 1)), 0);
+  at::parallel_for(0, parts, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      int32_t* h = hist.data() + c * (H + 1);
+      for (int64_t f = F * c / parts; f < F * (c + 1) / parts; ++f) {
+        const int32_t* fv = p.faces + f * 3;
+        TriSetup<double> ts;
+        if (!setup_coverage(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
+                            pb + int64_t(fv[2]) * 3, H, W, p.cull_backfaces, ts)) {
+          rows[f] = -1;
+          continue;
+        }
+        rows[f] = ts.i0 | (ts.i1 << 16);
+        h[ts.i0] += 1;
+        h[ts.i1 + 1] -= 1;
+      }
+    }
+  });
+  // Triangles per row (a difference array summed over the parts), then equal-load bands.
+  std::vector<int64_t> load(static_cast<size_t>(H));
+  int64_t run = 0, total = 0;
+  for (int i = 0; i < H; ++i) {
+    for (int64_t c = 0; c < parts; ++c) run += hist[c * (H + 1) + i];
+    load[i] = run;
+    total += run;
+  }
+  std::vector<int> cut(static_cast<size_t>(parts + 1), H);
+  cut[0] = 0;
+  int64_t acc = 0;
+  for (int i = 0, c = 1; i < H && c < parts; ++i) {
+    acc += load[i];
+    while (c < parts && acc * parts >= total * c) cut[c++] = i + 1;
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t cb, int64_t ce) {
+    for (int64_t c = cb; c < ce; ++c) {
+      const int r0 = cut[c], r1 = cut[c + 1] - 1;
+      if (r0 > r1) continue;
+      for (int f = 0; f < F; ++f) {
+        const int32_t rr = rows[f];
+        if (rr < 0 || (rr & 0xffff) > r1 || (rr >> 16) < r0) continue;
+        draw_triangle(pb, p.faces + int64_t(f) * 3, f, H, W, p.cull_backfaces, r0, r1, zb);
+      }
+    }
+  });
 }
 
 template <typename scalar_t>
@@ -41,55 +161,27 @@ void rasterize_fwd_impl(const RasterFwdParams<scalar_t, double>& p) {
     }
   });
 
-  at::parallel_for(0, B * F, 2048, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / F;
-      const int f = static_cast<int>(t - b * F);
-      const int32_t* fv = p.faces + int64_t(f) * 3;
-      const double* pb = p.proj + b * V * 3;
-      TriSetup<double> ts;
-      if (!setup_triangle(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
-                          pb + int64_t(fv[2]) * 3, p.H, p.W, p.cull_backfaces, ts)) {
-        continue;
-      }
-      unsigned long long* zb = p.zbuf + b * HW;
-      for (int i = ts.i0; i <= ts.i1; ++i) {
-        const RowTerms<double> rt = row_terms(ts, static_cast<double>(i));
-        unsigned long long* zrow = zb + int64_t(i) * W;
-        int ja, jb;
-        if (!row_span(ts, rt, ja, jb)) continue;
-        for (int j = ja; j <= jb; ++j) {
-          const unsigned long long key = pixel_key(ts, rt, static_cast<double>(j), f);
-          if (key != kEmptyKey) atomic_min_u64(zrow + j, key);
+  // Threads own whole images when there are enough of them, else bands of one image's rows.
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>(at::get_num_threads(), B * F / kTrianglesPerThread));
+  const int64_t parts = std::min<int64_t>(threads / B, H / 8);
+  if (parts >= 2 && H < (1 << 15)) {  // row ranges are packed in 16 bits
+    for (int64_t b = 0; b < B; ++b) draw_image_banded(p, b, parts);
+  } else {
+    at::parallel_for(0, B, B >= threads ? 1 : B, [&](int64_t bb, int64_t be) {
+      for (int64_t b = bb; b < be; ++b) {
+        const double* pb = p.proj + b * V * 3;
+        unsigned long long* zb = p.zbuf + b * HW;
+        for (int f = 0; f < p.F; ++f) {
+          draw_triangle(pb, p.faces + int64_t(f) * 3, f, p.H, p.W, p.cull_backfaces, 0,
+                        p.H - 1, zb);
         }
       }
-    }
-  });
+    });
+  }
 
   at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
-      const int64_t b = row / H;
-      const double py = static_cast<double>(row - b * H);
-      const double* pb = p.proj + b * V * 3;
-      for (int64_t j = 0; j < W; ++j) {
-        const int64_t pix = row * W + j;
-        const unsigned long long key = p.zbuf[pix];
-        scalar_t* out = p.rast + pix * 4;
-        if (key == kEmptyKey) {
-          out[0] = out[1] = out[2] = out[3] = scalar_t(0);
-          continue;
-        }
-        const int f = static_cast<int>(key & 0xffffffffull);
-        const int32_t* fv = p.faces + int64_t(f) * 3;
-        double u, v, z;
-        resolve_uvz_proj(pb + int64_t(fv[0]) * 3, pb + int64_t(fv[1]) * 3,
-                         pb + int64_t(fv[2]) * 3, static_cast<double>(j), py, u, v, z);
-        out[0] = static_cast<scalar_t>(u);
-        out[1] = static_cast<scalar_t>(v);
-        out[2] = static_cast<scalar_t>(z);
-        out[3] = static_cast<scalar_t>(f + 1);
-      }
-    }
+    resolve_rows(p, begin, end);
   });
 }
 

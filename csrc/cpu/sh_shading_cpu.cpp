@@ -55,15 +55,22 @@ void fwd_range_base(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t 
 }
 #if JR2_X86_DISPATCH
 template <typename T, bool kMask>
-__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
-fwd_range_avx512(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
+JR2_TARGET_AVX512 void fwd_range_avx512(const ShShadingParams<T>& P, int64_t b, int64_t p0,
+                                        int64_t p1) {
+  fwd_range<T, kMask>(P, b, p0, p1);
+}
+template <typename T, bool kMask>
+JR2_TARGET_AVX2 void fwd_range_avx2(const ShShadingParams<T>& P, int64_t b, int64_t p0,
+                                    int64_t p1) {
   fwd_range<T, kMask>(P, b, p0, p1);
 }
 #endif
 template <typename T, bool kMask>
 void fwd_range_isa(const ShShadingParams<T>& P, int64_t b, int64_t p0, int64_t p1) {
 #if JR2_X86_DISPATCH
-  if (has_avx512()) return fwd_range_avx512<T, kMask>(P, b, p0, p1);
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) return fwd_range_avx512<T, kMask>(P, b, p0, p1);
+  if (level == SimdLevel::kAvx2) return fwd_range_avx2<T, kMask>(P, b, p0, p1);
 #endif
   fwd_range_base<T, kMask>(P, b, p0, p1);
 }
@@ -155,8 +162,8 @@ JR2_ALWAYS_INLINE inline void bwd_range(const ShShadingBackwardParams<T>& P, int
 }
 
 // The backward keeps 27 dL/dsh accumulators per SIMD lane; with SSE's 16 registers they spill,
-// with AVX-512's 32 they fit, so where the CPU has AVX-512 a copy compiled for it is used
-// (runtime dispatch; same arithmetic up to FMA contraction).
+// with AVX-512's 32 they fit, so the AVX-512 copy keeps 16 lanes and the baseline and AVX2 copies
+// 8 (run-time dispatch, simd_level(); same arithmetic up to FMA contraction).
 template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
 void bwd_range_base(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                     double* out) {
@@ -164,10 +171,14 @@ void bwd_range_base(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, 
 }
 #if JR2_X86_DISPATCH
 template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
-__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
-bwd_range_avx512(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
-                 double* out) {
+JR2_TARGET_AVX512 void bwd_range_avx512(const ShShadingBackwardParams<T>& P, int64_t b,
+                                        int64_t p0, int64_t p1, double* out) {
   bwd_range<T, kGi, kGr, kMask, kGm, 16>(P, b, p0, p1, out);
+}
+template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
+JR2_TARGET_AVX2 void bwd_range_avx2(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0,
+                                    int64_t p1, double* out) {
+  bwd_range<T, kGi, kGr, kMask, kGm, 8>(P, b, p0, p1, out);
 }
 #endif
 
@@ -175,7 +186,9 @@ template <typename T, bool kGi, bool kGr, bool kMask, bool kGm>
 void bwd_range_isa(const ShShadingBackwardParams<T>& P, int64_t b, int64_t p0, int64_t p1,
                    double* out) {
 #if JR2_X86_DISPATCH
-  if (has_avx512()) return bwd_range_avx512<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) return bwd_range_avx512<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
+  if (level == SimdLevel::kAvx2) return bwd_range_avx2<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
 #endif
   bwd_range_base<T, kGi, kGr, kMask, kGm>(P, b, p0, p1, out);
 }

@@ -153,8 +153,8 @@ inline int64_t tap_dy(const WarpParams<T>& P) {
 
 // warped[b, c, rows r0:r1] from the taps. Channel planes are the outer loop (callers), so one
 // source plane stays in L2 while its output streams. The run loop is branch-free loads + FMAs;
-// gather_plane_isa runs a copy compiled for AVX-512 where the CPU has it (wider arithmetic; the
-// tap loads stay scalar under generic tuning; same maths up to FMA contraction).
+// gather_plane_isa runs a copy compiled for AVX-512 or AVX2 where the CPU has it (simd_level();
+// wider arithmetic; same maths up to FMA contraction).
 template <typename T>
 JR2_ALWAYS_INLINE inline void gather_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
                                            int64_t c, int64_t r0, int64_t r1) {
@@ -204,9 +204,13 @@ void gather_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int
 }
 #if JR2_X86_DISPATCH
 template <typename T>
-__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
-gather_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, int64_t r0,
-                    int64_t r1) {
+JR2_TARGET_AVX512 void gather_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
+                                           int64_t c, int64_t r0, int64_t r1) {
+  gather_plane(P, tt, b, c, r0, r1);
+}
+template <typename T>
+JR2_TARGET_AVX2 void gather_plane_avx2(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
+                                       int64_t c, int64_t r0, int64_t r1) {
   gather_plane(P, tt, b, c, r0, r1);
 }
 #endif
@@ -214,7 +218,9 @@ template <typename T>
 void gather_plane_isa(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c,
                       int64_t r0, int64_t r1) {
 #if JR2_X86_DISPATCH
-  if (has_avx512()) return gather_plane_avx512(P, tt, b, c, r0, r1);
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) return gather_plane_avx512(P, tt, b, c, r0, r1);
+  if (level == SimdLevel::kAvx2) return gather_plane_avx2(P, tt, b, c, r0, r1);
 #endif
   gather_plane_base(P, tt, b, c, r0, r1);
 }
@@ -324,9 +330,13 @@ void backward_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, i
 }
 #if JR2_X86_DISPATCH
 template <typename T, bool kSrc, bool kGeo>
-__attribute__((target("avx512f,avx512vl,avx2,fma,prefer-vector-width=512"))) void
-backward_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
-                      T* gy) {
+JR2_TARGET_AVX512 void backward_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
+                                             int64_t c, T* gx, T* gy) {
+  backward_plane_z<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+}
+template <typename T, bool kSrc, bool kGeo>
+JR2_TARGET_AVX2 void backward_plane_avx2(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
+                                         int64_t c, T* gx, T* gy) {
   backward_plane_z<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
 }
 #endif
@@ -334,7 +344,9 @@ template <typename T, bool kSrc, bool kGeo>
 void backward_plane_isa(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int64_t c, T* gx,
                         T* gy) {
 #if JR2_X86_DISPATCH
-  if (has_avx512()) return backward_plane_avx512<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) return backward_plane_avx512<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
+  if (level == SimdLevel::kAvx2) return backward_plane_avx2<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
 #endif
   backward_plane_base<T, kSrc, kGeo>(P, tt, b, c, gx, gy);
 }

@@ -92,7 +92,7 @@ template <typename T>
 struct Edge {
   T lx, ly, dx, dy;  // raw(p) = dx*(py-ly) - dy*(px-lx)
   T ss;              // s * sgn: inside means ss*raw > 0 (s = sign of the triangle's area)
-  T inv_dy;          // 1/dy (row-span bounds only)
+  T inv_dy;          // 1/dy (row-span bounds only; prepare_spans fills it)
   bool tie;          // whether a pixel centre exactly on the edge (raw == 0) is inside
 };
 
@@ -105,7 +105,7 @@ JR2_HD Edge<T> make_edge(T ax, T ay, T bx, T by, T s) {
   e.dx = a_lo ? bx - ax : ax - bx;
   e.dy = a_lo ? by - ay : ay - by;
   e.ss = a_lo ? s : -s;
-  e.inv_dy = e.dy != T(0) ? T(1) / e.dy : T(0);
+  e.inv_dy = T(0);  // set by prepare_spans (only row_span reads it)
   // Top-left style rule on the inward normal n = s*(-(by-ay), bx-ax): the two triangles on
   // either side of an edge have opposite inward normals, so exactly one owns the tie.
   const T nx = -(by - ay) * s;
@@ -131,14 +131,16 @@ JR2_HD int ceil_pos(T x) {
 template <typename T>
 struct TriSetup {
   Edge<T> e0, e1, e2;  // e_k is the edge opposite vertex k
-  T c0, c1, c2;
+  T c0, c1, c2;        // set by setup_depth
+  T A, s;              // twice the signed screen area, and its sign
   int j0, j1, i0, i1;  // inclusive pixel bbox, clipped to the image
 };
 
-// p0, p1, p2 are projected vertices (x, y, 1/z). Returns false when the triangle draws
-// nothing (vertex behind the near plane, degenerate, culled, or no pixel centre in its bbox).
+// The coverage half of the setup (edges and bbox; no division). p0, p1, p2 are projected
+// vertices (x, y, 1/z). Returns false when the triangle draws nothing (vertex behind the near
+// plane, degenerate, culled, or no pixel centre in its bbox).
 template <typename T>
-JR2_HD bool setup_triangle(const T* p0, const T* p1, const T* p2, int H, int W, bool cull,
+JR2_HD bool setup_coverage(const T* p0, const T* p1, const T* p2, int H, int W, bool cull,
                            TriSetup<T>& t) {
   const T x0 = p0[0], y0 = p0[1], x1 = p1[0], y1 = p1[1], x2 = p2[0], y2 = p2[1];
   if (!(x0 == x0) || !(x1 == x1) || !(x2 == x2)) return false;  // behind the near plane
@@ -158,14 +160,40 @@ JR2_HD bool setup_triangle(const T* p0, const T* p1, const T* p2, int H, int W, 
   t.i1 = ymax >= T(H - 1) ? H - 1 : static_cast<int>(ymax);
   if (t.j0 > t.j1 || t.i0 > t.i1) return false;
   const T s = A > T(0) ? T(1) : T(-1);
+  t.A = A;
+  t.s = s;
   t.e0 = make_edge(x1, y1, x2, y2, s);
   t.e1 = make_edge(x2, y2, x0, y0, s);
   t.e2 = make_edge(x0, y0, x1, y1, s);
-  const T invA = T(1) / A;
+  return true;
+}
+
+// The depth half of the setup (the c_k above); needed only once a pixel is covered.
+template <typename T>
+JR2_HD void setup_depth(const T* p0, const T* p1, const T* p2, TriSetup<T>& t) {
+  const T invA = T(1) / t.A;
   // (sgn*raw)*(iz*invA) == raw*(sgn*(iz*invA)) exactly, since sgn is +-1.
-  t.c0 = (t.e0.ss * s) * (p0[2] * invA);
-  t.c1 = (t.e1.ss * s) * (p1[2] * invA);
-  t.c2 = (t.e2.ss * s) * (p2[2] * invA);
+  t.c0 = (t.e0.ss * t.s) * (p0[2] * invA);
+  t.c1 = (t.e1.ss * t.s) * (p1[2] * invA);
+  t.c2 = (t.e2.ss * t.s) * (p2[2] * invA);
+}
+
+// The reciprocals row_span needs (it only narrows the columns a row tests: triangles a few
+// pixels wide skip it, with the same result).
+template <typename T>
+JR2_HD void prepare_spans(TriSetup<T>& t) {
+  t.e0.inv_dy = t.e0.dy != T(0) ? T(1) / t.e0.dy : T(0);
+  t.e1.inv_dy = t.e1.dy != T(0) ? T(1) / t.e1.dy : T(0);
+  t.e2.inv_dy = t.e2.dy != T(0) ? T(1) / t.e2.dy : T(0);
+}
+
+// The whole setup: coverage, row spans and depth.
+template <typename T>
+JR2_HD bool setup_triangle(const T* p0, const T* p1, const T* p2, int H, int W, bool cull,
+                           TriSetup<T>& t) {
+  if (!setup_coverage(p0, p1, p2, H, W, cull, t)) return false;
+  prepare_spans(t);
+  setup_depth(p0, p1, p2, t);
   return true;
 }
 
@@ -214,20 +242,32 @@ JR2_HD bool row_span(const TriSetup<T>& t, const RowTerms<T>& r, int& ja, int& j
   return ja <= jb;
 }
 
-// Packed z-buffer key of pixel (px, row) for triangle `face`, or kEmptyKey if not covered.
+// Edge functions raw_k of pixel centre (px, row) and whether the pixel is covered.
 template <typename T>
-JR2_HD unsigned long long pixel_key(const TriSetup<T>& t, const RowTerms<T>& r, T px, int face) {
-  const T E0 = r.r0 - t.e0.dy * (px - t.e0.lx);
-  const T E1 = r.r1 - t.e1.dy * (px - t.e1.lx);
-  const T E2 = r.r2 - t.e2.dy * (px - t.e2.lx);
-  if (!(edge_inside(t.e0, E0) & edge_inside(t.e1, E1) & edge_inside(t.e2, E2))) {
-    return kEmptyKey;
-  }
-  const T q = E0 * t.c0 + E1 * t.c1 + E2 * t.c2;
+JR2_HD bool pixel_edges(const TriSetup<T>& t, const RowTerms<T>& r, T px, T* E) {
+  E[0] = r.r0 - t.e0.dy * (px - t.e0.lx);
+  E[1] = r.r1 - t.e1.dy * (px - t.e1.lx);
+  E[2] = r.r2 - t.e2.dy * (px - t.e2.lx);
+  return edge_inside(t.e0, E[0]) & edge_inside(t.e1, E[1]) & edge_inside(t.e2, E[2]);
+}
+
+// Packed z-buffer key of a covered pixel with edge functions E (setup_depth done), or
+// kEmptyKey when its depth is not positive and finite.
+template <typename T>
+JR2_HD unsigned long long depth_key(const TriSetup<T>& t, const T* E, int face) {
+  const T q = E[0] * t.c0 + E[1] * t.c1 + E[2] * t.c2;
   const float z = static_cast<float>(T(1) / q);
   if (!(z > 0.0f) || !is_finite(z)) return kEmptyKey;
   return (static_cast<unsigned long long>(float_bits(z)) << 32) |
          static_cast<unsigned long long>(static_cast<uint32_t>(face));
+}
+
+// Packed z-buffer key of pixel (px, row) for triangle `face`, or kEmptyKey if not covered.
+template <typename T>
+JR2_HD unsigned long long pixel_key(const TriSetup<T>& t, const RowTerms<T>& r, T px, int face) {
+  T E[3];
+  if (!pixel_edges(t, r, px, E)) return kEmptyKey;
+  return depth_key(t, E, face);
 }
 
 // Perspective-correct (u, v, z) at pixel centre (px, py) from projected vertices (x, y, 1/z):
