@@ -58,13 +58,31 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: s
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
 
 
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_info() -> dict[str, Any]:
+    """What every benchmark JSON records about the machine and the run, so that figures from
+    different machines are never compared blind: CPU model, the SIMD level the kernels selected
+    (and the CPU's best), thread counts and the load average (1/5/15 min) when called."""
     import os
 
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
@@ -72,13 +90,17 @@ def machine_info() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        from jr2net import _C
+
+        info["simd_level"] = _C.simd_level()
+        info["cpu_simd_level"] = _C.cpu_simd_level()
     except ImportError:
         pass
     return info
 
 
 def write_results(name: str, payload: dict[str, Any]) -> Path:
-    """Write ``benchmarks/results/<name>.json`` with machine info added; returns the path."""
+    """Write ``benchmarks/results/<name>.json`` with ``machine_info()`` added; returns the path."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
     data = {"benchmark": name, "machine": machine_info(), **payload}
