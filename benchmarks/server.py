@@ -248,7 +248,8 @@ def main() -> None:
                         help="with --learned: only the learned scenarios")
     args = parser.parse_args()
     payload = asyncio.run(main_async(args))
-    write_results("server", payload)
+    # Learned scenarios alone go to their own file (server.json keeps the geometric runs).
+    write_results("server_learned" if args.learned and args.skip_geometric else "server", payload)
 
 
 if __name__ == "__main__":
