@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from jr2net.face.camera import (
     default_intrinsics,
     euler_rotation,
+    flip,
     model_to_camera,
     project,
 )
@@ -132,16 +133,15 @@ def _move_to_camera(
             raise ValueError(f"{name} must be [{B},3,3] or [3,3], got {tuple(K.shape)}")
         Ks.append(K.to(dev, dt).expand(B, 3, 3))
     K_from, K_to = Ks
-    flip = coeffs.translation.new_tensor([1.0, -1.0, -1.0])
     rot = euler_rotation(coeffs.angles)
     anchor = anchor.to(dev, dt).view(1, 3, 1)
-    p = flip * ((rot @ anchor)[..., 0] + coeffs.translation)  # anchor in the camera frame
+    p = flip((rot @ anchor)[..., 0] + coeffs.translation)  # anchor in the camera frame
     f_from = torch.stack([K_from[:, 0, 0], K_from[:, 1, 1]], -1)
     f_to = torch.stack([K_to[:, 0, 0], K_to[:, 1, 1]], -1)
     pix = f_from * p[:, :2] / p[:, 2:3] + K_from[:, :2, 2]
     z_new = p[:, 2:3] * f_to[:, :1] / f_from[:, :1]
     p_new = torch.cat([(pix - K_to[:, :2, 2]) * z_new / f_to, z_new], dim=-1)
-    return coeffs.replace(translation=coeffs.translation + flip * (p_new - p))
+    return coeffs.replace(translation=coeffs.translation + flip(p_new - p))
 
 
 def to_image_camera(
