@@ -23,6 +23,50 @@ import time
 from benchmarks.common import RESULTS_DIR, print_table, write_results
 
 METHODS = ("ours", "copy_source", "similarity")
+# Acceptance (region, metric) pairs: ours must beat both baselines on each, per video.
+ACCEPTANCE = (
+    ("face_box", "psnr"), ("face_box", "ssim"), ("mouth_box", "psnr"), ("full", "psnr"),
+    ("full", "ssim"),
+)  # fmt: skip
+REGIONS = ("face_hull", "face_box", "mouth_box", "full")
+JITTER_FRAMES = 90  # streamed frames whose landmarks are tracked for the jitter figure
+STILL_CHANGE = 0.012  # driving landmark change per frame (/ IOD) below which a frame is "still"
+
+
+def landmark_jitter(pairs) -> dict:
+    """Frame-to-frame change of the output's 68 landmarks minus the driving's (mean absolute
+    per-point displacement / inter-ocular distance), over the still frames of ``pairs`` (the
+    driving's own change below ``STILL_CHANGE``) and over all of them."""
+    import numpy as np
+
+    from jr2net.face.landmarks import detect_faces, interocular_distance
+
+    prev = None
+    still, every = [], []
+    for drv, out in pairs:
+        d, o = detect_faces(drv), detect_faces(out)
+        if not d or not o:
+            prev = None
+            continue
+        cur = (np.asarray(d[0].landmarks, float), np.asarray(o[0].landmarks, float))
+        if prev is not None:
+            iod = max(interocular_distance(cur[0]), 1e-6)
+            cd = float(np.linalg.norm(cur[0] - prev[0], axis=1).mean()) / iod
+            co = float(np.linalg.norm(cur[1] - prev[1], axis=1).mean()) / iod
+            every.append((cd, co))
+            if cd < STILL_CHANGE:
+                still.append((cd, co))
+        prev = cur
+
+    def stats(v):
+        if not v:
+            return {"frames": 0, "driving": float("nan"), "ours": float("nan"),
+                    "excess": float("nan")}  # fmt: skip
+        a = np.asarray(v)
+        return {"frames": len(v), "driving": float(a[:, 0].mean()), "ours": float(a[:, 1].mean()),
+                "excess": float((a[:, 1] - a[:, 0]).mean())}  # fmt: skip
+
+    return {"still": stats(still), "all": stats(every)}
 LIBRARY_NAMES = {"ours": "ours", "copy_source": "copy_source", "similarity": "similarity_warp"}
 
 
@@ -36,11 +80,13 @@ def evaluate_video(
 
     options = SessionOptions(pose_mode=pose_mode, extra={"light": light, "expression": expression})
     res = evaluate_same_identity(
-        reenactor, path, options, max_frames=max_frames, regions=("face_hull",),
-        max_stream=max_stream,
+        reenactor, path, options, max_frames=max_frames, regions=REGIONS,
+        max_stream=max_stream, keep_stream=JITTER_FRAMES,
     )  # fmt: skip
     s = res.summary
     summary = {m: s["methods"][LIBRARY_NAMES[m]]["face_hull"] for m in METHODS}
+    summary["regions"] = {m: s["methods"][LIBRARY_NAMES[m]] for m in METHODS}
+    summary["jitter"] = landmark_jitter(res.stream)
     summary["frames_evaluated"] = s["frames_evaluated"]
     summary["frames_skipped_no_face"] = s["frames_skipped_no_face"] + s["frames_skipped_fallback"]
     summary["source_frame"] = s["source_frame"]
@@ -136,6 +182,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     beat = all(w["psnr"] and w["ssim"] for w in wins.values())
     print(f"\nours beats both baselines on PSNR and SSIM on every video: {beat} {wins}")
+    acc_rows, acceptance = [], {}
+    for name, s in per_video.items():
+        r = s["regions"]
+        row = {"video": name}
+        for region, k in ACCEPTANCE:
+            ok = all(r["ours"][region][k] > r[b][region][k] for b in METHODS[1:])
+            acceptance.setdefault(name, {})[f"{region}_{k}"] = ok
+            row[f"{region} {k}"] = (
+                f"{r['ours'][region][k]:.3f}/{r['copy_source'][region][k]:.3f}/"
+                f"{r['similarity'][region][k]:.3f}{'' if ok else ' X'}"
+            )
+        j = s["jitter"]["still"]
+        row["jitter still (ours-drv)"] = f"{j['excess']:.4f} ({j['frames']} fr)"
+        acc_rows.append(row)
+    print_table(
+        acc_rows,
+        ["video", *(f"{r} {k}" for r, k in ACCEPTANCE), "jitter still (ours-drv)"],
+        title="acceptance: ours/copy-source/similarity (X: ours does not beat both)",
+    )
+    acc_met = all(all(v.values()) for v in acceptance.values())
+    print(f"acceptance met on every video and metric: {acc_met}")
     print(
         f"runtime {time.perf_counter() - t0:.0f} s; side-by-sides in {RESULTS_DIR}/quality_<video>.png"
     )
@@ -152,6 +219,12 @@ def main(argv: list[str] | None = None) -> int:
             "per_video": per_video,
             "mean_over_videos": overall,
             "ours_beats_baselines": wins,
+            "acceptance": acceptance,
+            "acceptance_met": acc_met,
+            "jitter_definition": (
+                "mean |Δ landmark| / IOD per frame, output minus driving, on frames whose "
+                f"driving change < {STILL_CHANGE} (first {JITTER_FRAMES} streamed frames)"
+            ),
             "all_met": beat,
         },
     )

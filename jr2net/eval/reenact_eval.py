@@ -168,6 +168,7 @@ class SameIdentityResult:
     source_detection: object  # its FaceDetection
     rows: list[tuple[np.ndarray, dict[str, np.ndarray]]] = field(default_factory=list)  # sheet
     features: dict[str, list[np.ndarray]] = field(default_factory=dict)  # FID: method -> [D]s
+    stream: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (driving, ours)
 
 
 def evaluate_same_identity(
@@ -180,9 +181,11 @@ def evaluate_same_identity(
     sheet_rows: int = 4,
     extractor: Callable | None = None,
     progress: bool = False,
+    keep_stream: int = 0,
 ) -> SameIdentityResult:
     """Same-identity scores of one video (module docstring). ``max_stream`` > 0 streams only
-    that many frames after the source. Raises NoFaceError when no frame has a face, VideoError
+    that many frames after the source; the first ``keep_stream`` (driving, ours) pairs are kept
+    in ``result.stream`` (for temporal metrics). Raises NoFaceError when no frame has a face, VideoError
     for a file that cannot be decoded."""
     from tqdm import tqdm
 
@@ -219,6 +222,8 @@ def evaluate_same_identity(
             res, dt = _timed(session, frame)
             times.append(dt)
             bar.update(1)
+            if len(result.stream) < keep_stream:
+                result.stream.append((frame, res.image))
             if i not in eval_ids:
                 continue
             dets = detect_faces(frame)

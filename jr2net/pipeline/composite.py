@@ -5,8 +5,10 @@ The source photo (at output size) is the background, itself warped over a box co
 motion (extrapolated from the face, its mean far from it, so hair, ears, neck and the old head
 position follow the head) plus the non-rigid face motion close to the face (the skin under a
 dropping jaw follows it), fading to zero at the box border; the face layer goes on top with a
-feathered mask. Large head motions stretch the shoulders/background near the head (no
-inpainting).
+feathered mask. The neck and shoulders below the face move by a damped translation of the
+head's mean motion, and pixels the source never showed are inpainted
+(``jr2net.pipeline.background``). The background field is built from per-pixel displacements,
+so a still head leaves the background exactly in place.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 
 from jr2net.face.camera import camera_to_model, pose_points
 from jr2net.face.camera import project as project_points
+from jr2net.pipeline.background import BODY_DAMPING, BODY_OUTER, body_weights, fill_outside
 from jr2net.pipeline.stages import bilinear_matrix, border_window, extend_field, feather
 
 BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
@@ -118,13 +121,36 @@ class Compositor:
 
         # region: the warped background box in uint8 units + 0.5 (see bg255).
         if self.background_warp:
-            field = self._background_field(valid, points, depth, box, (bx0, by0, bside), pose)
-            grid = self._sample_grid(
+            bbox = (bx0, by0, bside)
+            field, head_shift = self._background_field(valid, points, depth, box, bbox, pose)
+            body_shift = BODY_DAMPING * head_shift  # [2] px, target -> source
+            # The warped region grows to take in the body (down to the frame's bottom).
+            ex0 = max(0, min(fx0, int(math.floor(cx - BODY_OUTER * side))))
+            ex1 = min(Wo, max(fx1, int(math.ceil(cx + BODY_OUTER * side))))
+            ey1 = Ho
+            # Inside the box the body term takes over where the head field fades out.
+            c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
+            wx, wy = body_weights(c + bx0, c + by0, box)
+            w_box = (wy[:, None] * wx[None, :])[None, None] * (1 - self.window)
+            field = field + w_box * body_shift.view(1, 2, 1, 1)
+            xs = torch.arange(ex0, ex1, dtype=torch.float32)
+            ys = torch.arange(fy0, ey1, dtype=torch.float32)
+            wx, wy = body_weights(xs, ys, box)
+            shift = (body_shift * self._px_to_grid.view(2)).view(1, 1, 2)
+            grid = self._grid[:, fy0:ey1, ex0:ex1].permute(1, 2, 0) + (
+                (wy[:, None] * wx[None, :])[..., None] * shift
+            )
+            grid[: fy1 - fy0, fx0 - ex0 : fx1 - ex0] = self._sample_grid(
                 field[0] * self._px_to_grid, bside, (bx0, by0), (fx0, fy0, fx1, fy1)
             )
             region = F.grid_sample(
                 self.bg255, grid[None], mode="bilinear", padding_mode="border", align_corners=False
             )
+            # Pixels the source never showed (sampled outside it): inpainted, not edge-repeated.
+            outside = (grid.abs() > 1.0 + 1e-4).any(-1)
+            if bool(outside.any()):
+                region = fill_outside(region, outside)
+            fx0, fx1, fy1 = ex0, ex1, ey1
         else:
             region = self.bg255[:, :, fy0:fy1, fx0:fx1].clone()
 
@@ -191,7 +217,8 @@ class Compositor:
         bbox: tuple[int, int, int],
         pose: tuple[Tensor, Tensor],
     ) -> Tensor:
-        """Background displacement ``[1,2,n,n]`` (output px, target -> source) over ``bbox``.
+        """Background displacement ``[1,2,n,n]`` (output px, target -> source) over ``bbox``, and
+        the head's mean rigid displacement ``[2]`` (what the body follows, damped).
 
         Per face cell: the full (non-rigid) displacement from the warp's source points and the
         rigid one (the target point moved by the head pose only). Both are resampled onto the
@@ -233,4 +260,5 @@ class Compositor:
         # Far from the face the head's mean rigid motion (the old head position follows it).
         mean_rigid = (face[:, 0:2].sum((2, 3)) / w_cell.sum().clamp_min(1.0))[:, :, None, None]
         rigid_ext = mean_rigid + support * (ext[:, :2] - mean_rigid)
-        return rigid_ext * self.window + ext[:, 2:4] * support.pow(4)
+        field = rigid_ext * self.window + ext[:, 2:4] * support.pow(4)
+        return field, mean_rigid[0, :, 0, 0]

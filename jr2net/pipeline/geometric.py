@@ -19,17 +19,17 @@ the small stage functions are ``jr2net.pipeline.stages``. Stages and their docum
   face is relit for its new orientation under the light of the scene it is composited into:
   ratio = E_θs(n_target) / E_θs(n_source) per vertex (SH irradiance of the recombined vs the
   source-posed normals), interpolated per pixel with the warp's points. ``none``: no relighting.
-  A per-frame estimate of the driving frame's light (least squares on visible vertices with the
-  source's albedo) was tried and dropped: the source and driving SH fits disagree in their
-  higher bands, and the ratio of the two gave colour casts, not better images.
+  (A per-frame driving-light estimate gave colour casts; dropped.)
 - **fill**: target face pixels not co-visible in the source (mouth interior, disoccluded cheek)
   take per-vertex colours sampled from the source photo at session start; vertices hidden in the
   source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a
   synthetic mouth (teeth-like bands by the lip line, a dark cavity behind). They are relit by the
   same ratio (except the synthetic mouth) and blended over a soft co-visibility edge.
 - **composite**: the face layer, feathered, over the source photo warped by the head's motion
-  (``jr2net.pipeline.composite``). Large head motions stretch the shoulders/background near the
-  head (no inpainting).
+  (``jr2net.pipeline.composite``; body motion and inpainting in ``jr2net.pipeline.background``).
+  By default (``options.extra["full_res_face"]``: ``1``) the face layer samples the full-size
+  source once through the warp field upsampled to the face box (sharp; a still head returns the
+  photo itself); ``0`` composites the crop-resolution warp.
 - **no face** in a driving frame (or a fit that diverged to non-finite values): the last reenacted
   output is repeated (``fallback="last_output"``) or, before the first one, the source image at
   output size (``fallback="source"``); ``face_found`` is False. Never an exception. Bad arrays
@@ -41,7 +41,8 @@ the small stage functions are ``jr2net.pipeline.stages``. Stages and their docum
   (``jr2net.pipeline.filters``, settings documented there) before recombination, so a still
   driving head gives a still output; a lost face resets it.
 
-``options.extra`` also accepts ``feather`` (mask feather radius in crop pixels, default crop/64)
+``options.extra`` also accepts ``feather`` (mask feather radius in crop pixels, default crop/64), ``still_threshold``
+(the stillness gate's landmark threshold, default 0.025 IOD; 0 disables the gate)
 and ``background_warp`` (``1``/``0``).
 """
 
@@ -88,15 +89,6 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def _option_int(extra: dict[str, str], key: str, default: int) -> int:
-    try:
-        return int(extra.get(key, default))
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"options.extra[{key!r}] must be an integer, got {extra.get(key)!r}"
-        ) from None
-
-
 @dataclass
 class RecombinedFace:
     """The recombined face in the output camera: what stage 2 renders."""
@@ -136,7 +128,7 @@ class GeometricSession:
             raise ValueError(
                 f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}"
             )
-        self.feather_radius = _option_int(extra, "feather", max(1, self.crop // 64))
+        self.feather_radius = st.option_int(extra, "feather", max(1, self.crop // 64))
         self.expression_mode = extra.get("expression", "absolute")
         if self.expression_mode not in EXPRESSION_MODES:
             raise ValueError(
@@ -144,11 +136,9 @@ class GeometricSession:
             )
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
         self.full_res = extra.get("full_res_face", "1") not in ("0", "false", "no")
-        self.pose_filter = (
-            PoseExpressionFilter()
-            if extra.get("temporal_filter", "1") not in ("0", "false", "no")
-            else None
-        )
+        on = extra.get("temporal_filter", "1") not in ("0", "false", "no")
+        gate = st.option_float(extra, "still_threshold", 0.025)
+        self.pose_filter = PoseExpressionFilter(still_threshold=gate) if on else None
         self.model = reenactor.model
         self.mesh: st.RenderMesh = reenactor.render_model
         self.faces = self.mesh.faces
@@ -323,7 +313,6 @@ class GeometricSession:
         timings["total"] = _now() - t_start
         return FrameResult(image=image.copy(), timings=timings, face_found=False, fallback=name)
 
-
     def _recombine(self, fit) -> tuple[RecombinedFace, Tensor]:
         """The recombined face (``Recombiner.recombine``), its square render box, and its
         camera-space vertex normals."""
@@ -370,18 +359,18 @@ class GeometricSession:
         t4 = _now()
         timings["warp"] = t4 - t3
 
-        # -- relight
         planes = interp[..., 3:9].permute(0, 3, 1, 2).contiguous()  # fill colour, ratio
         ratio_map = planes[:, 3:6]
         relit = warped * ratio_map
         t5 = _now()
         timings["relight"] += (t5 - t4) + (t3 - t2)
 
-        # -- fill the non-covisible face pixels
         fill = planes[:, 0:3] * ratio_map
         cov_soft = st.box_blur3(covisible).mul_(covisible)
         if self.full_res:
-            face = self._full_res_face(points, valid, fill, ratio_map, cov_soft, box)
+            face = st.full_res_face(
+                self.bg, self.K_out, points, valid, torch.cat([fill, ratio_map, cov_soft], 1), box
+            )
         else:
             face = fill + cov_soft * (relit - fill)
         t6 = _now()
@@ -391,43 +380,6 @@ class GeometricSession:
         image = self.compositor.composite(face, valid, points, rast[..., 2], box, (R, t))
         timings["composite"] = _now() - t6
         return image
-
-
-    def _full_res_face(
-        self,
-        points: Tensor,
-        valid: Tensor,
-        fill: Tensor,
-        ratio: Tensor,
-        cov_soft: Tensor,
-        box: tuple[int, int, int],
-    ) -> Tensor:
-        """The face layer at its box's size ``[1,3,side,side]``: the warp's source points,
-        projected into the source photo and upsampled (a smooth field), sample the full-size
-        photo once, so the face keeps the photo's sharpness and a still head returns the photo
-        itself; relight ratio, fill colours and co-visibility are upsampled from the crop."""
-        S = self.crop
-        Ho, Wo = self.out_hw
-        x0, y0, side = box
-        p = project_points(points.view(1, -1, 3), self.K_out[None])[0].view(S, S, 2)
-        # Off the mesh: the target pixel itself (the mask hides it; keeps the field smooth).
-        u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
-        own = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1)
-        on = valid[0, 0, :, :, None] > 0
-        p = torch.where(on, p, own)
-        grid = torch.stack([(2 * p[..., 0] + 1) / Wo - 1, (2 * p[..., 1] + 1) / Ho - 1], 0)
-        planes = torch.cat([grid[None], fill, ratio, cov_soft], 1)
-        if side != S:
-            planes = F.interpolate(
-                planes, size=(side, side), mode="bilinear", align_corners=False,
-                antialias=side < 0.6 * S,
-            )  # fmt: skip
-        photo = F.grid_sample(
-            self.bg, planes[:, 0:2].permute(0, 2, 3, 1), mode="bilinear",
-            padding_mode="border", align_corners=False,
-        )  # fmt: skip
-        fill_up, ratio_up, cov_up = planes[:, 2:5], planes[:, 5:8], planes[:, 8:9]
-        return fill_up + cov_up * (photo * ratio_up - fill_up)
 
     def close(self) -> None:
         """Release per-session state (buffers, tracker)."""

@@ -166,6 +166,64 @@ def border_window(size: int, margin: float) -> Tensor:
     return (ramp[:, None] * ramp[None, :])[None, None]
 
 
+def option_int(extra: dict[str, str], key: str, default: int) -> int:
+    """``extra[key]`` as an int (``default`` when absent); ValueError naming the key."""
+    try:
+        return int(extra.get(key, default))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"options.extra[{key!r}] must be an integer, got {extra.get(key)!r}"
+        ) from None
+
+
+def option_float(extra: dict[str, str], key: str, default: float) -> float:
+    """``extra[key]`` as a float (``default`` when absent); ValueError naming the key."""
+    try:
+        return float(extra.get(key, default))
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"options.extra[{key!r}] must be a number, got {extra.get(key)!r}"
+        ) from None
+
+
+def full_res_face(
+    photo: Tensor,
+    K_out: Tensor,
+    points: Tensor,
+    valid: Tensor,
+    planes: Tensor,
+    box: tuple[int, int, int],
+) -> Tensor:
+    """The face layer at its box's size ``[1,3,side,side]``: the warp's source points
+    ``[1,S,S,3]``, projected into the source ``photo`` ``[1,3,Ho,Wo]`` (camera ``K_out``) and
+    upsampled (a smooth field), sample the full-size photo once, so the face keeps its sharpness
+    and a still head returns the photo itself. ``planes`` ``[1,7,S,S]``: fill colour (3), relight
+    ratio (3), soft co-visibility (1), upsampled from the crop."""
+    from jr2net.face.camera import project as project_points
+
+    S = points.shape[1]
+    Ho, Wo = photo.shape[-2:]
+    x0, y0, side = box
+    p = project_points(points.view(1, -1, 3), K_out[None])[0].view(S, S, 2)
+    # Off the mesh: the target pixel itself (the mask hides it; keeps the field smooth).
+    u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
+    own = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1)
+    p = torch.where(valid[0, 0, :, :, None] > 0, p, own)
+    grid = torch.stack([(2 * p[..., 0] + 1) / Wo - 1, (2 * p[..., 1] + 1) / Ho - 1], 0)
+    planes = torch.cat([grid[None], planes], 1)
+    if side != S:
+        planes = F.interpolate(
+            planes, size=(side, side), mode="bilinear", align_corners=False,
+            antialias=side < 0.6 * S,
+        )  # fmt: skip
+    sampled = F.grid_sample(
+        photo, planes[:, 0:2].permute(0, 2, 3, 1), mode="bilinear",
+        padding_mode="border", align_corners=False,
+    )  # fmt: skip
+    fill, ratio, cov = planes[:, 2:5], planes[:, 5:8], planes[:, 8:9]
+    return fill + cov * (sampled * ratio - fill)
+
+
 class RenderMesh:
     """The part of a face model rendered per frame: a vertex subset with its bases and faces.
 
