@@ -258,6 +258,13 @@ class LearnedSession:
             timings["fit"] = (t1 - t_start) - timings["track"]
             if fit is None or not is_finite(fit.coeffs):
                 return LearnedAnalysis(None, None, None, timings, _now() - t_start)
+        return self.analyse_fit(fit, timings, t_start)
+
+    def analyse_fit(self, fit, timings: dict[str, float], t_start: float) -> LearnedAnalysis:
+        """The rest of stage 1 for a driving fit (a tracked frame's, or a motion-capture frame's:
+        ``jr2net.pipeline.mocap``): recombine it with the source and frame DCNet's crop."""
+        t1 = _now()
+        with torch.inference_mode():
             target = self.recombiner.recombine(fit)
             lm68 = target.verts_cam[:, self.reenactor.mesh.landmarks68]
             lm = project_points(lm68, self.K_out[None])
