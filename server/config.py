@@ -92,9 +92,10 @@ class ServerConfig:
         return self
 
     def checkpoint_sources(self) -> str | dict[str, str] | None:
-        """``checkpoints`` (a run folder or file), or, when --recnet/--dcnet/--etnet are given,
-        those files by network name (the run folder as ``"run"``)."""
-        files = {n: getattr(self, n) for n in ("recnet", "dcnet", "etnet") if getattr(self, n)}
+        """``checkpoints`` (a run folder or file), or, when --recnet/--dcnet are given, those
+        files by network name (the run folder as ``"run"``). --etnet is the expression tracker
+        of every mode (``ReenactorSettings.etnet``), not one of these."""
+        files = {n: getattr(self, n) for n in ("recnet", "dcnet") if getattr(self, n)}
         if not files:
             return self.checkpoints
         return {**({"run": self.checkpoints} if self.checkpoints else {}), **files}
@@ -150,7 +151,9 @@ SETTINGS: dict[str, Setting] = {
         "(the geometric mode needs none)", "PATH"),
     "recnet": Setting("RecNet checkpoint (replaces the fitter in mode learned; overrides RUN's)", "FILE"),
     "dcnet": Setting("DCNet checkpoint: enables mode learned (overrides RUN's dcnet/best.pt)", "FILE"),
-    "etnet": Setting("ETNet checkpoint (reserved for RecAugNet; overrides RUN's)", "FILE"),
+    "etnet": Setting(
+        "ETNet checkpoint (etnet or recaugnet stage): the driving expression tracker of every mode, "
+        "loaded at start; sessions opt out with option expression=fitter", "FILE"),
     "preload": Setting("build the default reenactor at start-up so the first session is fast"),
     "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
 }
@@ -277,6 +280,10 @@ class ReenactorFactory:
         import jr2net.pipeline.learned  # noqa: F401  (registers mode 'learned')
         from jr2net.pipeline.learned import ModeNotConfigured
 
+        if self.config.etnet:  # the tracker: every mode loads it now (a bad file stops the start)
+            for mode in registry.available_modes():
+                if mode not in self._cache and mode not in CHECKPOINT_MODES:
+                    self._cache[mode] = registry.create_reenactor(mode, self.settings())
         if self.config.checkpoint_sources() is None:
             return  # their factories refuse each session, saying how to enable them
         for mode in CHECKPOINT_MODES:
@@ -313,7 +320,8 @@ class ReenactorFactory:
     def settings(self) -> registry.ReenactorSettings:
         """What every mode's factory gets from this server's configuration."""
         return registry.ReenactorSettings(
-            face_model=self.config.face_model, checkpoints=self.config.checkpoint_sources()
+            face_model=self.config.face_model, checkpoints=self.config.checkpoint_sources(),
+            etnet=self.config.etnet,
         )
 
     def loaded(self) -> dict[str, Any]:

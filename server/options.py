@@ -2,7 +2,7 @@
 
 A value the pipeline could not use would otherwise be accepted at open and then fail every frame
 (e.g. ``feather=99999999999999999999999`` overflowing in the compositor). Each mode's options are
-declared here from the pipeline's own tables (``LIGHT_MODES``, ``EXPRESSION_MODES``); a mode with
+declared here from the pipeline's own tables (``LIGHT_MODES``, ``EXPRESSION_VALUES``); a mode with
 no table here (one registered by an embedding application) gets only the size checks, and its
 pipeline validates its options itself.
 """
@@ -67,7 +67,7 @@ def _table(module: str, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _common(light: tuple[str, ...]) -> dict[str, Spec]:
-    expression = _table("jr2net.pipeline.recombine", "EXPRESSION_MODES", ("absolute", "relative"))
+    expression = _table("jr2net.pipeline.etnet_tracker", "EXPRESSION_VALUES", ("absolute", "relative"))
     return {
         "light": Choice(light),
         "expression": Choice(expression),

@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "server: enables --mode learned")
     parser.add_argument("--recnet", metavar="FILE", help="RecNet checkpoint (in-process server)")
     parser.add_argument("--dcnet", metavar="FILE", help="DCNet checkpoint (in-process server)")
+    parser.add_argument("--etnet", metavar="CKPT",
+                        help="ETNet (etnet or recaugnet checkpoint) as the driving expression "
+                             "tracker of the in-process server; --option expression=fitter opts out")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="pipeline option (SessionOptions.extra), repeatable; e.g. light=none, "
                         "expression=relative, feather=8 (every option: docs/operations.md)")
@@ -86,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from jr2net.server.app import local_server
 
-        nets = {k: getattr(args, k) for k in ("checkpoints", "recnet", "dcnet") if getattr(args, k)}
+        nets = {k: getattr(args, k) for k in ("checkpoints", "recnet", "dcnet", "etnet") if getattr(args, k)}
         server = local_server(max_sessions=1, face_model=args.face_model, **nets)
         token = None
     try:

@@ -20,6 +20,11 @@ every frame still gets exactly one reply. Metrics: http://HOST:METRICS_PORT/metr
 jr2net_rejected_total{reason}). SIGTERM/SIGINT drains: health NOT_SERVING, new sessions get
 UNAVAILABLE, in-flight frames finish, then the server stops (at most --drain-timeout seconds;
 a second signal stops at once).
+
+Expression tracker: --etnet CKPT (an etnet or recaugnet checkpoint) is loaded at start by every
+mode and tracks each driving frame's expression (the fitter keeps the pose; reply timing "etnet");
+a session opts out with option expression=fitter (or fitter+relative); without --etnet,
+expression=etnet is refused with INVALID_ARGUMENT.
 """
 
 

@@ -14,7 +14,8 @@ the small stage functions are ``jr2net.pipeline.stages``. Stages and their docum
 
 - **pose** (``SessionOptions.pose_mode``: ``relative``, default, cross-identity; ``absolute``,
   same-identity) and **expression** (``options.extra["expression"]``: ``absolute``, default, or
-  ``relative``): see ``jr2net.pipeline.recombine``.
+  ``relative``: ``jr2net.pipeline.recombine``; ``etnet``/``fitter``: the driving expression
+  tracker, ``jr2net.pipeline.etnet_tracker``).
 - **relight** (``options.extra["light"]``): ``source`` (default) keeps the source's SH light, so the
   face is relit for its new orientation under the light of the scene it is composited into:
   ratio = E_θs(n_target) / E_θs(n_source) per vertex (SH irradiance of the recombined vs the
@@ -63,17 +64,12 @@ from jr2net.face.camera import project as project_points
 from jr2net.face.model import FaceModel, load_face_model
 from jr2net.io.images import check_image
 from jr2net.ops import correspondence_warp, interpolate, rasterize
+from jr2net.pipeline import etnet_tracker as et
 from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.filters import PoseExpressionFilter
-from jr2net.pipeline.recombine import (
-    EXPRESSION_MODES,
-    POSE_MODES,
-    Recombiner,
-    Relighter,
-    is_finite,
-)
+from jr2net.pipeline.recombine import POSE_MODES, Recombiner, Relighter, is_finite
 from jr2net.pipeline.registry import ReenactorSettings, register_mode
 
 RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
@@ -129,11 +125,8 @@ class GeometricSession:
                 f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}"
             )
         self.feather_radius = st.option_int(extra, "feather", max(1, self.crop // 64))
-        self.expression_mode = extra.get("expression", "absolute")
-        if self.expression_mode not in EXPRESSION_MODES:
-            raise ValueError(
-                f"options.extra['expression'] must be 'relative' or 'absolute', got {self.expression_mode!r}"
-            )
+        self.expression_mode, self.tracker = et.parse_expression(
+            extra.get("expression"), getattr(reenactor, "etnet", None) is not None)
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
         self.full_res = extra.get("full_res_face", "1") not in ("0", "false", "no")
         on = extra.get("temporal_filter", "1") not in ("0", "false", "no")
@@ -153,7 +146,7 @@ class GeometricSession:
 
         with torch.inference_mode():
             self._setup(source, fit)
-        self._driving = reenactor.make_driving_fitter()
+        self._driving = reenactor.make_driving_fitter(self.tracker)
         self._last_output: np.ndarray | None = None
         self.setup_seconds = _now() - t0
 
@@ -277,6 +270,7 @@ class GeometricSession:
                             t1 - t_start)
                 timings["track"] = track
                 timings["fit"] = (t1 - t_start) - track
+                et.move_etnet_timing(timings, fit)
             else:
                 timings["track"] = t1 - t_start
             target = None
@@ -411,7 +405,8 @@ class GeometricReenactor:
 
     name = "geometric"
 
-    def __init__(self, face_model: FaceModel | str | None = None) -> None:
+    def __init__(self, face_model: FaceModel | str | None = None, etnet: str | None = None) -> None:
+        """``etnet``: an etnet/recaugnet checkpoint, the sessions' default expression tracker."""
         from jr2net.face.fitting import DrivingFitter, SourceFitter
 
         if face_model is None or isinstance(face_model, str):
@@ -428,6 +423,7 @@ class GeometricReenactor:
         self._driving_fitter_cls = DrivingFitter
         self._source_fitter = SourceFitter(face_model)
         self._lock = threading.Lock()
+        self.etnet = et.load_tracker_etnet(etnet, face_model)  # refused here, at server start
 
     def warm_up(self) -> bool:
         """Run one session on a face rendered from the model, so one-time costs (landmark model
@@ -454,8 +450,9 @@ class GeometricReenactor:
         with self._lock:
             return self._source_fitter.fit(image)
 
-    def make_driving_fitter(self):
-        return self._driving_fitter_cls(self.model)
+    def make_driving_fitter(self, tracker: str = "fitter"):
+        base = self._driving_fitter_cls(self.model)
+        return et.with_tracker(base, self.etnet, tracker, getattr(self, "device", "cpu"))
 
     def start_session(
         self, source: np.ndarray, options: SessionOptions | None = None
@@ -493,7 +490,7 @@ class GeometricReenactor:
 
 def _create(settings: ReenactorSettings) -> GeometricReenactor:
     """The registry's factory: the geometric path needs only the face model (CPU, no weights)."""
-    return GeometricReenactor(face_model=settings.face_model)
+    return GeometricReenactor(face_model=settings.face_model, etnet=settings.etnet)
 
 
 register_mode("geometric", _create)

@@ -11,7 +11,8 @@ run DCNet, and composite its face crop into the warped source frame with the geo
 ``recombine``, ``conditions``, ``dcnet``, ``composite``, ``total``.
 
 ``options.extra``: ``light`` (``source``, default: the source's SH light on the recombined face,
-as the geometric path keeps it; ``driving``: the driving frame's fitted light), ``expression``,
+as the geometric path keeps it; ``driving``: the driving frame's fitted light), ``expression``
+(transfer mode and tracker: ``etnet`` tracks with the ETNet of ``--etnet``, timing ``etnet``),
 ``feather`` and ``background_warp`` as in the geometric path. The face crop size is the
 network's; ``SessionOptions.crop_size`` is validated but not used. No-face frames give the
 geometric path's fallbacks.
@@ -48,6 +49,7 @@ from jr2net.pipeline.base import FrameResult, SessionOptions
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.conditions import build_conditions, render_source
 from jr2net.pipeline.dcnet_runtime import DCNetRunner
+from jr2net.pipeline.etnet_tracker import move_etnet_timing, parse_expression, with_tracker
 from jr2net.pipeline.geometric import RENDER_BOX_SCALE, GeometricReenactor
 from jr2net.pipeline.recombine import Recombiner, is_finite
 from jr2net.pipeline.registry import ReenactorSettings, register_mode
@@ -182,6 +184,7 @@ class LearnedSession:
         _check_options(options)
         extra = dict(options.extra or {})
         self.light_mode = extra.get("light", "source")
+        expression_mode, tracker = parse_expression(extra.get("expression"), reenactor.etnet is not None)
         if self.light_mode not in LIGHT_MODES:
             raise ValueError(
                 f"options.extra['light'] must be one of {LIGHT_MODES}, got {self.light_mode!r}"
@@ -196,8 +199,8 @@ class LearnedSession:
         feather = int(extra.get("feather", max(1, self.S // 64)))
         background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
         with torch.inference_mode():
-            self._setup(source, fit, extra.get("expression", "absolute"), feather, background_warp)
-        self._driving = reenactor.make_driving_fitter()
+            self._setup(source, fit, expression_mode, feather, background_warp)
+        self._driving = reenactor.make_driving_fitter(tracker)
         self._last_output: np.ndarray | None = None
         self.setup_seconds = _now() - t0
 
@@ -256,6 +259,7 @@ class LearnedSession:
             track = min(sum(v for k, v in ft.items() if k in ("track", "detect")), t1 - t_start)
             timings["track"] = track if fit is not None else t1 - t_start
             timings["fit"] = (t1 - t_start) - timings["track"]
+            move_etnet_timing(timings, fit)
             if fit is None or not is_finite(fit.coeffs):
                 return LearnedAnalysis(None, None, None, timings, _now() - t_start)
         return self.analyse_fit(fit, timings, t_start)
@@ -369,11 +373,12 @@ class LearnedReenactor(GeometricReenactor):
         recnet: str | Path | None = None,
         device: str = "cpu",
         runtime: str = "auto",
+        etnet: str | Path | None = None,
     ) -> None:
-        super().__init__(face_model)
+        self.device = torch.device(device)
+        super().__init__(face_model, etnet=etnet)  # etnet: the driving expression tracker
         from jr2net.pipeline.conditions import ConditionMesh
 
-        self.device = torch.device(device)
         self.mesh = ConditionMesh(self.model)
         self.render_mesh = self.render_model
         if not torch.equal(self.mesh.index, self.render_mesh.index):
@@ -417,10 +422,10 @@ class LearnedReenactor(GeometricReenactor):
             return super().fit_source(image)
         return self.recnet_fit(image)
 
-    def make_driving_fitter(self):
+    def make_driving_fitter(self, tracker: str = "fitter"):
         if self.recnet is None:
-            return super().make_driving_fitter()
-        return _RecNetDrivingFitter(self)
+            return super().make_driving_fitter(tracker)
+        return with_tracker(_RecNetDrivingFitter(self), self.etnet, tracker, self.device)
 
     def start_session(
         self, source: np.ndarray, options: SessionOptions | None = None
@@ -442,6 +447,7 @@ def create_learned(settings: ReenactorSettings) -> LearnedReenactor:
     return LearnedReenactor(
         face_model, dcnet=found["dcnet"], recnet=found.get("recnet"),
         device=settings.device, runtime=str((settings.extra or {}).get("dcnet_runtime", "auto")),
+        etnet=settings.etnet,
     )  # fmt: skip
 
 

@@ -26,12 +26,16 @@ class ReenactorSettings:
 
     ``face_model``: a ``FaceModel``, a lookup spec (path, ``generic``, a cached name) or None for
     the default lookup. ``checkpoints``: network name -> checkpoint file, or a training run
-    directory the mode knows how to read (the geometric path ignores it). ``device``: torch
-    device string. ``extra``: free-form mode options (documented per mode).
+    directory the mode knows how to read (the geometric path ignores it). ``etnet``: an etnet or
+    recaugnet checkpoint for the driving expression tracker, loaded once by each mode that takes
+    it and used by its sessions unless they ask ``expression=fitter``
+    (``jr2net.pipeline.etnet_tracker``). ``device``: torch device string. ``extra``: free-form
+    mode options (documented per mode).
     """
 
     face_model: Any = None
     checkpoints: Mapping[str, str] | str | Path | None = None
+    etnet: str | Path | None = None
     device: str = "cpu"
     extra: Mapping[str, str] = field(default_factory=dict)
 
