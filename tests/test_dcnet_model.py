@@ -208,3 +208,46 @@ def test_multiscale_patchgan_returns_per_scale_features_and_logits(spectral_norm
     assert has_sn == spectral_norm
     with pytest.raises(ValueError, match=r"\[B,13,H,W\]"):
         d(torch.rand(1, 3, 64, 64))
+
+
+def test_blend_output_keeps_the_warped_image_where_co_visible_and_generates_elsewhere() -> None:
+    torch.manual_seed(0)
+    net = DCNet(small_config()).eval()
+    assert net.config.blends and net.to_rgb[1].out_channels == 4
+    with torch.no_grad():
+        net.to_rgb[1].bias[3] = 30.0  # blend weight sigmoid(30) = 1 where the source sees
+        inp = make_inputs(face_radius=0.3)
+        warped, cov = net.view_synthesis(inp)
+        out = net(inp)
+        seen = (cov == 1).expand_as(out)
+        assert seen.sum() > 100 and (cov == 0).sum() > 100
+        assert torch.allclose(out[seen], warped[seen], atol=1e-6)
+        # Unseen pixels are generated: a different source image changes them, not to zero.
+        other = net(dataclasses.replace(inp, source_image=torch.rand_like(inp.source_image)))
+        unseen = (cov == 0).expand_as(out)
+        assert (out[unseen] - other[unseen]).abs().max() > 1e-4 and out[unseen].min() > 0
+
+
+def test_direct_output_and_the_ablations_without_the_warped_image_do_not_blend() -> None:
+    assert DCNet(small_config(output="direct")).to_rgb[1].out_channels == 3
+    for ab in ("ours_p", "ours_r"):
+        assert not small_config(ablation=ab).blends
+    assert small_config(ablation="ours_l").blends
+    assert not DCNetConfig().blends  # checkpoints saved before the option load as they were
+    with pytest.raises(ValueError, match="unknown output"):
+        DCNetConfig(output="residual")
+
+
+def test_runner_serves_direct_and_blend_generators_like_forward() -> None:
+    from jr2net.pipeline.dcnet_runtime import DCNetRunner, _probe_inputs
+
+    for cfg in (small_config(ablation="ours_p"), small_config()):  # ours_p: no image input used
+        torch.manual_seed(0)
+        net = DCNet(dataclasses.replace(cfg, crop_size=32)).eval()
+        inputs = _probe_inputs(net)
+        with torch.inference_mode():
+            ref = net(inputs)
+            assert torch.allclose(DCNetRunner(net, "eager").generate(inputs), ref, atol=1e-6)
+            ort = DCNetRunner(net, "auto")
+            assert ort.runtime == "onnxruntime"
+            assert (ort.generate(inputs) - ref).abs().max() < 1e-4

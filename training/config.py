@@ -141,6 +141,7 @@ class DCNetStageConfig(TrainConfig):
     lr_d: float = 4e-4  # discriminator learning rate
     w_adv: float = 1.0
     w_l1: float = 10.0
+    w_l1_face: float = 0.0  # L1 over the target face mask only (the acceptance region), added
     w_vgg: float = 10.0  # perceptual loss: face-id features, or VGG-19 when vgg_weights is set
     w_feature_match: float = 10.0
     eval_metric: str = "l1"
@@ -202,7 +203,10 @@ class ETNetStageConfig(TrainConfig):
     synthetic_size: int = 2000  # distinct renderer-synthetic faces
     p_large: float = 0.5  # their expressions: large-expression prior, fitted tracks, else sparse
     p_track: float = 0.3
-    w_l1: float = 0.0  # an optional plain L1 term beside the activation loss
+    w_activation: float = 1.0  # the seed's activation loss
+    w_l1: float = 0.0  # a plain L1 (median) term: inactive shapes go to exactly 0
+    # Backbone start: 'recnet' copies RUN/recnet/best.pt's backbone (same backbone and width).
+    init_backbone: Literal["none", "recnet"] = "none"
     heldout_size: int = 64  # the held-out large-expression synthetic set ...
     heldout_seed: int = 1001  # ... on its own seed (never the fitting benchmark's 0)
     augment_shift: float = 0.03
@@ -219,6 +223,8 @@ class ETNetStageConfig(TrainConfig):
             raise ConfigError("p_large + p_track must be <= 1")
         if self.synthetic_size < 1 or self.heldout_size < 1:
             raise ConfigError("synthetic_size and heldout_size must be >= 1")
+        if self.w_activation < 0 or self.w_l1 < 0 or self.w_activation + self.w_l1 <= 0:
+            raise ConfigError("w_activation and w_l1 must be >= 0, not both 0")
 
 
 @dataclass
@@ -229,6 +235,9 @@ class RecAugNetStageConfig(RecNetStageConfig):
     augmented_fraction: float = 0.3  # share of the expression pairs in the training epoch
     init_from_recnet: bool = True  # start from RUN/recnet/best.pt (else from scratch)
     large_heldout: bool = True  # also score expression MAE on ETNet's held-out large set
+    # Keep the trained ETNet fixed (its β as trained; the RecNet part adapts to it). An empty
+    # ETNet (reccopynet) is always trained: there is nothing to keep.
+    freeze_etnet: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -12,6 +12,12 @@
   deepest warped texture features.
 * Generator: per scale, a 1×1 fuse of the upsampled features with that scale's warped texture
   features, then a SPADE residual block modulated by the condition stack at that scale.
+* Output (``output``): ``direct``, the generated image; or ``blend`` (the presets' choice), a skip
+  path from the warped source image: ``a·warped + (1 − a)·generated`` with ``a = C·σ(logit)``,
+  the logit a fourth output channel whose bias starts at ``BLEND_BIAS`` (a ≈ 0.88 where the
+  source sees the pixel), so the network starts from its own input and learns where to repaint
+  (the pixels the source does not see get the generated image). Only for the ablations whose
+  conditions hold the warped image (``ours``, ``ours_l``); ``ours_p`` / ``ours_r`` stay direct.
 
 Ablations (seed Table 5) choose the condition stack: ``ours`` = warped source image, C, driving
 light map, driving normal map; ``ours_p`` drops the warped image; ``ours_l`` drops the light map;
@@ -32,6 +38,8 @@ from jr2net.ops import correspondence_warp
 
 ABLATIONS = ("ours", "ours_r", "ours_p", "ours_l")
 _COND_CHANNELS = {"ours": 10, "ours_r": 3, "ours_p": 7, "ours_l": 7}
+OUTPUTS = ("direct", "blend")
+BLEND_BIAS = 2.0  # initial logit of the blend weight: sigmoid(2) ≈ 0.88
 _MAP_FIELDS = ("source_image", "source_light", "source_normal", "driving_light", "driving_normal")
 
 
@@ -51,12 +59,15 @@ class DCNetConfig:
     norm: str = "instance"
     spectral_norm: bool = False
     rel_eps: float = 0.01  # occlusion-test tolerance of C, as jr2net.pipeline.conditions
+    output: str = "direct"  # "blend": skip path from the warped image (the presets' choice)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         self.context_dilations = tuple(int(d) for d in self.context_dilations)
         if self.ablation not in ABLATIONS:
             raise ValueError(f"unknown ablation {self.ablation!r}; choose one of {ABLATIONS}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"unknown output {self.output!r}; choose one of {OUTPUTS}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
         if not self.channels or min(self.channels) < 1:
@@ -79,10 +90,15 @@ class DCNetConfig:
     def cond_channels(self) -> int:
         return _COND_CHANNELS[self.ablation]
 
+    @property
+    def blends(self) -> bool:
+        """Whether the output blends the warped image in (``blend`` and it is a condition)."""
+        return self.output == "blend" and self.ablation in ("ours", "ours_l")
+
     @classmethod
     def tiny(cls, **overrides) -> DCNetConfig:
-        """CPU preset: 128², small channels."""
-        return cls(**overrides)
+        """CPU preset: 128², small channels, blend output."""
+        return cls(**{"output": "blend", **overrides})
 
     @classmethod
     def full(cls, **overrides) -> DCNetConfig:
@@ -97,6 +113,7 @@ class DCNetConfig:
             full_res_layers=2,
             encoder_convs=2,
             spectral_norm=True,
+            output="blend",
         )
         return cls(**{**base, **overrides})
 
@@ -271,9 +288,11 @@ class DCNet(nn.Module):
             )
             for k in range(cfg.n_scales)
         )
-        self.to_rgb = nn.Sequential(
-            nn.LeakyReLU(0.2), maybe_sn(nn.Conv2d(ch[0], 3, 3, padding=1), cfg.spectral_norm)
-        )
+        head = nn.Conv2d(ch[0], 4 if cfg.blends else 3, 3, padding=1)
+        if cfg.blends:
+            with torch.no_grad():
+                head.bias[3] = BLEND_BIAS
+        self.to_rgb = nn.Sequential(nn.LeakyReLU(0.2), maybe_sn(head, cfg.spectral_norm))
 
     def view_synthesis(self, inputs: DCNetInputs) -> tuple[Tensor, Tensor]:
         """Warped source image ``[B,3,S,S]`` and co-visible mask C ``[B,1,S,S]``."""
@@ -312,6 +331,24 @@ class DCNet(nn.Module):
             out.append(warped * c_k.to(warped.dtype))
         return out
 
+    def decode(
+        self, cond: Tensor, warped: list[Tensor], warped_image: Tensor, covisible: Tensor
+    ) -> Tensor:
+        """Context encoder + generator (+ the blend) over the condition stack and the warped
+        texture features: DCNet after its view synthesis (``dcnet_runtime`` exports this)."""
+        cfg = self.config
+        x = self.context_encoder(cond)
+        for k in reversed(range(cfg.n_scales)):
+            x = F.interpolate(x, size=warped[k].shape[-2:], mode="bilinear", align_corners=False)
+            x = self.fuse[k](torch.cat([x, warped[k]], dim=1))
+            x = self.blocks[k](x, cond if k == 0 else F.avg_pool2d(cond, 1 << k))
+        out = self.to_rgb(x)
+        if not cfg.blends:
+            return torch.sigmoid(out)
+        a = torch.sigmoid(out[:, 3:4]) * covisible.to(out.dtype)
+        gen = torch.sigmoid(out[:, :3])
+        return gen + a * (warped_image.to(out.dtype) - gen)
+
     def forward(self, inputs: DCNetInputs) -> Tensor:
         if not isinstance(inputs, DCNetInputs):
             raise TypeError(f"inputs must be DCNetInputs, got {type(inputs).__name__}")
@@ -321,10 +358,4 @@ class DCNet(nn.Module):
         cond = self.conditions(inputs, warped_image, covisible)
         feats = self.texture_encoder(inputs.source_image, inputs.source_light, inputs.source_normal)
         warped = self.warp_features(feats, inputs, covisible)
-        x = self.context_encoder(cond)
-        conds = _pyramid(cond, cfg.n_scales)
-        for k in reversed(range(cfg.n_scales)):
-            x = F.interpolate(x, size=warped[k].shape[-2:], mode="bilinear", align_corners=False)
-            x = self.fuse[k](torch.cat([x, warped[k]], dim=1))
-            x = self.blocks[k](x, conds[k])
-        return torch.sigmoid(self.to_rgb(x))
+        return self.decode(cond, warped, warped_image, covisible)

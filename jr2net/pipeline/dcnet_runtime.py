@@ -21,7 +21,6 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 RUNTIMES = ("auto", "eager", "onnxruntime")
@@ -39,21 +38,21 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    """DCNet.forward after the view synthesis (kept equal to it by the tests)."""
+    """``DCNet.decode``: DCNet.forward after the view synthesis (the tests keep them equal)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, cond: Tensor, *warped: Tensor) -> Tensor:
-        net = self.net
-        x = net.context_encoder(cond)
-        for k in reversed(range(net.config.n_scales)):
-            x = F.interpolate(x, size=warped[k].shape[-2:], mode="bilinear", align_corners=False)
-            x = net.fuse[k](torch.cat([x, warped[k]], dim=1))
-            cond_k = cond if k == 0 else F.avg_pool2d(cond, 1 << k)
-            x = net.blocks[k](x, cond_k)
-        return torch.sigmoid(net.to_rgb(x))
+    def forward(self, cond: Tensor, image: Tensor, covisible: Tensor, *warped: Tensor) -> Tensor:
+        return self.net.decode(cond, list(warped), image, covisible)
+
+
+def _run(sess: Any, arrays: list[Tensor]) -> list[Tensor]:
+    """One ONNX Runtime call; inputs by export order (the exporter may drop unused ones)."""
+    names = [i.name for i in sess.get_inputs()]
+    feed = {f"in{j}": t.contiguous().numpy() for j, t in enumerate(arrays)}
+    return [torch.from_numpy(a) for a in sess.run(None, {n: feed[n] for n in names})]
 
 
 def _probe_inputs(net: nn.Module):  # -> DCNetInputs
@@ -99,24 +98,28 @@ class DCNetRunner:
         probe = _probe_inputs(self.net)
         with torch.no_grad():
             feats = self.encode(probe.source_image, probe.source_light, probe.source_normal)
-            cond, warped = self._warp(probe, feats)
+            dec_args = self._warp(probe, feats)
             sessions = []
             for module, args in ((self.encoder, (probe.source_image, probe.source_light,
                                                  probe.source_normal)),
-                                 (self.decoder, (cond, *warped))):  # fmt: skip
+                                 (self.decoder, dec_args)):  # fmt: skip
                 buf = io.BytesIO()
                 with warnings.catch_warnings():  # tracer notes on shape checks: shapes are fixed
                     warnings.simplefilter("ignore")
-                    torch.onnx.export(module, args, buf, dynamo=False, opset_version=17)
+                    torch.onnx.export(
+                        module, args, buf, dynamo=False, opset_version=17,
+                        input_names=[f"in{j}" for j in range(len(args))],
+                    )  # fmt: skip
                 so = ort.SessionOptions()
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 so.intra_op_num_threads = max(1, torch.get_num_threads())
                 so.inter_op_num_threads = 1
                 sessions.append(
                     ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
                 )
-            ref = self.decoder(cond, *warped)
+            ref = self.decoder(*dec_args)
         self._ort = (sessions[0], sessions[1])
-        out = self._decode_ort(cond, warped)
+        out = self._decode_ort(dec_args)
         self.mismatch = float((out - ref).abs().max())
         if self.mismatch <= MATCH_ATOL:
             self.runtime = "onnxruntime"
@@ -127,27 +130,22 @@ class DCNetRunner:
                 raise RuntimeError(msg)
             log.warning("%s; DCNet runs in PyTorch eager", msg)
 
-    def _decode_ort(self, cond: Tensor, warped: list[Tensor]) -> Tensor:
+    def _decode_ort(self, args: tuple[Tensor, ...]) -> Tensor:
         assert self._ort is not None
-        sess = self._ort[1]
-        names = [i.name for i in sess.get_inputs()]
-        arrays = [cond.contiguous().numpy()] + [w.contiguous().numpy() for w in warped]
-        return torch.from_numpy(sess.run(None, dict(zip(names, arrays, strict=True)))[0])
+        return _run(self._ort[1], list(args))[0]
 
     def encode(self, image: Tensor, light: Tensor, normal: Tensor) -> list[Tensor]:
         """Texture features of a source crop (its image, light and normal maps ``[1,3,S,S]``)."""
         if self._ort is not None:
-            sess = self._ort[0]
-            names = [i.name for i in sess.get_inputs()]
-            arrays = [t.contiguous().numpy() for t in (image, light, normal)]
-            outs = sess.run(None, dict(zip(names, arrays, strict=True)))
-            return [torch.from_numpy(a) for a in outs]
+            return _run(self._ort[0], [image, light, normal])
         return list(self.encoder(image, light, normal))
 
-    def _warp(self, inputs, feats: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def _warp(self, inputs, feats: list[Tensor]) -> tuple[Tensor, ...]:
+        """The decoder's inputs: condition stack, warped image, C, warped texture features."""
         warped_image, covisible = self.net.view_synthesis(inputs)
         cond = self.net.conditions(inputs, warped_image, covisible)
-        return cond, self.net.warp_features(feats, inputs, covisible)
+        feats_w = self.net.warp_features(feats, inputs, covisible)
+        return (cond, warped_image, covisible, *feats_w)
 
     def generate(self, inputs, feats: list[Tensor] | None = None) -> Tensor:
         """DCNet's image ``[1,3,S,S]`` for ``inputs`` (``DCNetInputs``); ``feats`` are the source's
@@ -155,7 +153,7 @@ class DCNetRunner:
         inputs.check(self.net.config.crop_size, self.net.config.ablation)
         if feats is None:
             feats = self.encode(inputs.source_image, inputs.source_light, inputs.source_normal)
-        cond, warped = self._warp(inputs, feats)
+        args = self._warp(inputs, feats)
         if self._ort is not None:
-            return self._decode_ort(cond, warped)
-        return self.decoder(cond, *warped)
+            return self._decode_ort(args)
+        return self.decoder(*args)

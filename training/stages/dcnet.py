@@ -10,7 +10,8 @@ camera, and the source crop with its own normal and light maps. Coefficients com
 cached fitter labels (``dcnet.conditions: fitter``) or from a trained RecNet (``recnet``:
 ``dcnet.recnet_checkpoint``, by default ``RUN/recnet/best.pt``) run on both crops.
 
-Objective (pix2pixHD / SPADE): ``w_l1``·L1 + ``w_vgg``·perceptual (L1 between the features of
+Objective (pix2pixHD / SPADE): ``w_l1``·L1 + ``w_l1_face``·L1 over the target face mask (the
+region the acceptance measures) + ``w_vgg``·perceptual (L1 between the features of
 the face-identity ResNet on face chips aligned with the driving landmarks, or of VGG-19 when
 ``vgg_weights`` names torchvision-format weights) + ``w_adv``·hinge GAN + ``w_feature_match``·
 discriminator feature matching. The multi-scale PatchGAN sees the image with the driving normal
@@ -310,6 +311,7 @@ class DCNetStage(Stage):
             d_gen = D(torch.cat([fake, cond.normals], 1))
             terms = {
                 "l1": sec.w_l1 * F.l1_loss(fake, real),
+                "l1_face": sec.w_l1_face * torch.nan_to_num(l1_metric(fake.float(), real, cond.mask)).mean(),
                 "perceptual": sec.w_vgg * self.perceptual(fake, real, lm),
                 "adv": sec.w_adv * hinge_g_loss(d_gen),
                 "feature_match": sec.w_feature_match * feature_matching_loss(d_real, d_gen),
