@@ -17,7 +17,8 @@ from jr2net.training.stages.base import TrainContext, get_stage
 
 SMALL = {"steps": 2, "batch_size": 2, "eval_every": 0, "eval_batches": 1, "log_every": 1,
          "ckpt_every": 2, "warmup_steps": 0}  # fmt: skip
-REC = {**SMALL, "landmark_only_steps": 1, "identity_samples": 1, "augmented_fraction": 0.5}
+REC = {**SMALL, "landmark_only_steps": 1, "identity_samples": 1, "augmented_fraction": 0.5,
+       "freeze_etnet": True}  # fmt: skip
 
 
 def _config(ict_model_path: Path, csv: Path) -> RunConfig:
@@ -35,7 +36,8 @@ def _config(ict_model_path: Path, csv: Path) -> RunConfig:
         "synthesize": {"n_pairs": 6, "batch_size": 3, "shard_size": 3, "sheet_tiles": 4,
                        "sources": ["tracks", "prior", "csv"], "csv_takes": [str(csv)]},
         "etnet": {**SMALL, "backbone": "resnet18", "width": 0.25, "synthetic_size": 4,
-                  "heldout_size": 2, "synthesized_fraction": 0.5},
+                  "heldout_size": 2, "synthesized_fraction": 0.5, "w_l1": 1.0,
+                  "init_backbone": "recnet"},
         "recaugnet": REC, "baseline": REC, "reccopynet": REC, "recdatanet": REC,
     })  # fmt: skip
 
@@ -109,6 +111,51 @@ def test_reccopynet_starts_from_an_empty_etnet_and_recaugnet_from_the_trained_on
     for net in (copy, aug):
         w = net.recnet.state_dict()["heads.identity.weight"]
         assert torch.equal(w, trained["heads.identity.weight"])
+
+
+def test_etnet_starts_from_recnets_backbone_and_refuses_another_architecture(cascade):
+    from jr2net.models.etnet import ETNet
+    from jr2net.training.checkpoints import CheckpointError
+    from jr2net.training.stages.etnet import init_backbone_from_recnet
+
+    cfg, run, _ = cascade
+    ctx = TrainContext("cpu", face_model_spec=cfg.run.face_model)
+    net = get_stage("etnet")(cfg, run, ctx).build_models()["etnet"]
+    trained = torch.load(run / "recnet" / "best.pt", weights_only=True)["models"]["recnet"]
+    mine = net.backbone.state_dict()
+    assert mine and all(torch.equal(v, trained[f"backbone.{k}"]) for k, v in mine.items())
+    wider = ETNet("resnet18", crop_size=64, width=0.5)
+    with pytest.raises(CheckpointError, match="differ"):
+        init_backbone_from_recnet(wider, run / "recnet" / "best.pt", ctx.face_model)
+
+
+def test_recaugnet_keeps_the_trained_etnet_frozen_and_reccopynet_trains_its_empty_one(cascade):
+    cfg, run, _ = cascade
+    etnet = torch.load(run / "etnet" / "best.pt", weights_only=True)["models"]["etnet"]
+    aug = torch.load(run / "recaugnet" / "last.pt", weights_only=True)["models"]["recaugnet"]
+    assert all(torch.equal(aug[f"etnet.{k}"], v) for k, v in etnet.items())  # BN stats too
+    ctx = TrainContext("cpu", face_model_spec=cfg.run.face_model)
+    net = get_stage("recaugnet")(cfg, run, ctx).build_models()["recaugnet"]
+    net.train()
+    assert not net.etnet.training and net.recnet.training
+    assert not any(p.requires_grad for p in net.etnet.parameters())
+    copy = get_stage("reccopynet")(cfg, run, ctx).build_models()["recaugnet"]
+    assert all(p.requires_grad for p in copy.etnet.parameters())
+
+
+def test_rendered_pairs_are_rendered_once_per_run_and_shared_by_later_stages(cascade):
+    from jr2net.training.stages.etnet import renderer_pairs
+
+    cfg, run, _ = cascade
+    ctx = TrainContext("cpu", face_model_spec=cfg.run.face_model)
+    files = sorted((run / "expression_pairs").glob("*.pt"))
+    assert [f.name.split("_")[0] for f in files] == ["heldout", "train"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    ds = renderer_pairs(get_stage("baseline")(cfg, run, ctx), "train")
+    assert ds.path in files and [f.stat().st_mtime_ns for f in files] == stamps  # loaded
+    fresh = ds.base[1]
+    assert torch.equal(ds[1]["image"], fresh["image"])
+    assert torch.equal(ds[1]["coeffs"]["expression"], fresh["coeffs"]["expression"])
 
 
 def test_a_second_cascade_skips_every_finished_stage(cascade):

@@ -67,7 +67,22 @@ class RecAugNet(nn.Module):
             )
         self.recnet = recnet
         self.etnet = etnet
+        self.etnet_frozen = False
         recnet.heads["expression"].requires_grad_(False)
+
+    def freeze_etnet(self) -> RecAugNet:
+        """Keep ETNet's β as trained: no gradients, BatchNorm statistics fixed (eval mode even
+        while the RecNet part trains), so RecNet's objective cannot pull the expression away."""
+        self.etnet_frozen = True
+        self.etnet.requires_grad_(False)
+        self.etnet.eval()
+        return self
+
+    def train(self, mode: bool = True) -> RecAugNet:
+        super().train(mode)
+        if self.etnet_frozen:
+            self.etnet.eval()
+        return self
 
     @property
     def crop_size(self) -> int:
@@ -75,4 +90,9 @@ class RecAugNet(nn.Module):
 
     def forward(self, images: Tensor) -> FaceCoefficients:
         """RecNet's coefficients (canonical camera) with ETNet's expression."""
-        return self.recnet(images, expression=self.etnet(images))
+        if self.etnet_frozen:
+            with torch.no_grad():
+                beta = self.etnet(images)
+        else:
+            beta = self.etnet(images)
+        return self.recnet(images, expression=beta)

@@ -3,14 +3,17 @@
 Data, "the expression pairs" (image, β) that the recaugnet stage and the ablations reuse:
 
 * renderer-synthetic faces (``training.data.synthetic.SyntheticFaces``; ``etnet.synthetic_size``
-  distinct ones, memoised) whose expressions come from the large-expression prior
-  (``etnet.p_large``), the fitted video tracks of the prepare cache (``etnet.p_track``, when the
-  cache exists) or the sparse prior; photo textures from the cache as RecNet's synthetic set;
+  distinct ones, rendered once per run into RUN/expression_pairs/ by ``StoredRenders``) whose
+  expressions come from the large-expression prior (``etnet.p_large``), the fitted video tracks
+  of the prepare cache (``etnet.p_track``, when the cache exists) or the sparse prior; photo
+  textures from the cache as RecNet's synthetic set;
 * when RUN/synthesize is done, its DCNet-synthesized pairs (``SynthesizedPairs``), making
   ``etnet.synthesized_fraction`` of the epoch.
 
-Loss: the seed's activation loss ``|max(β, β_gt)·(β − β_gt)|`` per dimension
-(``training.losses.activation_loss``), plus an optional L1 (``etnet.w_l1``). Each batch gets a
+Loss: ``etnet.w_activation`` × the seed's activation loss ``|max(β, β_gt)·(β − β_gt)|`` per
+dimension (``training.losses.activation_loss``) + ``etnet.w_l1`` × L1 (the median: with the
+clamped, zero-initialised head it keeps the many inactive shapes at exactly 0). The backbone can
+start from RecNet's (``etnet.init_backbone: recnet``). Each batch gets a
 crop shift / zoom and colour jitter (labels unchanged: β does not depend on the crop).
 
 Held-out evaluation: a large-expression synthetic set (every expression from the prior) on its own
@@ -30,9 +33,10 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from ..losses import activation_loss
-from .base import Stage, TrainContext, read_status, register_stage
+from .base import Stage, StageOutputMissing, TrainContext, read_status, register_stage
 
 SHARD_GLOB = "pairs_*.pt"
+PAIRS_CACHE = "expression_pairs"  # RUN/expression_pairs/: the rendered pairs, shared by stages
 
 
 class SynthesizedPairs(Dataset):
@@ -80,6 +84,49 @@ class _Cycled(Dataset):
         return self.base[index % len(self.base)]  # type: ignore[arg-type]
 
 
+class StoredRenders(Dataset):
+    """A deterministic ``SyntheticFaces`` rendered once per run and kept on disk
+    (``RUN/expression_pairs/{split}_{key}.pt``, uint8 images and bool masks as
+    ``MemoisedSamples`` packs them): the etnet stage, RecAugNet and the three ablations train on
+    the same renders, so each face costs one render per run, not one per stage. ``key`` hashes
+    everything a render depends on (config, crop, split, face model, textures, expression bank)."""
+
+    def __init__(self, base: Any, folder: str | Path) -> None:
+        import hashlib
+        import os
+
+        h = hashlib.sha256(repr((dataclasses.asdict(base.cfg), base.crop_size, base.split,
+                                 base.model.sha256)).encode())  # fmt: skip
+        for arr in (base.textures, base.bank):
+            h.update(b"-" if arr is None else arr.tobytes())
+        self.base = base
+        self.path = Path(folder) / f"{base.split}_{h.hexdigest()[:16]}.pt"
+        n = len(base)
+        items = None
+        if self.path.is_file():
+            items = torch.load(self.path, weights_only=True)
+            if len(items) != n:
+                items = None
+        if items is None:
+            items = []
+            for i in range(n):
+                sample = base[i]
+                items.append({**sample, "image": (sample["image"] * 255).round().to(torch.uint8),
+                              "mask": sample["mask"] > 0.5})  # fmt: skip
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            torch.save(items, tmp)
+            os.replace(tmp, self.path)
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        packed = self.items[index]
+        return {**packed, "image": packed["image"].float() / 255.0, "mask": packed["mask"].float()}
+
+
 def _prepare_dir(stage: Stage) -> Path | None:
     d = stage.stage_dir("prepare")
     status = read_status(d)
@@ -91,7 +138,6 @@ def renderer_pairs(stage: Stage, split: str = "train") -> Dataset:
     training; the held-out large-expression set (every expression from the prior, its own seed)."""
     from ..data.prepared import expression_bank, photo_textures
     from ..data.synthetic import SyntheticFaces
-    from .recnet import MemoisedSamples
 
     et = stage.cfg.etnet
     base = stage.cfg.data.synthetic
@@ -110,7 +156,7 @@ def renderer_pairs(stage: Stage, split: str = "train") -> Dataset:
             base, heldout_size=et.heldout_size, seed=et.heldout_seed, p_large=1.0, p_track=0.0
         )
     ds = SyntheticFaces(cfg, model, stage.cfg.data.crop_size, split, textures, bank)
-    return MemoisedSamples(ds)
+    return StoredRenders(ds, stage.run_dir / PAIRS_CACHE)
 
 
 def expression_pairs(stage: Stage, synthesized_fraction: float | None = None) -> Dataset:
@@ -180,6 +226,28 @@ def load_etnet(path: str | Path, face_model: Any) -> nn.Module:
     return net
 
 
+def init_backbone_from_recnet(net: nn.Module, path: str | Path, face_model: Any) -> None:
+    """Copy a RecNet checkpoint's backbone into ``net`` (an ETNet of the same backbone and
+    width): its features already locate the eyes, brows and mouth (the landmark loss)."""
+    from ..checkpoints import CheckpointError, check_face_model, load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise StageOutputMissing(f"etnet.init_backbone: recnet needs {path}")
+    ckpt = load_checkpoint(path)
+    check_face_model(ckpt, face_model.sha256, path)
+    spec = ckpt["model_spec"]
+    mine = (net.backbone.name, float(net.backbone.width), int(net.crop_size))
+    theirs = (spec.get("backbone"), float(spec.get("width", 1.0)), int(spec.get("crop_size", 0)))
+    if mine != theirs:
+        raise CheckpointError(
+            f"{path}: RecNet (backbone, width, crop) {theirs} differ from ETNet's {mine}"
+        )
+    prefix = "backbone."
+    state = {k[len(prefix):]: v for k, v in ckpt["models"]["recnet"].items() if k.startswith(prefix)}
+    net.backbone.load_state_dict(state)
+
+
 @register_stage
 class ETNetStage(Stage):
     """ETNet (see the module docstring)."""
@@ -201,7 +269,11 @@ class ETNetStage(Stage):
         }
 
     def build_models(self) -> dict[str, nn.Module]:
-        return {"etnet": build_etnet(self._spec())}
+        net = build_etnet(self._spec())
+        if self.section.init_backbone == "recnet":
+            init_backbone_from_recnet(net, self.require_output("recnet") / "best.pt",
+                                      self.ctx.face_model)  # fmt: skip
+        return {"etnet": net}
 
     def model_spec(self) -> dict[str, Any]:
         return self._spec()
@@ -228,7 +300,7 @@ class ETNetStage(Stage):
         pred = self.models["etnet"](batch["image"])
         gt = batch["coeffs"]["expression"].to(pred)
         act = activation_loss(pred, gt)
-        loss = act
+        loss = sec.w_activation * act
         out = {"activation": float(act.detach())}
         if sec.w_l1 > 0:
             l1 = sec.w_l1 * (pred - gt).abs().mean()

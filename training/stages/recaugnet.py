@@ -180,7 +180,10 @@ class RecAugNetStage(RecNetInitMixin, RecNetStage):
         else:
             path = self.require_output("etnet") / "best.pt"
             etnet = load_etnet(path, self.ctx.face_model)
-        return {"recaugnet": CameraRecAugNet(recnet, etnet)}
+        net = CameraRecAugNet(recnet, etnet)
+        if self.section.freeze_etnet and not self.empty_etnet:
+            net.freeze_etnet()
+        return {"recaugnet": net}
 
     def model_spec(self) -> dict[str, Any]:
         from jr2net.models.checkpoint import recnet_spec
