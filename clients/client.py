@@ -6,7 +6,10 @@ most ``window`` frames unanswered (default: the window the server granted, so th
 has to drop) and yield one :class:`StreamResult` per frame, in the order the frames were sent.
 
 Frames may be uint8 ``[H, W, 3]`` RGB arrays (encoded as ``frame_format``), already-encoded
-JPEG/PNG ``bytes``, or ready-made ``pb2.Frame`` messages (full control, e.g. for tests).
+JPEG/PNG ``bytes``, or ready-made ``pb2.Frame`` messages (full control, e.g. for tests); or
+motion-capture rows instead of images: ``MocapRow`` (expression ``[E]`` in
+``SessionReady.expression_names`` order, optional head pose; sent as a ``MocapFrame``) or ready-made
+``pb2.MocapFrame`` messages. Both kinds may be mixed in one stream.
 
 A draining server answers the frames it can no longer take with ``FrameError{"UNAVAILABLE"}``,
 then ends the stream with status UNAVAILABLE. A grpc.aio client must stop writing at the first
@@ -33,9 +36,11 @@ import numpy as np
 
 from jr2net.protocol import (
     FORMAT_NAMES,
+    MocapRow,
     decode_image,
     frame_message,
     image_message,
+    mocap_message,
     pb2,
     pb2_grpc,
 )
@@ -100,6 +105,18 @@ def session_config(
         mode=mode_v, pose_mode=pose_v, crop_size=crop_size, max_in_flight=max_in_flight,
         options=options or {},
     )
+
+
+def stream_request(frame_id: int, item: Any, frame_format: str = "JPEG", frame_quality: int = 90) -> Any:
+    """The ``StreamRequest`` carrying one stream item: a ``MocapFrame`` for a ``MocapRow`` /
+    ``pb2.MocapFrame``, else a ``Frame`` (``make_frame``); ready-made messages keep their ids."""
+    if isinstance(item, (MocapRow, pb2.MocapFrame)):
+        return pb2.StreamRequest(mocap=mocap_message(frame_id, item))
+    return pb2.StreamRequest(frame=make_frame(frame_id, item, frame_format, frame_quality))
+
+
+def _request_id(request: Any) -> int:
+    return getattr(request, request.WhichOneof("kind")).frame_id
 
 
 def _result(response: Any, sent_at: float, decode: bool) -> StreamResult:
@@ -179,15 +196,15 @@ class AsyncSession:
                     await slots.acquire()
                     if unavailable.is_set() or self.call.done():
                         break
-                    if isinstance(item, pb2.Frame):
-                        msg = item
+                    if isinstance(item, np.ndarray):  # encoding takes a while: off the loop
+                        request = await asyncio.to_thread(stream_request, first_id + i, item,
+                                                          frame_format, frame_quality)
                     else:
-                        msg = await asyncio.to_thread(make_frame, first_id + i, item, frame_format,
-                                                      frame_quality)
+                        request = stream_request(first_id + i, item, frame_format, frame_quality)
                     if unavailable.is_set():
                         break
-                    sent.append((msg.frame_id, time.perf_counter()))
-                    await self.call.write(pb2.StreamRequest(frame=msg))
+                    sent.append((_request_id(request), time.perf_counter()))
+                    await self.call.write(request)
                     i += 1
                 if not self.call.done():
                     await self.call.done_writing()
@@ -381,9 +398,9 @@ class ReenactClient:
                         return
                 if stop.is_set():
                     return
-                msg = make_frame(i, item, frame_format, frame_quality)
-                sent.append((msg.frame_id, time.perf_counter()))
-                yield pb2.StreamRequest(frame=msg)
+                request = stream_request(i, item, frame_format, frame_quality)
+                sent.append((_request_id(request), time.perf_counter()))
+                yield request
 
         responses = self.stub.Stream(requests(), metadata=self.metadata)
         try:

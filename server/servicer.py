@@ -17,6 +17,7 @@ import numpy as np
 
 from jr2net.errors import InvalidImageError, NoFaceError
 from jr2net.pipeline.base import SessionOptions
+from jr2net.pipeline.mocap import expression_names
 from jr2net.protocol import decode_image, pb2, pb2_grpc
 from jr2net.protocol.tables import mode_name, output_format, pose_mode_name
 from jr2net.server.config import ReenactorFactory, ServerConfig
@@ -221,11 +222,13 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
             sid = uuid.uuid4().hex[:16]
             window = cfg.max_in_flight or self.config.max_in_flight
             window = max(1, min(window, self.config.max_in_flight))
+            names = expression_names(pipeline_session)  # [] when it takes no MocapFrames
             session = StreamSession(
                 sid, pipeline_session, output=output, max_in_flight=window,
                 max_frame_pixels=self.config.max_frame_pixels,
                 idle_timeout=self.config.idle_timeout, pool=self.pool, metrics=self.metrics,
                 write=context.write, write_timeout=self.config.write_timeout,
+                n_expression=len(names),
             )
             if self.draining:  # drain began while the source was being fitted
                 await self._refuse(context, grpc.StatusCode.UNAVAILABLE, "draining",
@@ -238,6 +241,7 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
                 output_width=options.output_width, output_height=options.output_height,
                 source_timings=source_timings,
                 source_fit_json=json.dumps(_jsonable(summary)) if summary else "",
+                expression_names=names,
             )))
             log.info("session %s started (%s, %dx%d source, setup %.3f s)", sid, mode,
                      source.shape[1], source.shape[0], setup)
@@ -377,10 +381,12 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
         from jr2net import __version__
 
         name = digest = ""
+        names: list[str] = []
         for reenactor in self.factory.loaded().values():
             model = getattr(reenactor, "face_model", None) or getattr(reenactor, "model", None)
             if model is not None:
                 name = str(getattr(model, "name", ""))
+                names = [str(n) for n in getattr(model, "expression_names", [])]
                 with contextlib.suppress(Exception):
                     digest = str(model.sha256)
                 break
@@ -415,4 +421,5 @@ class ReenactmentServicer(pb2_grpc.ReenactmentServicer):
             tls=self.tls,
             sessions_active=self.slots_used,
             draining=self.draining,
+            expression_names=names,
         )

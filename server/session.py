@@ -19,6 +19,11 @@ Two guards end a stream whose client misbehaves and free its slot: ``idle_timeou
 and nothing in flight) and ``write_timeout`` (a reply waits that long for the client to read it:
 a stalled reader would otherwise hold its slot for ever). Bytes that are not a ``StreamRequest``
 are answered in order with ``FrameError{frame_id: -1, code: "INVALID_ARGUMENT"}``.
+
+A ``MocapFrame`` (motion capture: expression coefficients and a head pose, no image) takes the
+same slots, drop policy and stages: its stage 1 is ``jr2net.pipeline.mocap.analyse_mocap``
+instead of decode + ``analyse``. Its values are checked at admission
+(``jr2net.protocol.mocap_problem``), so a bad one is answered at once.
 """
 
 from __future__ import annotations
@@ -38,7 +43,15 @@ from google.protobuf.message import Error as ProtobufError
 
 from jr2net.errors import InvalidImageError, NoFaceError
 from jr2net.pipeline.base import StagedSession
-from jr2net.protocol import decode_image, frame_problem, output_message, pb2
+from jr2net.pipeline.mocap import analyse_mocap, process_mocap
+from jr2net.protocol import (
+    decode_image,
+    frame_problem,
+    mocap_problem,
+    mocap_row,
+    output_message,
+    pb2,
+)
 from jr2net.protocol.tables import output_format
 from jr2net.server.metrics import ServerMetrics
 
@@ -82,7 +95,7 @@ class _Slot:
     capture_ts_us: int
     admitted: float  # perf_counter at admission
     future: asyncio.Future
-    frame: Any = None  # the pb2.Frame while queued; None once started or answered
+    frame: Any = None  # the pb2.Frame / MocapFrame while queued; None once started or answered
     timings: dict[str, float] = field(default_factory=dict)
     analysis: Any = None  # stage 1's output while the slot waits for stage 2
     analysed: float = 0.0  # perf_counter when stage 1 finished
@@ -104,8 +117,10 @@ class StreamSession:
         metrics: ServerMetrics,
         write: Callable[[Any], Any],
         write_timeout: float = 30.0,
+        n_expression: int = 0,
     ) -> None:
         self.session_id = session_id
+        self.n_expression = n_expression  # MocapFrame.expression length; 0: no MocapFrames
         self.pipeline = pipeline_session
         self.output = output
         self.max_in_flight = max_in_flight
@@ -170,14 +185,18 @@ class StreamSession:
         self._answer_error(self._new_slot(frame_id, 0), code, message, "invalid")
 
     def admit(self, frame: Any) -> None:
-        """Take one Frame from the client: answer it at once if it must be refused, else queue it."""
+        """Take one Frame or MocapFrame from the client: answer it at once if it must be refused,
+        else queue it."""
         self.frames_in += 1
         slot = self._new_slot(frame.frame_id, frame.capture_ts_us)
         if self.draining:
             self._answer_error(slot, "UNAVAILABLE", "server is draining; frame not processed",
                                "unavailable")
             return
-        problem = frame_problem(frame, self.max_frame_pixels)
+        if isinstance(frame, pb2.MocapFrame):
+            problem = mocap_problem(frame, self.n_expression)
+        else:
+            problem = frame_problem(frame, self.max_frame_pixels)
         if problem:
             self._answer_error(slot, "INVALID_ARGUMENT", problem, "invalid")
             return
@@ -241,12 +260,13 @@ class StreamSession:
                                  f"{request.error}")
                 continue
             kind = request.WhichOneof("kind")
-            if kind == "frame":
-                self.admit(request.frame)
+            if kind in ("frame", "mocap"):
+                self.admit(getattr(request, kind))
             elif kind == "config":
                 self.reply_error("INVALID_ARGUMENT", "SessionConfig may only be sent once, first")
             else:
-                self.reply_error("INVALID_ARGUMENT", "empty StreamRequest (neither config nor frame)")
+                self.reply_error("INVALID_ARGUMENT",
+                                 "empty StreamRequest (neither config, frame nor mocap)")
 
     async def write_loop(self) -> None:
         """Send replies strictly in arrival order; end the stream if the client stops reading."""
@@ -381,14 +401,20 @@ class StreamSession:
                           "internal")
 
     def _analyse(self, frame: Any, timings: dict[str, float]) -> tuple[bool, Any]:
-        """Stage 1 (thread pool): decode, then analyse (or the whole ``process``)."""
+        """Stage 1 (thread pool): decode, then analyse (or the whole ``process``); a MocapFrame's
+        row goes to ``analyse_mocap`` (or ``process_mocap``)."""
 
         def work() -> Any:
             t0 = time.perf_counter()
-            image = decode_image(frame, self.max_frame_pixels)
-            t1 = time.perf_counter()
-            step = self.pipeline.analyse if self.staged else self.pipeline.process
-            out = step(image)
+            if isinstance(frame, pb2.MocapFrame):
+                item = mocap_row(frame)
+                step = analyse_mocap if self.staged else process_mocap
+                t1 = time.perf_counter()
+                out = step(self.pipeline, item)
+            else:
+                image = decode_image(frame, self.max_frame_pixels)
+                t1 = time.perf_counter()
+                out = (self.pipeline.analyse if self.staged else self.pipeline.process)(image)
             timings.update({"decode": t1 - t0, "pipeline": time.perf_counter() - t1})
             return out
 

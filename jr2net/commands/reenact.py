@@ -1,11 +1,13 @@
-"""``jr2net reenact``: drive a source photo with a video through a real gRPC server."""
+"""``jr2net reenact``: drive a source photo with a video, or a motion-capture take, through a real
+gRPC server."""
 
 from __future__ import annotations
 
 import argparse
 
 NAME = "reenact"
-HELP = "reenact a driving video with a source face through the gRPC server (in-process by default)"
+HELP = ("reenact a driving video (or a Live Link Face take) with a source face through the gRPC "
+        "server (in-process by default)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -22,10 +24,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="source face image (JPEG/PNG)")
     parser.add_argument("--driving", help="driving video (its audio is kept)")
     parser.add_argument("--driving-csv", metavar="CSV",
-                        help="drive by a Live Link Face take instead (docs/mocap.md): one output "
-                             "frame per row, in-process geometric path")
+                        help="drive by a Live Link Face take instead (docs/mocap.md): its rows are "
+                             "streamed as MocapFrames, one output frame per row at the take's rate")
     parser.add_argument("--csv-fps", type=float, default=60.0,
                         help="frame rate of the take's timecodes (Live Link Face: 60)")
+    parser.add_argument("--realtime", action="store_true",
+                        help="with --driving-csv: send each row at its timecode, as a live "
+                             "capture would (default: as fast as the server answers)")
     parser.add_argument("--out", required=True, help="output H.264 mp4")
     parser.add_argument("--server", metavar="HOST:PORT",
                         help="server to use; default: start one in-process on 127.0.0.1 (port 0)")
@@ -34,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--side-by-side", metavar="MP4", help="also write source | driving | output")
     parser.add_argument("--contact-sheet", metavar="PNG",
                         help="also write a grid of a few frames (driving over output)")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N driving frames")
+    parser.add_argument("--max-frames", type=int, metavar="N",
+                        help="stop after N driving frames (or take rows)")
     parser.add_argument("--pose-mode", choices=("relative", "absolute"), default="relative",
                         help="relative (default; other identity) or absolute (same identity) head pose")
     parser.add_argument("--mode", choices=("geometric", "learned"), default="",
@@ -68,14 +74,20 @@ def run(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from jr2net.clients.reenact import reenact_video
+    from jr2net.clients.reenact import reenact_take, reenact_video
     from jr2net.errors import JR2NetError
+    from jr2net.io.arkit_csv import read_live_link_csv
 
     if bool(args.driving) == bool(args.driving_csv):
         print("jr2net reenact: give one of --driving VIDEO or --driving-csv CSV", file=sys.stderr)
         return 2
-    if args.driving_csv:
-        return _reenact_csv(args)
+    take = None
+    if args.driving_csv:  # a bad take fails here, before any server or source fit
+        try:
+            take = read_live_link_csv(args.driving_csv, args.csv_fps)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"jr2net reenact: {exc}", file=sys.stderr)
+            return 2
     options = {}
     for item in args.option:
         key, sep, value = item.partition("=")
@@ -94,14 +106,17 @@ def run(args: argparse.Namespace) -> int:
         token = None
     try:
         with server as address:
-            summary = reenact_video(
-                args.source, args.driving, args.out, server=address, token=token,
-                root_certificates=args.tls_ca, side_by_side=args.side_by_side,
-                contact_sheet_path=args.contact_sheet, max_frames=args.max_frames,
-                pose_mode=args.pose_mode, crop_size=args.crop_size, output_size=args.size,
-                mode=args.mode, window=args.window, quality=args.quality, options=options,
-                progress=not args.no_progress,
-            )
+            common = dict(
+                server=address, token=token, root_certificates=args.tls_ca,
+                side_by_side=args.side_by_side, contact_sheet_path=args.contact_sheet,
+                max_frames=args.max_frames, pose_mode=args.pose_mode, crop_size=args.crop_size,
+                output_size=args.size, mode=args.mode, window=args.window, quality=args.quality,
+                options=options, progress=not args.no_progress,
+            )  # fmt: skip
+            if take is not None:
+                summary = reenact_take(args.source, take, args.out, realtime=args.realtime, **common)
+            else:
+                summary = reenact_video(args.source, args.driving, args.out, **common)
     except grpc.RpcError as exc:
         code = exc.code().name if hasattr(exc, "code") else "?"
         details = exc.details() if hasattr(exc, "details") else str(exc)
@@ -113,23 +128,3 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(summary.to_dict(), indent=2))
     return 0 if not summary.errors else 1
 
-
-def _reenact_csv(args: argparse.Namespace) -> int:
-    """``--driving-csv``: the source driven by a motion-capture take (jr2net.pipeline.mocap)."""
-    import json
-    import sys
-
-    from jr2net.errors import JR2NetError
-    from jr2net.io.images import load_image
-    from jr2net.pipeline.mocap import reenact_take
-
-    try:
-        summary = reenact_take(
-            load_image(args.source), args.driving_csv, args.out, csv_fps=args.csv_fps,
-            face_model=args.face_model, crop_size=args.crop_size, max_frames=args.max_frames,
-        )  # fmt: skip
-    except (FileNotFoundError, ValueError, JR2NetError) as exc:
-        print(f"jr2net reenact: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=2))
-    return 0

@@ -1,20 +1,20 @@
-"""Driving a geometric session by motion capture: expression coefficients (and an optional head
-rotation) per frame instead of a driving image.
+"""Driving a session by motion capture: expression coefficients (and an optional head pose) per
+frame instead of a driving image, in the geometric and the learned path.
 
-A mocap frame becomes a driving "fit" of the source's own identity: its expression is the frame's
-β (face-model names, ``jr2net.io.arkit_csv`` maps ARKit takes onto them), its pose the source's
-with the frame's head yaw / pitch / roll added (radians, in the face model's angle convention:
-``angles = (pitch, yaw, roll)``), in the source's camera. The session's ``Recombiner`` then poses
-the source relative to the first frame, as with a driving video, and renders the frame with the
-geometric path's renderer and compositor. ``reenact_take`` writes one output frame per CSV row,
-at the take's frame rate.
+A mocap frame (``jr2net.protocol.mocap.MocapRow``, checked there) becomes a driving "fit" of the
+source's own identity: its expression is the row's β (face-model names; ``jr2net.io.arkit_csv``
+maps ARKit takes onto them), its pose the source's with the row's head yaw / pitch / roll added
+(radians, the face model's angles ``(pitch, yaw, roll)``) and its translation added (mm), in the
+source's camera. The session's ``Recombiner`` then poses the source as for a driving video
+(``pose_mode`` relative: the change since the first frame; absolute: as given) and the session's
+own stage 2 renders it. The server streams takes this way (``MocapFrame``); the temporal filter
+of driving fits is not applied (the values are the capture's, not a noisy landmark fit).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,77 +34,75 @@ class MocapFit:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def mocap_fit(session: Any, expression: np.ndarray, head: np.ndarray | None = None) -> MocapFit:
-    """The fit of a mocap frame for ``session`` (a ``GeometricSession``): ``expression [E]`` in
-    [0,1], ``head`` (yaw, pitch, roll) radians added to the source's pose, or None."""
-    src = session.source_fit
-    beta = np.asarray(expression, dtype=np.float32).reshape(-1)
-    E = src.coeffs.expression.shape[1]
-    if beta.shape != (E,) or not np.isfinite(beta).all():
-        raise ValueError(f"expression must be {E} finite values, got shape {beta.shape}")
-    if beta.min() < 0 or beta.max() > 1:
-        raise ValueError("expression values must be in [0, 1]")
-    angles = src.coeffs.angles.clone()
-    if head is not None:
-        yaw, pitch, roll = (float(v) for v in np.asarray(head, dtype=np.float64).reshape(3))
+def _kind(session: Any) -> str:
+    """"geometric" / "learned" for the sessions that take mocap frames, else ""."""
+    from .geometric import GeometricSession
+
+    if isinstance(session, GeometricSession):
+        return "geometric"
+    if callable(getattr(session, "analyse_fit", None)) and hasattr(session, "source_fit"):
+        return "learned"  # LearnedSession (not imported here: it pulls in the training code)
+    return ""
+
+
+def expression_names(session: Any) -> list[str]:
+    """The face-model expression names a mocap row of ``session`` is in ([] if it takes none)."""
+    if not _kind(session):
+        return []
+    model = getattr(session, "model", None) or session.reenactor.model
+    return list(model.expression_names)
+
+
+def mocap_fit(source_fit: Any, row: Any) -> MocapFit:
+    """The fit of mocap ``row`` (a ``MocapRow``) on ``source_fit`` (the session's source fit);
+    ValueError when the row is unusable (``jr2net.protocol.mocap.row_problem``)."""
+    from jr2net.protocol.mocap import row_problem
+
+    E = source_fit.coeffs.expression.shape[1]
+    problem = row_problem(row, E)
+    if problem:
+        raise ValueError(problem)
+    beta = np.asarray(row.expression, dtype=np.float32).reshape(1, E)
+    coeffs = source_fit.coeffs
+    angles, translation = coeffs.angles.clone(), coeffs.translation.clone()
+    if row.head is not None:
+        yaw, pitch, roll = (float(v) for v in np.asarray(row.head, dtype=np.float64).reshape(3))
         angles = angles + angles.new_tensor([[pitch, yaw, roll]])
-    coeffs = src.coeffs.replace(
-        expression=torch.as_tensor(beta[None], dtype=src.coeffs.expression.dtype), angles=angles
-    )
-    return MocapFit(coeffs, src.K, tuple(src.image_size))
+    if row.translation is not None:
+        translation = translation + translation.new_tensor(
+            np.asarray(row.translation, dtype=np.float64).reshape(1, 3))
+    coeffs = coeffs.replace(
+        expression=torch.as_tensor(beta, dtype=coeffs.expression.dtype),
+        angles=angles, translation=translation,
+    )  # fmt: skip
+    return MocapFit(coeffs, source_fit.K, tuple(source_fit.image_size))
 
 
-def process_mocap(session: Any, expression: np.ndarray, head: np.ndarray | None = None) -> FrameResult:
-    """Reenact one mocap frame in ``session`` (a ``GeometricSession``)."""
+def analyse_mocap(session: Any, row: Any) -> Any:
+    """Stage 1 of a mocap frame in ``session``: what its ``synthesise`` takes (a
+    ``FrameAnalysis`` or ``LearnedAnalysis``). ValueError for a bad row or a session that takes
+    no mocap frames."""
+    kind = _kind(session)
+    if not kind:
+        raise ValueError(f"{type(session).__name__} sessions take no motion-capture frames")
+    t0 = time.perf_counter()
+    fit = mocap_fit(session.source_fit, row)
+    if kind == "learned":
+        from .learned import STAGES as LEARNED_STAGES
+
+        return session.analyse_fit(fit, dict.fromkeys(LEARNED_STAGES, 0.0), t0)
     from .geometric import STAGES, FrameAnalysis
 
-    t0 = time.perf_counter()
     timings = dict.fromkeys(STAGES, 0.0)
     with torch.inference_mode():
-        fit = mocap_fit(session, expression, head)
         target, normals = session._recombine(fit)
-        timings["recombine"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        timings["recombine"] = t1 - t0
         target.ratio = session._relight_ratio(normals)
-    return session.synthesise(FrameAnalysis(target, timings, time.perf_counter() - t0))
+        timings["relight"] = time.perf_counter() - t1
+    return FrameAnalysis(target, timings, time.perf_counter() - t0)
 
 
-def reenact_take(
-    source: np.ndarray,
-    take_csv: str | Path,
-    out: str | Path,
-    *,
-    fps: float | None = None,
-    csv_fps: float = 60.0,
-    face_model: str | None = None,
-    crop_size: int = 256,
-    max_frames: int | None = None,
-) -> dict[str, Any]:
-    """Reenact ``source`` (uint8 HWC) with a Live Link Face take: one output frame per CSV row,
-    written at ``fps`` (default: the take's rate, ``csv_fps``). Returns a summary dict."""
-    from jr2net.io.arkit_csv import read_live_link_csv
-    from jr2net.io.video import VideoWriter
-
-    from .base import SessionOptions
-    from .geometric import GeometricReenactor
-
-    take = read_live_link_csv(take_csv, csv_fps)
-    reenactor = GeometricReenactor(face_model)
-    session = reenactor.start_session(source, SessionOptions(crop_size=crop_size))
-    beta = take.expressions(reenactor.model.expression_names)
-    n = len(take) if max_frames is None else min(len(take), max_frames)
-    times = []
-    with VideoWriter(out, fps or take.fps) as writer:
-        for i in range(n):
-            t0 = time.perf_counter()
-            res = process_mocap(session, beta[i], None if take.head is None else take.head[i])
-            times.append(time.perf_counter() - t0)
-            writer.write(res.image)
-    session.close()
-    return {
-        "frames": n,
-        "rows": len(take),
-        "take_seconds": take.duration,
-        "fps": float(fps or take.fps),
-        "ms_per_frame_median": 1000 * float(np.median(times)) if times else float("nan"),
-        "out": str(out),
-    }
+def process_mocap(session: Any, row: Any) -> FrameResult:
+    """Reenact one mocap ``row`` in ``session`` (both stages)."""
+    return session.synthesise(analyse_mocap(session, row))

@@ -7,6 +7,9 @@
 - ``jr2net.protocol.codecs``: image <-> message in both directions (``decode_image``,
   ``image_message``, ``frame_message``, ``output_message``) and ``frame_problem``, the
   admission check of a ``Frame``.
+- ``jr2net.protocol.mocap``: motion-capture frames, ``MocapRow`` <-> ``MocapFrame``
+  (``mocap_message``, ``mocap_row``) and the one check of their values (``row_problem``,
+  ``mocap_problem``, the admission check of a ``MocapFrame``).
 """
 
 from jr2net.protocol.codecs import (
@@ -19,6 +22,7 @@ from jr2net.protocol.codecs import (
     sniff_format,
 )
 from jr2net.protocol.messages import SERVICE_NAME, pb2, pb2_grpc
+from jr2net.protocol.mocap import MocapRow, mocap_message, mocap_problem, mocap_row, row_problem
 from jr2net.protocol.tables import (
     FORMAT_NAMES,
     IMAGE_FORMATS,
@@ -33,6 +37,7 @@ __all__ = [
     "IMAGE_FORMATS",
     "MODES",
     "MODE_NAMES",
+    "MocapRow",
     "POSE_MODES",
     "POSE_MODE_NAMES",
     "SERVICE_NAME",
@@ -41,8 +46,12 @@ __all__ = [
     "frame_message",
     "frame_problem",
     "image_message",
+    "mocap_message",
+    "mocap_problem",
+    "mocap_row",
     "output_message",
     "pb2",
     "pb2_grpc",
+    "row_problem",
     "sniff_format",
 ]
