@@ -45,13 +45,23 @@ def _frames(video: Path, count: int) -> list[np.ndarray]:
         return [f for _, f in zip(range(count), reader, strict=False)]
 
 
+def _face(image: np.ndarray, landmarks: np.ndarray, margin: float = 0.3) -> np.ndarray:
+    """The square crop around ``landmarks`` (for the contact sheet)."""
+    lm = np.asarray(landmarks, float)
+    c, side = (lm.min(0) + lm.max(0)) / 2, (lm.max(0) - lm.min(0)).max() * (1 + 2 * margin)
+    x0, y0 = (max(0, int(v - side / 2)) for v in c)
+    return image[y0 : y0 + int(side), x0 : x0 + int(side)]
+
+
 def cross_identity(reenactor, source: np.ndarray, frames: list[np.ndarray], options, n_eval: int):
-    """EFL scores and timings of ``source`` driven by ``frames``; one (driving, output) sample."""
+    """EFL scores and timings of ``source`` driven by ``frames``; the (driving, output) faces
+    of the middle scored frame."""
     from jr2net.eval import metrics
     from jr2net.eval.reenact_eval import aligned, normalised_landmarks, spread
     from jr2net.face.landmarks import detect_faces
 
-    eval_ids = set(spread(range(len(frames)), n_eval))
+    ids = spread(range(len(frames)), n_eval)
+    eval_ids, middle = set(ids), ids[len(ids) // 2]
     vals = {"efl": [], "efl_aligned": [], "efl_mouth": []}
     times, etnet_times, no_face, sample = [], [], 0, None
     session = reenactor.start_session(source, options)
@@ -74,8 +84,8 @@ def cross_identity(reenactor, source: np.ndarray, frames: list[np.ndarray], opti
             vals["efl"].append(float(metrics.landmark_rmse(gen, drv)[0]))
             vals["efl_aligned"].append(float(metrics.landmark_rmse(al, drv)[0]))
             vals["efl_mouth"].append(float(metrics.landmark_rmse(al[MOUTH], drv[MOUTH])[0]))
-            if sample is None or len(vals["efl"]) == (n_eval + 1) // 2:
-                sample = (frame, res.image)
+            if i == middle:
+                sample = (_face(frame, drv_det[0].landmarks), _face(res.image, gen_det[0].landmarks))
     finally:
         session.close()
     return {
