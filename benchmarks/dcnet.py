@@ -9,7 +9,8 @@
 * **Ablation** (seed Table 5): the same held-out pairs through each ablation's generator
   (``--ablation ours_r=RUN ...``: runs of the same config with ``dcnet.ablation`` changed).
 * **Speed**: ms per frame of the learned path on 1 thread (d0, 512² input, 512² output): DCNet
-  alone and the whole path, PyTorch eager vs ONNX Runtime, at 128² (the run's generator) and 256²
+  alone (split into its view synthesis and its decoder) and the whole path, per stage, wall and
+  CPU-time medians (the machine's load average recorded), PyTorch eager vs ONNX Runtime, at 128² (the run's generator) and 256²
   (the same architecture at 256², untrained weights: speed does not depend on them), with the
   geometric path measured in the same run as the reference.
 * A side-by-side PNG per held-out video: source | driving | geometric | learned.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 from collections import defaultdict
@@ -151,15 +153,19 @@ def summarise(rows: list[dict[str, Any]], methods, regions=REGIONS) -> list[dict
     return out
 
 
-def _ms(fn, n: int) -> float:
+def _ms(fn, n: int) -> tuple[float, float]:
+    """Median wall and CPU (this thread's) ms of ``fn`` over ``n`` calls after 2 warm-up calls.
+
+    On a loaded machine the wall time is an upper bound; the CPU time is what the frame costs."""
     for _ in range(2):
         fn()
-    ts = []
+    ts, cs = [], []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         fn()
         ts.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(ts)
+        cs.append(time.thread_time() - c0)
+    return 1000 * statistics.median(ts), 1000 * statistics.median(cs)
 
 
 def speed(run: Path, face_model, dcnet_path: Path, frames: list[np.ndarray], n: int) -> list[dict]:
@@ -191,7 +197,7 @@ def speed(run: Path, face_model, dcnet_path: Path, frames: list[np.ndarray], n: 
     geo = GeometricReenactor(face_model)
     g = geo.start_session(source, opts)
     it = iter(range(10**9))
-    geo_ms = _ms(lambda: g.process(drive[next(it) % len(drive)]), n)
+    geo_ms, geo_cpu = _ms(lambda: g.process(drive[next(it) % len(drive)]), n)
     rows = []
     for S, path in sorted(paths.items()):
         for runtime in ("eager", "onnxruntime"):
@@ -200,8 +206,16 @@ def speed(run: Path, face_model, dcnet_path: Path, frames: list[np.ndarray], n: 
             probe = _probe_inputs(r.dcnet)
             feats = runner.encode(probe.source_image, probe.source_light, probe.source_normal)
             with torch.inference_mode():
-                net_ms = _ms(lambda runner=runner, probe=probe, feats=feats:
-                             runner.generate(probe, feats), n)  # fmt: skip
+                net_ms, net_cpu = _ms(lambda runner=runner, probe=probe, feats=feats:
+                                      runner.generate(probe, feats), n)  # fmt: skip
+                # Where DCNet's time goes: the view synthesis (PyTorch, our warp kernel) and
+                # the decoder (context encoder + SPADE generator, in the chosen runtime).
+                args = runner._warp(probe, feats)
+                warp_cpu = _ms(lambda runner=runner, probe=probe, feats=feats:
+                               runner._warp(probe, feats), n)[1]  # fmt: skip
+                decode = runner._decode_ort if runner._ort is not None else (
+                    lambda a, runner=runner: runner.decoder(*a))  # fmt: skip
+                decoder_cpu = _ms(lambda decode=decode, args=args: decode(args), n)[1]
             s = r.start_session(source, opts)
             stages: dict[str, list[float]] = defaultdict(list)
 
@@ -210,12 +224,15 @@ def speed(run: Path, face_model, dcnet_path: Path, frames: list[np.ndarray], n: 
                 for k, v in res.timings.items():
                     stages[k].append(1000 * v)
 
-            path_ms = _ms(step, n)
+            path_ms, path_cpu = _ms(step, n)
             rows.append({
                 "crop": S, "runtime": r.runner.runtime, "dcnet_ms": net_ms, "path_ms": path_ms,
-                "geometric_ms": geo_ms, "ratio_to_geometric": path_ms / geo_ms,
-                "mismatch": runner.mismatch,
+                "dcnet_cpu_ms": net_cpu, "dcnet_warp_cpu_ms": warp_cpu,
+                "dcnet_decoder_cpu_ms": decoder_cpu, "path_cpu_ms": path_cpu,
+                "geometric_ms": geo_ms, "geometric_cpu_ms": geo_cpu,
+                "ratio_to_geometric": path_ms / geo_ms, "mismatch": runner.mismatch,
                 "stages_ms": {k: statistics.median(v) for k, v in stages.items()},
+                "load_average": list(os.getloadavg()),
             })  # fmt: skip
     return rows
 
@@ -290,13 +307,18 @@ def main(argv: list[str] | None = None) -> int:
             frames = r.read_all(max_frames=40)
         speed_rows = speed(args.run, model, args.run / "dcnet" / "best.pt", frames,
                            args.speed_frames)  # fmt: skip
-        print_table(speed_rows, ["crop", "runtime", "dcnet_ms", "path_ms", "geometric_ms",
-                                 "ratio_to_geometric", "mismatch"],
-                    "Speed: ms per frame, 1 thread (d0 512²)")  # fmt: skip
+        print_table(speed_rows, ["crop", "runtime", "dcnet_ms", "dcnet_cpu_ms",
+                                 "dcnet_warp_cpu_ms", "dcnet_decoder_cpu_ms", "path_ms",
+                                 "path_cpu_ms", "geometric_ms", "ratio_to_geometric", "mismatch"],
+                    "Speed: ms per frame, 1 thread (d0 512²; wall medians and CPU medians, "
+                    f"load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+        for row in speed_rows:
+            print(f"  {row['crop']}² {row['runtime']}: stages (wall ms) "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms"].items()))
     write_results("dcnet", {
         "run": str(args.run), "model_spec": spec, "pairs": len(rows), "learning": learning,
         "per_video_face": per_video, "ablation": ablation_rows, "speed": speed_rows,
-        "rows": rows, "load_average": list(__import__("os").getloadavg()),
+        "rows": rows, "load_average": list(os.getloadavg()),
     })  # fmt: skip
     return 0
 

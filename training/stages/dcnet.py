@@ -309,9 +309,10 @@ class DCNetStage(Stage):
         ctx.backward_step(loss_d, "discriminator")
         with ctx.autocast():
             d_gen = D(torch.cat([fake, cond.normals], 1))
+            face_l1 = torch.nan_to_num(l1_metric(fake.float(), real, cond.mask)).mean()
             terms = {
                 "l1": sec.w_l1 * F.l1_loss(fake, real),
-                "l1_face": sec.w_l1_face * torch.nan_to_num(l1_metric(fake.float(), real, cond.mask)).mean(),
+                "l1_face": sec.w_l1_face * face_l1,
                 "perceptual": sec.w_vgg * self.perceptual(fake, real, lm),
                 "adv": sec.w_adv * hinge_g_loss(d_gen),
                 "feature_match": sec.w_feature_match * feature_matching_loss(d_real, d_gen),
