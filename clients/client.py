@@ -17,6 +17,11 @@ UNAVAILABLE (reply or status): a write that races the server's end of the stream
 into INTERNAL and can lose replies the server had sent. ``AsyncSession.run`` does so (it
 half-closes and reads the remaining replies); code that writes to ``AsyncSession.call`` itself
 must do the same. Reconnect to another replica after it: UNAVAILABLE is safe to retry.
+
+A replica that dies mid-stream behind a proxy (nginx resets the client's stream with HTTP/2
+``RST_STREAM`` INTERNAL_ERROR, which grpc reports as INTERNAL) is raised as
+:class:`ReplicaLostError`, an ``AioRpcError`` (so also a ``grpc.RpcError``) with status UNAVAILABLE
+and the transport's details: it is the same "reconnect to another replica" case.
 """
 
 from __future__ import annotations
@@ -48,6 +53,23 @@ from jr2net.protocol.tables import format_value, mode_value, pose_mode_value
 
 make_frame = frame_message  # the client library's name for it (``jr2net.protocol.frame_message``)
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+class ReplicaLostError(grpc.aio.AioRpcError):
+    """UNAVAILABLE: the stream was reset by the transport (the replica behind a proxy died); retry elsewhere."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                         details=f"replica lost mid-stream ({details}); reconnect to another replica")
+
+
+def replica_lost(exc: grpc.RpcError) -> ReplicaLostError | None:
+    """The ``ReplicaLostError`` for a stream reset by the transport (RST_STREAM, as INTERNAL); else None."""
+    code = exc.code() if callable(getattr(exc, "code", None)) else None
+    details = (exc.details() if callable(getattr(exc, "details", None)) else "") or ""
+    if code == grpc.StatusCode.INTERNAL and "RST_STREAM" in details:
+        return ReplicaLostError(details)
+    return None
 
 
 class ProtocolError(RuntimeError):
@@ -238,9 +260,12 @@ class AsyncSession:
                 raise sender_error[0]
             if sent:
                 raise ProtocolError(f"stream ended with {len(sent)} frames unanswered")
-        except grpc.aio.AioRpcError:
+        except grpc.aio.AioRpcError as exc:
             if sender_error:
                 raise sender_error[0] from None
+            lost = replica_lost(exc)
+            if lost is not None:
+                raise lost from exc
             raise
         finally:
             if not sender.done():
@@ -421,6 +446,11 @@ class ReenactClient:
                     raise ProtocolError(f"reply for frame {result.frame_id}, expected {frame_id}")
                 slots.release()
                 yield result
+        except grpc.RpcError as exc:
+            lost = replica_lost(exc)
+            if lost is not None:
+                raise lost from exc
+            raise
         finally:
             stop.set()
             if granted.empty():

@@ -23,3 +23,14 @@ def test_a_stopped_replica_ends_its_streams_unavailable_and_new_streams_use_the_
     assert r["new_streams_ok"] == 4, r["new_streams_detail"]
     assert r["nginx_took_it_out"], "nginx never marked the stopped replica down"
     assert r["victim_exit_code"] == 0  # drained, then exited cleanly
+
+
+def test_a_killed_replica_ends_its_streams_unavailable_through_the_client_library():
+    r = run_scaleout("kill", streams=4, frames=60, fps=10, after=4)
+    spread = r["sessions_per_replica_before"]
+    lost = [s for s in r["first_streams"] if s["status"] != "OK"]
+    assert r["victim_exit_code"] == -9
+    assert [s["status"] for s in lost] == ["UNAVAILABLE"] * spread[r["victim"]], r["first_streams"]
+    assert all("replica lost mid-stream" in s["details"] for s in lost), lost  # nginx's RST_STREAM
+    assert r["survivor_streams_ok"] == spread[1 - r["victim"]], r["first_streams"]
+    assert r["new_streams_ok"] == 4, r["new_streams_detail"]
