@@ -146,6 +146,16 @@ def test_a_recaugnet_checkpoint_gives_its_etnet_as_the_tracker(ckpts, ict, frame
     assert torch.equal(fit.coeffs.expression.float(), fixed_etnet(ict)[1])
 
 
+def test_learned_path_with_recnet_wraps_recnets_driving_fit_in_the_tracker(ckpts, ict, frames):
+    from jr2net.pipeline.learned import LearnedReenactor
+
+    r = LearnedReenactor(ict, dcnet=ckpts["dcnet"], recnet=ckpts["recaugnet"], etnet=ckpts["etnet"])
+    tracked = r.make_driving_fitter("etnet").fit(frames[0])
+    assert torch.equal(tracked.coeffs.expression.float(), fixed_etnet(ict)[1])
+    assert "recnet" in tracked.timings and tracked.timings["etnet"] > 0
+    assert "etnet" not in r.make_driving_fitter("fitter").fit(frames[0]).timings
+
+
 def _stream(address: str, source, frames, mode: str, **options: str):
     from jr2net.clients.client import ReenactClient
 
