@@ -15,7 +15,8 @@ keeps the pose) and ``expression=fitter`` (the fitter's β). On every shared vid
 
 Only the first ``--frames`` frames of each video are streamed (the tracker and filters see them in
 order) and ``--eval`` of them, spread evenly, are scored: a modest run; raise both for more.
-Writes benchmarks/results/tracker.json and tracker_cross.png (driving | fitter | ETNet).
+Writes benchmarks/results/tracker.json and tracker_cross.png (driving | fitter | ETNet faces;
+``--name`` renames both).
 Run: ``.venv/bin/python -m benchmarks.tracker --etnet RUN/etnet/best.pt [--frames 40 --eval 8]``.
 """
 
@@ -118,6 +119,7 @@ def main() -> None:
     ap.add_argument("--eval", type=int, default=8, help="frames scored per video")
     ap.add_argument("--cross-expression", default="absolute", choices=("absolute", "relative"))
     ap.add_argument("--same-expression", default="relative", choices=("absolute", "relative"))
+    ap.add_argument("--name", default="tracker", help="results name (RESULTS/NAME.json, NAME_cross.png)")
     ap.add_argument("--note", default="", help="free text recorded in the JSON (e.g. how the "
                                                "checkpoint was trained)")
     args = ap.parse_args()
@@ -177,9 +179,9 @@ def main() -> None:
                 f"ETNet tracker on/off, geometric path, mean over {len(per_video)} videos "
                 f"({args.frames} frames streamed, {args.eval} scored each)")  # fmt: skip
     if sheet:
-        save_image(RESULTS_DIR / "tracker_cross.png",
+        save_image(RESULTS_DIR / f"{args.name}_cross.png",
                    contact_sheet(sheet, ["driving", "fitter's expression", "ETNet's expression"]))
-    write_results("tracker", {
+    write_results(args.name, {
         "etnet": {"path": str(args.etnet), "stage": ckpt["stage"], "step": int(ckpt["step"]),
                   "model_spec": ckpt["model_spec"], "note": args.note},
         "settings": {"frames": args.frames, "eval": args.eval, "sources": args.sources,
