@@ -17,6 +17,7 @@ Run: ``.venv/bin/python -m benchmarks.quality [--max-frames N] [--face-model ict
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 
@@ -71,14 +72,17 @@ LIBRARY_NAMES = {"ours": "ours", "copy_source": "copy_source", "similarity": "si
 
 
 def evaluate_video(
-    reenactor, path, max_frames: int, light: str, max_stream: int, expression: str, pose_mode: str
+    reenactor, path, max_frames: int, light: str, max_stream: int, expression: str, pose_mode: str,
+    name: str = "quality", extra: dict | None = None,
 ) -> tuple[dict, list]:
     """One video through ``jr2net.eval.reenact_eval.evaluate_same_identity`` (face hull only)."""
     from jr2net.eval.reenact_eval import contact_sheet, evaluate_same_identity
     from jr2net.io.images import save_image
     from jr2net.pipeline.base import SessionOptions
 
-    options = SessionOptions(pose_mode=pose_mode, extra={"light": light, "expression": expression})
+    options = SessionOptions(
+        pose_mode=pose_mode, extra={"light": light, "expression": expression, **(extra or {})}
+    )
     res = evaluate_same_identity(
         reenactor, path, options, max_frames=max_frames, regions=REGIONS,
         max_stream=max_stream, keep_stream=JITTER_FRAMES,
@@ -95,7 +99,7 @@ def evaluate_video(
         rows = [[res.source, gt, outs["ours"], outs["similarity_warp"]] for gt, outs in res.rows]
         sheet = contact_sheet(rows, ("source", "driving (GT)", "ours", "similarity warp"))
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        save_image(RESULTS_DIR / f"quality_{path.stem}.png", sheet)
+        save_image(RESULTS_DIR / f"{name}_{path.stem}.png", sheet)
     return summary, res.rows
 
 
@@ -114,39 +118,44 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--expression", default="relative", choices=("relative", "absolute"))
     ap.add_argument("--pose-mode", default="relative", choices=("relative", "absolute"))
     ap.add_argument("--videos", nargs="*", default=None, help="video file names (default: all)")
+    ap.add_argument("--name", default="quality",
+                    help="results name: <name>.json and <name>_<video>.png (default quality; "
+                         "use another for partial runs so the full run's files stay)")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="NAME",
+                    help="evaluate nothing: combine the per-video results of earlier runs "
+                         "(<NAME>.json, e.g. runs over disjoint --videos in parallel) into <--name>.json")
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra session option (options.extra), repeatable, e.g. mouth=synthetic")
     args = ap.parse_args(argv)
 
     from jr2net.paths import shared_path
     from jr2net.pipeline.geometric import GeometricReenactor
 
+    extra = {}
+    for kv in args.option:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            ap.error(f"--option expects KEY=VALUE, got {kv!r}")
+        extra[key] = value
     reenactor = GeometricReenactor(args.face_model)
     vdir = shared_path("data", "videos")
     videos = sorted(vdir.glob("*.mp4")) if not args.videos else [vdir / v for v in args.videos]
     per_video = {}
-    rows = []
     t0 = time.perf_counter()
-    for path in videos:
+    if args.merge:  # per-video results of earlier (e.g. parallel) runs, in the given order
+        for name in args.merge:
+            per_video.update(json.loads((RESULTS_DIR / f"{name}.json").read_text())["per_video"])
+    for path in [] if args.merge else videos:
         summary, _ = evaluate_video(
-            reenactor,
-            path,
-            args.max_frames,
-            args.light,
-            args.max_stream,
-            args.expression,
-            args.pose_mode,
-        )
+            reenactor, path, args.max_frames, args.light, args.max_stream, args.expression,
+            args.pose_mode, args.name, extra,
+        )  # fmt: skip
         per_video[path.name] = summary
-        for m in METHODS:
-            rows.append(
-                {
-                    "video": path.name,
-                    "method": m,
-                    "PSNR": summary[m]["psnr"],
-                    "SSIM": summary[m]["ssim"],
-                    "L1": summary[m]["l1"],
-                    "frames": summary["frames_evaluated"],
-                }
-            )
+    rows = [
+        {"video": name, "method": m, "PSNR": s[m]["psnr"], "SSIM": s[m]["ssim"],
+         "L1": s[m]["l1"], "frames": s["frames_evaluated"]}
+        for name, s in per_video.items() for m in METHODS
+    ]  # fmt: skip
     wins = {
         name: {
             "psnr": all(s["ours"]["psnr"] > s[b]["psnr"] for b in METHODS[1:]),
@@ -204,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     acc_met = all(all(v.values()) for v in acceptance.values())
     print(f"acceptance met on every video and metric: {acc_met}")
     print(
-        f"runtime {time.perf_counter() - t0:.0f} s; side-by-sides in {RESULTS_DIR}/quality_<video>.png"
+        f"runtime {time.perf_counter() - t0:.0f} s; side-by-sides in {RESULTS_DIR}/{args.name}_<video>.png"
     )
     write_results(
-        "quality",
+        args.name,
         {
+            "options": extra,
             "pose_mode": args.pose_mode,
             "light": args.light,
             "expression": args.expression,

@@ -26,6 +26,7 @@ the small stage functions are ``jr2net.pipeline.stages``. Stages and their docum
   source get a harmonic fill of their visible neighbours' colours, the hidden mouth socket a
   synthetic mouth (teeth-like bands by the lip line, a dark cavity behind). They are relit by the
   same ratio (except the synthetic mouth) and blended over a soft co-visibility edge.
+- **mouth** (the driving frame's own interior, by default) and **gaze**: ``jr2net.pipeline.transfer``.
 - **composite**: the face layer, feathered, over the source photo warped by the head's motion
   (``jr2net.pipeline.composite``; body motion and inpainting in ``jr2net.pipeline.background``).
   By default (``options.extra["full_res_face"]``: ``1``) the face layer samples the full-size
@@ -69,14 +70,17 @@ from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.filters import PoseExpressionFilter
+from jr2net.pipeline.mouth import synthetic_socket
 from jr2net.pipeline.recombine import POSE_MODES, Recombiner, Relighter, is_finite
 from jr2net.pipeline.registry import ReenactorSettings, register_mode
+from jr2net.pipeline.transfer import DrivingTransfers
 
 RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 """Model regions rendered per frame (those the model has): skin, mouth interior, eyes."""
 
 LIGHT_MODES = ("source", "none")
-STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "composite", "total")
+STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "mouth", "gaze",
+          "composite", "total")
 RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
 REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
 
@@ -94,6 +98,7 @@ class RecombinedFace:
     t: Tensor
     box: tuple[int, int, int]  # square render crop (x0, y0, side) in output pixels
     ratio: Tensor | None = None  # [V,3] per-vertex relighting ratio; None when light="none"
+    driving: tuple | None = None  # (frame, its 68 landmarks): mouth and gaze transfer
 
 
 @dataclass
@@ -146,6 +151,7 @@ class GeometricSession:
 
         with torch.inference_mode():
             self._setup(source, fit)
+        self.transfers = DrivingTransfers(self.mesh, self.model, source, fit.detection.landmarks, extra)
         self._driving = reenactor.make_driving_fitter(self.tracker)
         self._last_output: np.ndarray | None = None
         self.setup_seconds = _now() - t0
@@ -207,23 +213,11 @@ class GeometricSession:
         pm = self.mesh
         V = pm.n_vertices
         colors, visible = self._sample_vertex_colors()
-        known = visible.clone()
-        socket = pm.region_mask("mouth_socket")
-        # Mouth-socket vertices the photo does not show get a synthetic mouth inside.
-        if socket.any():
-            hidden_socket = socket & ~visible
-            skin = colors[visible].mean(0) if visible.any() else torch.full((3,), 0.6)
-            lm = self.model.vertices[self.model.landmarks68]
-            centre = (lm[62] + lm[66]) / 2
-            half_width = float((lm[54, 0] - lm[48, 0]).abs()) / 2
-            mouth = st.mouth_colors(
-                pm.vertices[:, 1] - float(centre[1]),
-                (pm.vertices[:, 0] - float(centre[0])) / max(half_width, 1.0),
-                float(skin.mean()),
-            )
-            colors[hidden_socket] = mouth[hidden_socket]
-            known |= hidden_socket
-            self.relighter.unlit = hidden_socket  # synthetic colours: not relit
+        # Mouth-socket vertices the photo does not show get a synthetic mouth inside (not relit).
+        hidden_socket = synthetic_socket(pm, self.model, colors, visible)
+        known = visible | hidden_socket
+        if pm.region_mask("mouth_socket").any():
+            self.relighter.unlit = hidden_socket
         self.vertex_colors = st.diffuse_colors(colors, known, pm.ops.adjacency)
         self.src_visible = visible
 
@@ -284,6 +278,7 @@ class GeometricSession:
                 t2 = _now()
                 timings["recombine"] = t2 - t1
                 target.ratio = self._relight_ratio(normals)  # per vertex, so it belongs here
+                target.driving = (frame, fit.detection.landmarks)
                 timings["relight"] = _now() - t2
         return FrameAnalysis(target, timings, _now() - t_start)
 
@@ -369,6 +364,8 @@ class GeometricSession:
             face = fill + cov_soft * (relit - fill)
         t6 = _now()
         timings["fill"] = t6 - t5
+        face = self.transfers.apply(face, rast, verts_cam, K_crop, target.driving, timings)
+        t6 = _now()
 
         # -- composite into the (warped) source frame
         image = self.compositor.composite(face, valid, points, rast[..., 2], box, (R, t))
