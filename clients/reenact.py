@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,8 @@ class ReenactSummary:
     wall_s: float = 0.0
     fps: float = 0.0
     setup_s: float = 0.0
+    first_output_unix: float = 0.0  # time.time() when the first reply arrived
+    startup_s: float = 0.0  # process start -> first output frame (set by ``jr2net reenact``)
     latency_ms_p50: float = 0.0
     latency_ms_p95: float = 0.0
     latency_ms_p99: float = 0.0
@@ -136,9 +138,15 @@ async def _stream_to_video(
     quality: int = 90,
     options: dict[str, str] | None = None,
     progress: bool = True,
+    wire_format: str = "JPEG",
+    wait_server: Callable[[], Awaitable[Any]] | None = None,
 ) -> ReenactSummary:
     """Open a session for ``source``, stream ``drive``'s items, write one output frame per item
-    (a FrameError repeats the previous output); the shared body of the two entry points."""
+    (a FrameError repeats the previous output); the shared body of the two entry points.
+
+    ``wire_format``: how frames travel both ways (JPEG, or RAW_RGB24 for a loopback server: no
+    encode/decode at either end). ``wait_server`` (awaited just before the session opens) waits for
+    a server that is still starting, so its start-up overlaps ours."""
     from tqdm import tqdm
 
     from jr2net.io.images import load_image, save_image
@@ -155,10 +163,12 @@ async def _stream_to_video(
     latencies: list[float] = []
     writer = sbs_writer = bar = None
     try:
+        config = session_config(
+            source.read_bytes(), mode=mode, output_size=tuple(size), pose_mode=pose_mode,
+            crop_size=crop_size, quality=quality, options=options, output_format=wire_format)
+        if wait_server is not None:
+            await wait_server()
         async with AsyncReenactClient(server, token=token, root_certificates=root_certificates) as client:
-            config = session_config(
-                source.read_bytes(), mode=mode, output_size=tuple(size), pose_mode=pose_mode,
-                crop_size=crop_size, quality=quality, options=options)
             session = await client.open_session(config)
             summary.setup_s = session.ready.setup_seconds
             pending = drive.items(session.ready)
@@ -181,7 +191,9 @@ async def _stream_to_video(
             t0 = time.perf_counter()
             last: np.ndarray | None = None
             result: StreamResult
-            async for result in session.run(items(), window=window):
+            async for result in session.run(items(), window=window, frame_format=wire_format):
+                if not summary.first_output_unix:
+                    summary.first_output_unix = time.time()
                 drv = driving_frames.pop(result.frame_id)
                 summary.frames += 1
                 if result.ok:
@@ -309,7 +321,8 @@ def reenact_video(source: str | Path, driving: str | Path, out: str | Path, **kw
     Keyword arguments: server ("host:port", required), token, root_certificates,
     side_by_side (mp4 path), contact_sheet_path (png path), max_frames, pose_mode, crop_size,
     output_size ((w, h); default: source aspect, longest side 512), mode, window, quality,
-    options, progress.
+    options, progress, wire_format ("JPEG" default, "RAW_RGB24"), wait_server (a coroutine
+    function awaited before the session opens, e.g. ``ServerProcess.wait_ready``).
     """
     return asyncio.run(reenact_video_async(source, driving, out, **kwargs))
 

@@ -19,7 +19,18 @@ def _command_modules() -> dict[str, object]:
     return modules
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def _chosen_command(argv: list[str] | None, names: set[str]) -> str | None:
+    """The sub-command ``argv`` names (its first word that is not an option), if any."""
+    for word in argv or ():
+        if not word.startswith("-"):
+            return word if word in names else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    """The parser of every sub-command; with ``argv``, only the sub-command it names gets its
+    arguments (some ``add_arguments`` import heavy modules: a command should not pay for the
+    others' flags before its first output)."""
     from jr2net import __version__
 
     parser = argparse.ArgumentParser(
@@ -29,14 +40,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
     parser.add_argument("--version", action="version", version=f"jr2net {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = _command_modules()
+    chosen = _chosen_command(argv, set(modules)) if argv is not None else None
     for name, module in modules.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
-        module.add_arguments(p)
+        if chosen is None or name == chosen:
+            module.add_arguments(p)
     return parser, modules
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()

@@ -27,12 +27,15 @@ import struct
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 from jr2net.errors import InvalidImageError
+
+if TYPE_CHECKING:  # torch is imported by the two tensor helpers only: clients need none
+    import torch
 
 MAX_PIXELS = 50_000_000
 """Largest image (decoded width x height) accepted; about 8660 x 5770. Below Pillow's own
@@ -336,6 +339,8 @@ def to_tensor(img: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         raise TypeError(
             f"img must be a uint8 numpy array or a list of them, got {type(img).__name__}"
         )
+    import torch
+
     src = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
     out = torch.empty(src.shape, dtype=torch.float32)
     out.copy_(src)
@@ -347,6 +352,8 @@ def to_uint8(t: torch.Tensor) -> np.ndarray | list[np.ndarray]:
 
     Values are clamped to [0, 1] (NaN -> 0) and rounded.
     """
+    import torch
+
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"t must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():

@@ -1,0 +1,127 @@
+"""``jr2net reenact``'s local server is a child ``jr2net serve`` process: it serves the run and is
+gone afterwards, whether the run succeeds, the source has no face, the child cannot start, or the
+command is interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jr2net.cli import main as cli_main
+from jr2net.server import child as child_module
+
+SMALL = ["--max-frames", "3", "--size", "128x128", "--crop-size", "64", "--no-progress"]
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` is a running (not zombie) process."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def _serve_children(parent: int) -> list[int]:
+    """Pids of running ``jr2net.cli serve`` processes whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"jr2net.cli" in cmdline and b"serve" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def started(monkeypatch):
+    """The ServerProcess objects the command starts (the real ones, recorded)."""
+    seen: list[child_module.ServerProcess] = []
+    real_start = child_module.ServerProcess.start
+
+    def start(self):
+        seen.append(self)
+        return real_start(self)
+
+    monkeypatch.setattr(child_module.ServerProcess, "start", start)
+    return seen
+
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def test_reenact_runs_through_a_child_server_that_is_gone_afterwards(
+        started, tmp_path, images_dir, videos_dir, ict_model_path, capsys):
+    out = tmp_path / "out.mp4"
+    rc = cli_main(["reenact", "--source", str(images_dir / "obama.jpg"), "--driving",
+                   str(videos_dir / "d11.mp4"), "--out", str(out), "--face-model",
+                   str(ict_model_path), *SMALL])  # fmt: skip
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert len(started) == 1 and summary["server"] == started[0].address
+    assert summary["outputs"] == 3 and summary["first_output_unix"] > 0
+    assert 0 < summary["startup_s"] < 600
+    assert started[0].process.returncode is not None and not _alive(started[0].pid)
+    assert out.is_file()
+
+
+def test_a_no_face_source_fails_as_before_and_leaves_no_child(
+        started, tmp_path, images_dir, videos_dir, ict_model_path, capsys):
+    rc = cli_main(["reenact", "--source", str(images_dir / "s31.jpg"), "--driving",
+                   str(videos_dir / "d0.mp4"), "--out", str(tmp_path / "x.mp4"), "--face-model",
+                   str(ict_model_path), *SMALL])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "INVALID_ARGUMENT" in err and "no face" in err
+    assert len(started) == 1 and not _alive(started[0].pid)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_child_that_cannot_start_is_reported_with_its_reason(started, tmp_path, images_dir,
+                                                               videos_dir, capsys):
+    missing = tmp_path / "no_such_run"
+    rc = cli_main(["reenact", "--source", str(images_dir / "obama.jpg"), "--driving",
+                   str(videos_dir / "d0.mp4"), "--out", str(tmp_path / "x.mp4"), "--checkpoints",
+                   str(missing), *SMALL])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"checkpoints: no such file or directory: {missing}" in err
+    assert "jr2net serve, exited with code 2" in err
+    assert len(started) == 1 and not _alive(started[0].pid)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_reenact_stops_its_child(sig, tmp_path, images_dir, videos_dir,
+                                                ict_model_path):
+    cmd = [sys.executable, "-m", "jr2net.cli", "reenact", "--source", str(images_dir / "obama.jpg"),
+           "--driving", str(videos_dir / "d11.mp4"), "--out", str(tmp_path / "o.mp4"),
+           "--face-model", str(ict_model_path), "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        children: list[int] = []
+        while not children and time.monotonic() < deadline and proc.poll() is None:
+            children = _serve_children(proc.pid)
+            time.sleep(0.05)
+        assert children, "no child jr2net serve appeared"
+        time.sleep(0.5)  # the parent is past its imports and is waiting for the child
+        os.kill(proc.pid, sig)  # the parent only, not its process group
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert not any(_alive(pid) for pid in children)
