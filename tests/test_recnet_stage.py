@@ -109,6 +109,24 @@ def test_augmentation_moves_image_mask_landmarks_and_camera_together(run_dir):
     assert overlap > 0.9
 
 
+def test_a_resumed_stage_draws_the_same_augmentation_as_a_straight_one(run_dir):
+    ds = _stage(run_dir).eval_dataset()
+    batch = collate([ds[i] for i in range(2)])
+
+    def draw(stage):
+        return augment_batch(batch, shift=0.1, scale=0.1, color=0.1, flip=0.5,
+                             generator=stage._gen)["image"]  # fmt: skip
+
+    straight = _stage(run_dir)
+    draw(straight)  # the steps before the checkpoint
+    state = straight.extra_state()
+    expected = draw(straight)
+    resumed = _stage(run_dir)
+    resumed.load_extra_state(state)
+    assert torch.equal(draw(resumed), expected)
+    assert not torch.equal(draw(_stage(run_dir)), expected)  # a fresh generator differs
+
+
 def test_mirroring_flips_image_mask_landmarks_and_principal_point_of_real_samples_only(run_dir):
     stage = _stage(run_dir)
     ds = stage.eval_dataset()

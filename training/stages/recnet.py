@@ -243,6 +243,14 @@ class RecNetStage(Stage):
         self._loss: RecNetLoss | None = None
         self._gen = torch.Generator().manual_seed(cfg.run.seed * 31 + ctx.rank + 7)
 
+    def extra_state(self) -> dict[str, Any]:
+        """The augmentation generator, so a resumed run draws the same crops as a straight one."""
+        return {"gen": self._gen.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "gen" in state:
+            self._gen.set_state(state["gen"])
+
     # -- networks ------------------------------------------------------------------------------
 
     def build_models(self) -> dict[str, nn.Module]:
