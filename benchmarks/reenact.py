@@ -11,7 +11,9 @@ Variants (each a fresh ``jr2net reenact`` process, interleaved round by round):
 Per run: time from process launch to the first output frame (the summary's ``first_output_unix``
 against the launch time taken here), total wall time, streaming fps (the summary's: frames over
 the time after the session opened) and the CPU seconds of the process tree (rusage of the waited
-children). Medians over ``--runs`` rounds; the load average is recorded with every run, because on
+children). Each variant also runs with ``--max-frames 1`` in the same round: its CPU seconds are
+the start-up's, and (full - one frame) / (frames - 1) is the CPU per streamed frame, figures that
+depend on the machine's load much less than wall times do. Medians over ``--runs`` rounds; the load average is recorded with every run, because on
 a shared machine the figures are upper bounds and the ratios against the same round's
 ``import torch`` are what count. Targets: streaming >= 40 fps; first output within 1.5 s of the
 bare ``import torch``.
@@ -80,6 +82,9 @@ def run_round(i: int, variants: list[str], source: Path, driving: Path, out_dir:
         cmd = [sys.executable, "-m", "jr2net.cli", "reenact", "--source", str(source),
                "--driving", str(driving), "--out", str(out_dir / f"{name}.mp4"), "--no-progress",
                *VARIANTS[name]]
+        one, _, _, startup_cpu = _timed(cmd + ["--max-frames", "1"], env)
+        if one.returncode != 0:
+            raise RuntimeError(f"{name} (1 frame): exit {one.returncode}: {one.stderr[-2000:]}")
         if frames:
             cmd += ["--max-frames", str(frames)]
         res, launched, wall, cpu = _timed(cmd, env)
@@ -88,6 +93,8 @@ def run_round(i: int, variants: list[str], source: Path, driving: Path, out_dir:
         summary = json.loads(res.stdout)
         rows.append({
             "round": i, "variant": name, "wall_s": wall, "cpu_s": cpu,
+            "startup_cpu_s": startup_cpu,
+            "cpu_ms_per_frame": 1000 * (cpu - startup_cpu) / max(1, summary["frames"] - 1),
             "first_output_s": summary["first_output_unix"] - launched,
             "fps": summary["fps"], "frames": summary["frames"], "outputs": summary["outputs"],
             "setup_s": summary["setup_s"], "latency_ms_p50": summary["latency_ms_p50"],
@@ -117,6 +124,8 @@ def summarize(rows: list[dict], variants: list[str]) -> list[dict]:
             "wall_s": statistics.median(r["wall_s"] for r in mine),
             "fps": statistics.median(r["fps"] for r in mine),
             "cpu_s": statistics.median(r["cpu_s"] for r in mine),
+            "startup_cpu_s": statistics.median(r["startup_cpu_s"] for r in mine),
+            "cpu_ms_per_frame": statistics.median(r["cpu_ms_per_frame"] for r in mine),
             "load_1min": statistics.median(r["load_1min"] for r in mine),
         })
     return table
@@ -144,7 +153,7 @@ def main() -> None:
             rows += run_round(i, variants, source, driving, Path(tmp), args.frames or None, env)
     table = summarize(rows, variants)
     print_table(table, ["variant", "runs", "first_output_s", "first_output_over_torch_s", "wall_s",
-                        "fps", "cpu_s", "load_1min"],
+                        "fps", "cpu_s", "startup_cpu_s", "cpu_ms_per_frame", "load_1min"],
                 title="jr2net reenact on d11 (medians; upper bounds on a loaded machine)")
     default = next((t for t in table if t["variant"] == "process_raw"), None)
     targets = {}

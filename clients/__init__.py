@@ -6,7 +6,8 @@
   contact sheet), through a given server.
 - ``jr2net.clients.loadgen``: ``run_load`` (N streams x M frames at F fps; latency statistics).
 
-The clients speak only ``jr2net.protocol`` and never import ``jr2net.server``: the commands that
-run without a server address (``jr2net reenact``, ``demo``, ``bench server``) start one with
+The clients speak only ``jr2net.protocol`` and never import ``jr2net.server`` (nor torch): the
+commands that run without a server address start one, ``jr2net reenact`` as a child process
+(``jr2net.server.child.ServerProcess``), ``demo`` and ``bench server`` with
 ``jr2net.server.app.local_server``.
 """

@@ -2,6 +2,8 @@
 
 - ``jr2net.server.app``: ``ReenactmentServer`` (start / drain / stop), ``serve`` (until SIGTERM),
   ``ServerThread`` (a server on its own loop in a thread).
+- ``jr2net.server.child``: ``ServerProcess``, a ``jr2net serve`` child on a loopback port (the
+  local server of ``jr2net reenact``), stopped on every exit path.
 - ``jr2net.server.config``: ``ServerConfig``, ``load_config`` (flags > env > YAML > defaults),
   ``ReenactorFactory``.
 

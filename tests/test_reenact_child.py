@@ -125,3 +125,29 @@ def test_an_interrupted_reenact_stops_its_child(sig, tmp_path, images_dir, video
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert not any(_alive(pid) for pid in children)
+
+
+def test_the_child_gets_the_network_flags_and_none_of_the_callers_server_environment(tmp_path):
+    import argparse
+
+    from jr2net.commands import serve
+    from jr2net.server.config import load_config
+
+    files = {name: tmp_path / f"{name}.pt" for name in ("recnet", "dcnet", "etnet")}
+    for path in files.values():
+        path.write_bytes(b"x")
+    cmd = child_module.serve_command(1234, max_sessions=1, preload=False, face_model="ict",
+                                     checkpoints=str(tmp_path), face_id=None,
+                                     **{k: str(v) for k, v in files.items()})
+    assert cmd[2:4] == ["jr2net.cli", "serve"] and "--face-id" not in cmd
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    env = child_module.child_env({"JR2NET_TOKEN": "secret", "JR2NET_CONFIG": "x.yaml",
+                                  "JR2NET_MAX_SESSIONS": "8", "JR2NET_FACE_MODEL": "ict",
+                                  "JR2NET_DETECTOR": "dlib", "PATH": "/bin"})
+    assert env == {"JR2NET_FACE_MODEL": "ict", "JR2NET_DETECTOR": "dlib", "PATH": "/bin"}
+    config = load_config(parser.parse_args(cmd[4:]), env=env)
+    assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 1234, -1)
+    assert config.max_sessions == 1 and config.preload is False and config.token is None
+    assert config.checkpoints == str(tmp_path) and config.face_model == "ict"
+    assert {k: getattr(config, k) for k in files} == {k: str(v) for k, v in files.items()}
