@@ -11,7 +11,10 @@ driving fits as they are). Writes benchmarks/results/quality.json and a
 side-by-side PNG per video (source | driving GT | ours | similarity baseline, a few frames).
 The per-video work is ``jr2net.eval.reenact_eval.evaluate_same_identity`` (as in ``jr2net eval
 reenact``, which adds the face box, mouth box and full frame).
-Run: ``.venv/bin/python -m benchmarks.quality [--max-frames N] [--face-model ict]``.
+Run: ``.venv/bin/python -m benchmarks.quality [--max-frames N] [--face-model ict]``;
+``--option mouth=synthetic`` (repeatable) passes session options; ``--name NAME`` writes
+NAME.json and NAME_<video>.png (partial runs leave quality.json alone); disjoint ``--videos``
+runs in parallel are combined by ``--merge NAME...`` (same other flags).
 """
 
 from __future__ import annotations
