@@ -66,14 +66,23 @@ def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in drop or k in KEEP_ENV}
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
-    """Linux: SIGTERM this process when the thread that started it dies (PR_SET_PDEATHSIG)."""
+def _pdeathsig_setter() -> Any:
+    """A call that makes the calling process get SIGTERM when its parent's thread dies (Linux
+    PR_SET_PDEATHSIG); None elsewhere. libc is loaded here, in the parent: the forked child only
+    calls the resolved function (no dlopen between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
-        pass
+        return None
+
+    def set_pdeathsig() -> None:  # pragma: no cover - runs in the forked child
+        prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
+
+    return set_pdeathsig
 
 
 class ServerProcess:
@@ -89,7 +98,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         self._stderr = tempfile.TemporaryFile(prefix="jr2net-serve-")
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        preexec = _pdeathsig_setter()
         self.process = subprocess.Popen(
             self.command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
             env=child_env(), preexec_fn=preexec,
