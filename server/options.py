@@ -55,7 +55,25 @@ class CropFraction:
         return f"0..{crop_size // self.divisor}"
 
 
-Spec = Choice | CropFraction
+@dataclass(frozen=True)
+class Fraction:
+    """A decimal number in ``0..hi`` (e.g. a threshold in inter-ocular distances)."""
+
+    hi: float
+
+    def check(self, key: str, value: str, crop_size: int) -> None:
+        try:
+            number = float(value)
+        except ValueError:
+            number = float("nan")
+        if not (len(value) <= 16 and 0.0 <= number <= self.hi):  # NaN fails too
+            raise OptionError(f"option {key!r} must be a number in 0..{self.hi:g}, got {value!r}")
+
+    def describe(self, crop_size: int) -> str:
+        return f"0..{self.hi:g}"
+
+
+Spec = Choice | CropFraction | Fraction
 
 
 def _table(module: str, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -79,7 +97,10 @@ def _common(light: tuple[str, ...]) -> dict[str, Spec]:
 def mode_options(mode: str) -> dict[str, Spec] | None:
     """The options ``mode`` accepts (name -> spec); None when this module does not know the mode."""
     if mode == "geometric":
-        return _common(_table("jr2net.pipeline.geometric", "LIGHT_MODES", ("source", "none")))
+        mouth = _table("jr2net.pipeline.transfer", "MOUTH_MODES", ("transfer", "synthetic"))
+        return {**_common(_table("jr2net.pipeline.geometric", "LIGHT_MODES", ("source", "none"))),
+                "full_res_face": Choice(FLAG_VALUES), "temporal_filter": Choice(FLAG_VALUES),
+                "still_threshold": Fraction(1.0), "mouth": Choice(mouth), "gaze": Choice(FLAG_VALUES)}
     if mode == "learned":
         return _common(_table("jr2net.pipeline.learned", "LIGHT_MODES", ("source", "driving")))
     return None

@@ -387,3 +387,14 @@ def test_no_client_module_imports_the_server_even_lazily():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             bad = [n for n in names if n == "jr2net.server" or n.startswith("jr2net.server.")]
             assert not bad, f"{path.name}:{node.lineno} imports {bad[0]}"
+
+
+def test_the_geometric_paths_own_options_are_accepted_at_open_and_their_ranges_checked():
+    from server.options import OptionError, check_options
+
+    check_options("geometric", {"mouth": "synthetic", "gaze": "0", "temporal_filter": "1",
+                                "still_threshold": "0.01", "full_res_face": "no"}, 256)
+    for bad in ({"mouth": "grey"}, {"still_threshold": "nan"}, {"still_threshold": "2"},
+                {"gaze": "maybe"}):
+        with pytest.raises(OptionError, match=next(iter(bad))):
+            check_options("geometric", bad, 256)
