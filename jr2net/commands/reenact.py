@@ -99,9 +99,7 @@ def _local_settings(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
     import sys
-    import threading
 
     if bool(args.driving) == bool(args.driving_csv):
         print("jr2net reenact: give one of --driving VIDEO or --driving-csv CSV", file=sys.stderr)
@@ -114,31 +112,100 @@ def run(args: argparse.Namespace) -> int:
             return 2
         options[key] = value
     child = None
-    if not args.server and args.local_server == "process":
-        # Started first, so the server's start-up overlaps everything below. It checks its own
-        # settings (a bad path: ServerStartError with its message, when we wait for it).
-        from jr2net.server.child import ServerProcess
-
-        child = ServerProcess(preload=False, **_local_settings(args)).start()
-    # SIGTERM ends the run like Ctrl-C, so the child is stopped on that path too (and on Linux
-    # the kernel stops it if this process is killed outright: ServerProcess).
-    previous = None
-    if child is not None and threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # With a child server, Ctrl-C and SIGTERM are recorded and acted on at safe points (an
+    # Interrupts): a KeyboardInterrupt raised wherever the main thread happens to be is lost when
+    # that is an import's weakref callback, and the child must be stopped on that path too (on
+    # Linux the kernel also stops it if this process is killed outright: ServerProcess).
+    interrupts = Interrupts()
     try:
-        return _run(args, options, child)
+        if not args.server and args.local_server == "process":
+            interrupts.install()
+            # Started first, so the server's start-up overlaps everything below. It checks its
+            # own settings (a bad path: ServerStartError with its message, when we wait for it).
+            from jr2net.server.child import ServerProcess
+
+            child = ServerProcess(preload=False, **_local_settings(args))
+            child.start()
+        rc = _run(args, options, child, interrupts)
+        interrupts.check()  # a signal whose cancellation something swallowed
+        return rc
     except KeyboardInterrupt:
         print("jr2net reenact: interrupted", file=sys.stderr)
         return 130
     finally:
         if child is not None:
             child.stop()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        interrupts.restore()
 
 
-def _run(args: argparse.Namespace, options: dict[str, str], child) -> int:
+class Interrupts:
+    """SIGINT/SIGTERM handling for ``jr2net reenact``: the handler only records the signal (and
+    cancels the running asyncio task, if one is registered by :meth:`guard`); :meth:`check`
+    raises KeyboardInterrupt at a safe point. A second signal raises at once. Without
+    :meth:`install` (not the main thread, or no child server) it records nothing."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+        self._loop = None
+        self._task = None
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        second = self.signum is not None
+        self.signum = signum
+        if second:
+            raise KeyboardInterrupt
+        loop, task = self._loop, self._task
+        if loop is not None and task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if a signal was recorded."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    async def guard(self, coro):
+        """Await ``coro`` so that a signal cancels it; KeyboardInterrupt if a signal came (before
+        or during it, whatever the coroutine made of the cancellation)."""
+        import asyncio
+
+        self._loop, self._task = asyncio.get_running_loop(), asyncio.current_task()
+        try:
+            self.check()
+            try:
+                result = await coro
+            except asyncio.CancelledError:
+                self.check()
+                raise
+            self.check()
+            return result
+        finally:
+            self._loop = self._task = None
+            coro.close()
+
+
+def _run(args: argparse.Namespace, options: dict[str, str], child, interrupts: Interrupts) -> int:
     """``run`` once the local child server (if any) is starting."""
+    import asyncio
     import contextlib
     import json
     import os
@@ -146,7 +213,7 @@ def _run(args: argparse.Namespace, options: dict[str, str], child) -> int:
 
     import grpc
 
-    from jr2net.clients.reenact import reenact_take, reenact_video
+    from jr2net.clients.reenact import reenact_take_async, reenact_video_async
     from jr2net.errors import JR2NetError
     from jr2net.io.arkit_csv import read_live_link_csv
     from jr2net.server.child import ServerStartError
@@ -182,19 +249,25 @@ def _run(args: argparse.Namespace, options: dict[str, str], child) -> int:
                 options=options, progress=not args.no_progress, wire_format=wire,
                 wait_server=wait_server,
             )  # fmt: skip
+            interrupts.check()  # one that came during the imports above
             if take is not None:
-                summary = reenact_take(args.source, take, args.out, realtime=args.realtime, **common)
+                main = reenact_take_async(args.source, take, args.out, realtime=args.realtime,
+                                          **common)
             else:
-                summary = reenact_video(args.source, args.driving, args.out, **common)
+                main = reenact_video_async(args.source, args.driving, args.out, **common)
+            summary = asyncio.run(interrupts.guard(main))
     except grpc.RpcError as exc:
+        interrupts.check()  # e.g. a terminal's Ctrl-C also reached the child, which drained
         code = exc.code().name if hasattr(exc, "code") else "?"
         details = exc.details() if hasattr(exc, "details") else str(exc)
         print(f"jr2net reenact: server refused: {code}: {details}", file=sys.stderr)
         return 1
     except ServerStartError as exc:
+        interrupts.check()
         print(f"jr2net reenact: {exc}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError, JR2NetError) as exc:
+        interrupts.check()
         print(f"jr2net reenact: {exc}", file=sys.stderr)
         return 2
     started = _process_started_at()
@@ -202,7 +275,3 @@ def _run(args: argparse.Namespace, options: dict[str, str], child) -> int:
         summary.startup_s = summary.first_output_unix - started
     print(json.dumps(summary.to_dict(), indent=2))
     return 0 if not summary.errors else 1
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
