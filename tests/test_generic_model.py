@@ -363,3 +363,30 @@ def test_eyeballs_stay_behind_the_skin(gm, shape):
         for q, near in zip(e, tree.query_ball_point(e[:, :2], 1.0), strict=True):
             if near:
                 assert skin[near, 2].max() > q[2] - 0.2, (eye, q)
+
+
+def test_the_disk_cache_gives_the_built_arrays_and_survives_a_corrupt_file(tmp_path, monkeypatch):
+    """The build is cached in the user cache (keyed by the code and the numpy/scipy installs):
+    a read gives exactly the built arrays; a corrupt file is rebuilt and rewritten."""
+    from jr2net.face import generic
+
+    built = generic._build_arrays()
+    monkeypatch.setenv("JR2NET_CACHE", str(tmp_path))
+    generic._cached.cache_clear()
+    try:
+        first = generic_face_model()  # builds and writes
+        (path,) = (tmp_path / "generic").glob("generic_*.npz")
+        assert path == generic._cache_path()
+        generic._cached.cache_clear()
+        second = generic_face_model()  # reads
+        for arrays in (first, second):
+            assert list(arrays) == list(built)
+            for k, v in built.items():
+                assert arrays[k].dtype == v.dtype and np.array_equal(arrays[k], v), k
+        path.write_bytes(b"not an npz")
+        generic._cached.cache_clear()
+        third = generic_face_model()
+        assert _digest(third) == _digest(built)
+        assert generic._read_cache(path) is not None  # written again
+    finally:
+        generic._cached.cache_clear()  # later tests build or read from their own cache

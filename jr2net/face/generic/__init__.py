@@ -15,25 +15,24 @@ Construction, all closed-form (no data, no randomness):
     duplicated so the jaw can open the mouth; eyeball caps and a mouth-socket wall behind;
   * identity modes (semantic, local ones plus smooth low-order fields, Löwdin-orthogonalised)
     and 53 expression fields built from the same frontal coordinates.
-The build takes ~0.5 s and is cached per process; ``preview_png`` renders a contact sheet.
+The build takes ~0.5 s (plus ~0.4 s to import scipy) and is cached per process and on disk:
+``<user cache>/generic/generic_<key>.npz``, the key a hash of this package's code, of
+``jr2net.face.mesh`` and of the numpy and scipy installs, so a changed build never reads an old
+file (a missing or unwritable cache only means building again). ``preview_png`` renders a
+contact sheet.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
+import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
-from jr2net.face.generic.bases import (
-    _Ctx,
-    _expression_basis,
-    _identity_basis,
-    _rot_y,
-)
-from jr2net.face.generic.mesh import (
-    _build,
-)
 from jr2net.face.generic.tables import (
     EXPRESSION_NAMES,
     REGION_NAMES,
@@ -42,9 +41,69 @@ from jr2net.face.generic.tables import (
 
 __all__ = ["EXPRESSION_NAMES", "REGION_NAMES", "SOURCE", "generic_face_model", "preview_png"]
 
+log = logging.getLogger("jr2net.face")
+
+
+def _cache_key() -> str:
+    """Hash of what the build depends on: this package's and jr2net.face.mesh's code, numpy's
+    version, and scipy's install (path and mtime, read without importing it)."""
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for file in [*sorted(here.glob("*.py")), here.parent / "mesh.py"]:
+        h.update(file.name.encode() + b"\0" + file.read_bytes())
+    h.update(np.__version__.encode())
+    spec = importlib.util.find_spec("scipy")
+    if spec is not None and spec.origin:
+        h.update(f"{spec.origin}:{os.stat(spec.origin).st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path() -> Path:
+    from jr2net.paths import cache_dir
+
+    return cache_dir() / "generic" / f"generic_{_cache_key()}.npz"
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, KeyError):
+        return None  # absent or corrupt: build
+    return arrays if set(arrays) == set(_ARRAY_NAMES) else None
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except OSError as exc:  # read-only cache: build again next time
+        log.debug("generic face model not cached (%s)", exc)
+
+
+_ARRAY_NAMES = ("vertices", "faces", "identity_basis", "expression_basis", "expression_names",
+                "landmarks68", "jawline_left", "jawline_right", "region", "region_names", "uvs",
+                "faces_uv", "units", "source")  # fmt: skip
+
 
 @functools.lru_cache(maxsize=1)
 def _cached() -> dict[str, np.ndarray]:
+    path = _cache_path()
+    arrays = _read_cache(path)
+    if arrays is None:
+        arrays = _build_arrays()
+        _write_cache(path, arrays)
+    for arr in arrays.values():
+        arr.setflags(write=False)
+    return arrays
+
+
+def _build_arrays() -> dict[str, np.ndarray]:
+    from jr2net.face.generic.bases import _Ctx, _expression_basis, _identity_basis
+    from jr2net.face.generic.mesh import _build
+
     info = _build()
     ctx = _Ctx(info)
     ident = _identity_basis(ctx)
@@ -65,8 +124,7 @@ def _cached() -> dict[str, np.ndarray]:
         "units": np.array("millimetre"),
         "source": np.array(SOURCE),
     }
-    for arr in arrays.values():
-        arr.setflags(write=False)
+    assert tuple(arrays) == _ARRAY_NAMES
     return arrays
 
 
@@ -78,6 +136,8 @@ def generic_face_model() -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 def _render(verts: np.ndarray, faces: np.ndarray, yaw_deg: float, size: int) -> np.ndarray:
     """Orthographic Lambert render by dense z-buffered splats (numpy only); uint8 [size,size,3]."""
+    from jr2net.face.generic.bases import _rot_y
+
     r = _rot_y(yaw_deg)
     p = verts.astype(np.float64) @ r.T
     n = np.cross(p[faces[:, 1]] - p[faces[:, 0]], p[faces[:, 2]] - p[faces[:, 0]])
