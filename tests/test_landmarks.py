@@ -163,3 +163,37 @@ def test_box_from_landmarks_matches_detector_box(images_dir):
     box = box_from_landmarks(det.landmarks)
     side = det.box[2] - det.box[0]
     assert np.allclose(box, det.box, atol=0.2 * side)
+
+
+def test_the_cached_detector_finds_what_dlibs_own_finds(images_dir, tmp_path, monkeypatch):
+    """The HOG detector is loaded from its binary form in the user cache (written on first use;
+    a corrupt file is rebuilt): same boxes, scores and sub-detector ids as
+    ``dlib.get_frontal_face_detector()``."""
+    import dlib
+
+    from jr2net.face import landmarks
+
+    monkeypatch.setenv("JR2NET_CACHE", str(tmp_path))
+    built = landmarks._frontal_face_detector(dlib)
+    (cached_file,) = (tmp_path / "dlib").glob("frontal_face_detector_*.svm")
+    cached = landmarks._frontal_face_detector(dlib)
+    reference = dlib.get_frontal_face_detector()
+    found = 0
+    for name in ("obama.jpg", "two_people.jpg", "s31.jpg"):
+        path = images_dir / name
+        if not path.is_file():
+            continue
+        gray = np.asarray(Image.open(path).convert("L"))
+        for upsample in (0, 1):
+            want = reference.run(gray, upsample, -0.3)
+            for detector in (built, cached):
+                got = detector.run(gray, upsample, -0.3)
+                assert [str(r) for r in got[0]] == [str(r) for r in want[0]]
+                assert got[1] == want[1] and got[2] == want[2]
+            found += len(want[0])
+    assert found > 0
+    cached_file.write_bytes(b"not a detector")
+    rebuilt = landmarks._frontal_face_detector(dlib)
+    gray = np.asarray(Image.open(images_dir / "obama.jpg").convert("L"))
+    assert [str(r) for r in rebuilt(gray, 0)] == [str(r) for r in reference(gray, 0)]
+    assert cached_file.stat().st_size > 10_000  # written again
