@@ -85,3 +85,22 @@ def test_gaze_transfer_turns_the_output_eyes_with_the_driving_eyes(reenactor, d0
 def test_bad_mouth_option_raises_value_error(reenactor, d0):
     with pytest.raises(ValueError, match="mouth"):
         reenactor.start_session(d0[0], SessionOptions(extra={"mouth": "teeth"}))
+
+
+def test_colour_tables_warmed_in_a_thread_give_the_same_colour_match():
+    """GeometricReenactor warms OpenCV's Lab tables in a thread (``warm_up_colour_tables``, once
+    per process); ``match_colours`` waits for it and computes what it computes without it."""
+    from jr2net.pipeline import mouth
+
+    rng = np.random.default_rng(0)
+    patch = rng.random((24, 20, 3), dtype=np.float32)
+    ref_from, ref_to = rng.random((50, 3), dtype=np.float32), rng.random((40, 3), dtype=np.float32)
+    mouth.warm_up_colour_tables()
+    first = mouth._lab_warm_up
+    mouth.warm_up_colour_tables()
+    assert mouth._lab_warm_up is first  # started once
+    matched = mouth.match_colours(patch, ref_from, ref_to)
+    assert not first.is_alive()
+    assert matched.shape == patch.shape and matched.dtype == np.float32
+    assert np.array_equal(matched, mouth.match_colours(patch, ref_from, ref_to))
+    assert 0.0 <= matched.min() and matched.max() <= 1.0 and not np.allclose(matched, patch)

@@ -70,7 +70,7 @@ from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.filters import PoseExpressionFilter
-from jr2net.pipeline.mouth import synthetic_socket
+from jr2net.pipeline.mouth import synthetic_socket, warm_up_colour_tables
 from jr2net.pipeline.recombine import POSE_MODES, Recombiner, Relighter, is_finite
 from jr2net.pipeline.registry import ReenactorSettings, register_mode
 from jr2net.pipeline.transfer import DrivingTransfers
@@ -421,6 +421,16 @@ class GeometricReenactor:
         self._source_fitter = SourceFitter(face_model)
         self._lock = threading.Lock()
         self.etnet = et.load_tracker_etnet(etnet, face_model)  # refused here, at server start
+        # One-time set-up, in threads while the first session detects its source face (dlib's
+        # predictor load holds the GIL, the metric's BLAS and OpenCV's tables do not).
+        threading.Thread(target=self._prepare_fitter, name="jr2net-fit-prepare", daemon=True).start()
+        warm_up_colour_tables()  # the mouth transfer's
+
+    def _prepare_fitter(self) -> None:
+        try:
+            self._source_fitter.prepare()
+        except Exception:  # the first fit builds it again, and raises
+            pass
 
     def warm_up(self) -> bool:
         """Run one session on a face rendered from the model, so one-time costs (landmark model

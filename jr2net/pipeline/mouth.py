@@ -25,6 +25,8 @@ alone, e.g. when the driving frames must not appear in the output).
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -53,12 +55,37 @@ def lip_affine(out_pts: np.ndarray, drv_pts: np.ndarray) -> np.ndarray:
     return A.T
 
 
+_lab_warm_up: threading.Thread | None = None
+_lab_warm_up_lock = threading.Lock()
+
+
+def warm_up_colour_tables() -> None:
+    """Start building OpenCV's float RGB->Lab tables in a thread (its first conversion takes
+    ~60 ms of CPU; OpenCV releases the GIL meanwhile, so this overlaps e.g. a source fit). Once
+    per process; :func:`match_colours` waits for it, so the tables are never built twice at once."""
+    global _lab_warm_up
+    with _lab_warm_up_lock:
+        if _lab_warm_up is not None:
+            return
+
+        def build() -> None:
+            import cv2
+
+            cv2.cvtColor(np.zeros((1, 1, 3), np.float32), cv2.COLOR_RGB2LAB)
+
+        _lab_warm_up = threading.Thread(target=build, name="jr2net-lab-tables", daemon=True)
+        _lab_warm_up.start()
+
+
 def match_colours(patch: np.ndarray, ref_from: np.ndarray, ref_to: np.ndarray) -> np.ndarray:
     """``patch`` (float32 RGB in [0,1], ``[h,w,3]``) with the Lab statistics that take the pixels
     ``ref_from`` ``[n,3]`` towards ``ref_to`` ``[m,3]`` (per channel: clamped std ratio,
     ``MATCH_STRENGTH`` of the mean shift)."""
     import cv2
 
+    warming = _lab_warm_up
+    if warming is not None and warming.is_alive():
+        warming.join()
     lab = cv2.cvtColor(np.ascontiguousarray(patch, np.float32), cv2.COLOR_RGB2LAB)
     a = cv2.cvtColor(np.ascontiguousarray(ref_from[None], np.float32), cv2.COLOR_RGB2LAB)[0]
     b = cv2.cvtColor(np.ascontiguousarray(ref_to[None], np.float32), cv2.COLOR_RGB2LAB)[0]
