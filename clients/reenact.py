@@ -17,6 +17,7 @@ the summary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -253,17 +254,19 @@ async def reenact_video_async(
     total = reader.frame_count or 0
     if max_frames is not None:
         total = min(total, max_frames) if total else max_frames
+    it = iter(reader)
+    # The first frame is decoded while the session opens (a starting server, the source fit).
+    first = asyncio.ensure_future(asyncio.to_thread(next, it, None))
 
     def items(ready: Any) -> AsyncIterator[tuple[Any, np.ndarray | None]]:
         async def frames() -> AsyncIterator[tuple[Any, np.ndarray | None]]:
-            it = iter(reader)
+            frame = await first
             i = 0
-            while max_frames is None or i < max_frames:
-                frame = await asyncio.to_thread(next, it, None)
-                if frame is None:
-                    return
+            while frame is not None and (max_frames is None or i < max_frames):
                 yield frame, frame
                 i += 1
+                if max_frames is None or i < max_frames:
+                    frame = await asyncio.to_thread(next, it, None)
 
         return frames()
 
@@ -271,6 +274,12 @@ async def reenact_video_async(
         return await _stream_to_video(
             Path(source), _Drive(items, total, reader.fps, Path(driving)), Path(out), **kwargs)
     finally:
+        # A decode still running in its thread must end before the decoder is closed.
+        await asyncio.wait([first])
+        if not first.cancelled():
+            first.exception()  # retrieved: raised above already if it mattered
+        with contextlib.suppress(ValueError):  # a later decode still running: closed when collected
+            getattr(it, "close", lambda: None)()
         close = getattr(reader, "close", None)
         if close is not None:
             close()
