@@ -13,9 +13,18 @@ import os
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jr2net.pipeline import registry
+if TYPE_CHECKING:
+    from jr2net.pipeline import registry
+
+
+def _registry():
+    """``jr2net.pipeline.registry``, imported on first use: the settings themselves (e.g. the
+    environment names ``jr2net reenact`` drops for its child server) need no pipeline code."""
+    from jr2net.pipeline import registry
+
+    return registry
 
 
 @dataclass(frozen=True)
@@ -74,7 +83,7 @@ class ServerConfig:
             raise ValueError(f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: one per CPU), got {self.workers}")
-        modes = tuple(registry.known_modes())
+        modes = tuple(_registry().known_modes())
         if self.default_mode not in modes:
             raise ValueError(f"default_mode must be one of {modes}, got {self.default_mode!r}")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -281,45 +290,45 @@ class ReenactorFactory:
         from jr2net.pipeline.learned import ModeNotConfigured
 
         if self.config.etnet:  # the tracker: every mode loads it now (a bad file stops the start)
-            for mode in registry.available_modes():
+            for mode in _registry().available_modes():
                 if mode not in self._cache and mode not in CHECKPOINT_MODES:
-                    self._cache[mode] = registry.create_reenactor(mode, self.settings())
+                    self._cache[mode] = _registry().create_reenactor(mode, self.settings())
         if self.config.checkpoint_sources() is None:
             return  # their factories refuse each session, saying how to enable them
         for mode in CHECKPOINT_MODES:
             if mode in self._cache:
                 continue
             try:
-                self._cache[mode] = registry.create_reenactor(mode, self.settings())
+                self._cache[mode] = _registry().create_reenactor(mode, self.settings())
             except ModeNotConfigured as exc:  # e.g. a run folder without dcnet/best.pt yet
                 self._refused[mode] = str(exc)
 
     def available_modes(self) -> list[str]:
         ready = [
-            m for m in registry.available_modes()
+            m for m in _registry().available_modes()
             if m not in self._refused and (m not in CHECKPOINT_MODES or m in self._cache)
         ]
-        return ready + [m for m in registry.known_modes() if m not in ready and m in self._cache]
+        return ready + [m for m in _registry().known_modes() if m not in ready and m in self._cache]
 
     def check_mode(self, mode: str) -> None:
         """ValueError (-> INVALID_ARGUMENT) unless this server can serve ``mode``."""
-        if mode in self._cache and mode in registry.known_modes():
+        if mode in self._cache and mode in _registry().known_modes():
             return
         if mode in self._refused:
             raise ValueError(self._refused[mode])
-        registry.check_mode(mode)
+        _registry().check_mode(mode)
 
     def get(self, mode: str) -> Any:
         """The reenactor for ``mode`` (built on first use; may take seconds: call off the loop)."""
         self.check_mode(mode)
         with self._lock:
             if mode not in self._cache:
-                self._cache[mode] = registry.create_reenactor(mode, self.settings())
+                self._cache[mode] = _registry().create_reenactor(mode, self.settings())
             return self._cache[mode]
 
     def settings(self) -> registry.ReenactorSettings:
         """What every mode's factory gets from this server's configuration."""
-        return registry.ReenactorSettings(
+        return _registry().ReenactorSettings(
             face_model=self.config.face_model, checkpoints=self.config.checkpoint_sources(),
             etnet=self.config.etnet,
         )
