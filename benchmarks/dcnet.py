@@ -5,7 +5,9 @@
   output, its own input (the warped source image), the geometric path's output and the learned
   path's served output (both run on the full frames, pose ``absolute``, cropped to the driving
   crop) and copy-source; over the target face mask (``face``), the whole crop (``crop``), the
-  mouth region (``mouth``) and the face pixels the source does not see (``hidden``).
+  mouth region (``mouth``) and the face pixels the source does not see (``hidden``); for a blend
+  generator also its generated image before the blend (``generated``: what the pixels the source
+  does not see get).
 * **Ablation** (seed Table 5): the same held-out pairs through each ablation's generator
   (``--ablation ours_r=RUN ...``: runs of the same config with ``dcnet.ablation`` changed).
 * **Speed**: ms per frame of the learned path on 1 thread (d0, 512² input, 512² output): DCNet
@@ -17,6 +19,10 @@
 
 Run: ``.venv/bin/python -m benchmarks.dcnet --run runs/tiny [--ablation ours_r=runs/abl_r ...]``.
 Writes ``benchmarks/results/dcnet.json`` and ``benchmarks/results/dcnet_<video>.png``.
+``--only speed`` runs the speed part alone (a few minutes; on a quiet machine, e.g. at the end)
+and replaces only the ``speed`` rows (and ``speed_machine``, its load and date) of an existing
+``dcnet.json``, keeping its learning and ablation results; ``--only learning`` is
+``--skip-speed``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, print_table, write_results
 
-METHODS = ("dcnet", "warped", "geometric", "learned", "copy")
+METHODS = ("dcnet", "warped", "geometric", "learned", "copy", "generated")
 REGIONS = ("face", "crop", "mouth", "hidden")
 
 
@@ -116,6 +122,8 @@ def evaluate_pairs(stage, nets: dict[str, Any], reenactors: dict[str, Any], batc
             outputs = {name: net(inputs) for name, net in nets.items()}
             first = next(iter(nets.values()))
             warped, covisible = first.view_synthesis(inputs)
+            if first.config.blends:  # DCNet's generated image before the blend
+                outputs["generated"] = first(inputs, with_generated=True)[1]
         outputs["warped"], outputs["copy"] = warped, b["source"]["image"]
         real = b["driving"]["image"]
         masks = {"face": cond.mask, "crop": torch.ones_like(cond.mask), "mouth": cond.mouth,
@@ -123,8 +131,11 @@ def evaluate_pairs(stage, nets: dict[str, Any], reenactors: dict[str, Any], batc
         for j, i in enumerate(idx):
             served = served_crops(reenactors, pairs, i, frames) if reenactors else {}
             video = str(pairs.shards[pairs.pair_rows(i)[2][0]].labels["name"][0])
-            row: dict[str, Any] = {"pair": i, "video": video,
-                                   "covisible": float(covisible[j].sum() / cond.mask[j].sum())}
+            row: dict[str, Any] = {
+                "pair": i,
+                "video": video,
+                "covisible": float(covisible[j].sum() / cond.mask[j].sum()),
+            }
             per = {**{k: v[j : j + 1] for k, v in outputs.items()},
                    **{k: v for k, v in served.items() if k != "full"}}  # fmt: skip
             for method, image in per.items():
@@ -237,20 +248,82 @@ def speed(run: Path, face_model, dcnet_path: Path, frames: list[np.ndarray], n: 
     return rows
 
 
+def run_speed(run: Path, face_model, n: int) -> list[dict]:
+    """The speed rows of ``run``'s DCNet on d0's first frames, printed as a table."""
+    from jr2net.io.video import VideoReader
+    from jr2net.paths import shared_path
+
+    with VideoReader(shared_path("data", "videos", "d0.mp4")) as r:
+        frames = r.read_all(max_frames=40)
+    rows = speed(run, face_model, run / "dcnet" / "best.pt", frames, n)
+    print_table(rows, ["crop", "runtime", "dcnet_ms", "dcnet_cpu_ms", "dcnet_warp_cpu_ms",
+                       "dcnet_decoder_cpu_ms", "path_ms", "path_cpu_ms", "geometric_ms",
+                       "ratio_to_geometric", "mismatch"],
+                "Speed: ms per frame, 1 thread (d0 512²; wall medians and CPU medians, "
+                f"load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+    for row in rows:
+        print(
+            f"  {row['crop']}² {row['runtime']}: stages (wall ms) "
+            + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms"].items())
+        )
+    return rows
+
+
+def speed_only(run: Path, n: int) -> int:
+    """``--only speed``: the speed table alone, merged into an existing ``dcnet.json``."""
+    from benchmarks.common import machine_info
+    from jr2net.face.model import load_face_model
+    from jr2net.training.checkpoints import load_checkpoint
+
+    stored = load_checkpoint(run / "dcnet" / "best.pt").get("config") or {}
+    model = load_face_model((stored.get("run") or {}).get("face_model") or "ict")
+    rows = run_speed(run, model, n)
+    path = RESULTS_DIR / "dcnet.json"
+    if not path.is_file():
+        write_results("dcnet", {"run": str(run), "speed": rows,
+                                "load_average": list(os.getloadavg())})  # fmt: skip
+        return 0
+    data = json.loads(path.read_text())
+    if data.get("run") not in (None, str(run)):
+        print(f"note: {path} holds the learning results of {data['run']}; speed of {run}")
+    data.update(speed=rows, speed_run=str(run), speed_machine=machine_info())
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    print(f"\nupdated the speed rows of {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="training run folder (dcnet/best.pt)")
-    ap.add_argument("--ablation", nargs="*", default=[], metavar="NAME=RUN",
-                    help="ablation runs (their dcnet/best.pt), e.g. ours_r=runs/abl_r")
-    ap.add_argument("--ablation-step", type=int, default=0,
-                    help="take every ablation row (ours included) from the runs' held-out "
-                         "evaluation at this step (eval.json: same pairs, same metrics), so "
-                         "equally long trainings are compared; 0: their best.pt here")
+    ap.add_argument(
+        "--ablation",
+        nargs="*",
+        default=[],
+        metavar="NAME=RUN",
+        help="ablation runs (their dcnet/best.pt), e.g. ours_r=runs/abl_r",
+    )
+    ap.add_argument(
+        "--ablation-step",
+        type=int,
+        default=0,
+        help="take every ablation row (ours included) from the runs' held-out "
+        "evaluation at this step (eval.json: same pairs, same metrics), so "
+        "equally long trainings are compared; 0: their best.pt here",
+    )
     ap.add_argument("--speed-frames", type=int, default=20, help="timed frames per setting")
     ap.add_argument("--skip-served", action="store_true", help="skip the geometric/learned paths")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument(
+        "--only",
+        choices=("all", "learning", "speed"),
+        default="all",
+        help="speed: the speed table alone, merged into an existing dcnet.json "
+        "(its learning results kept); learning: as --skip-speed",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.only == "speed":
+        return speed_only(args.run, args.speed_frames)
     from jr2net.eval.reenact_eval import contact_sheet
     from jr2net.io.images import save_image
     from jr2net.pipeline.geometric import GeometricReenactor
@@ -268,13 +341,18 @@ def main(argv: list[str] | None = None) -> int:
     reenactors = {}
     if not args.skip_served:
         recnet = args.run / "recnet" / "best.pt" if spec.get("conditions") == "recnet" else None
-        reenactors = {"geometric": GeometricReenactor(model), "learned": LearnedReenactor(
-            model, dcnet=args.run / "dcnet" / "best.pt", recnet=recnet)}
+        reenactors = {
+            "geometric": GeometricReenactor(model),
+            "learned": LearnedReenactor(model, dcnet=args.run / "dcnet" / "best.pt", recnet=recnet),
+        }
     t0 = time.perf_counter()
     rows, sheets = evaluate_pairs(stage, nets, reenactors)
     learning = summarise(rows, [m for m in METHODS if any(f"{m}_face_l1" in r for r in rows)])
-    print_table(learning, ["method", "region", "l1", "psnr", "ssim", "n"],
-                f"Learning: {len(rows)} held-out pairs ({time.perf_counter() - t0:.0f} s)")
+    print_table(
+        learning,
+        ["method", "region", "l1", "psnr", "ssim", "n"],
+        f"Learning: {len(rows)} held-out pairs ({time.perf_counter() - t0:.0f} s)",
+    )
     per_video = {}
     for video in sorted({r["video"] for r in rows}):
         vr = [r for r in rows if r["video"] == video]
@@ -299,22 +377,8 @@ def main(argv: list[str] | None = None) -> int:
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         save_image(RESULTS_DIR / f"dcnet_{video}.png", sheet)
     speed_rows = []
-    if not args.skip_speed:
-        from jr2net.io.video import VideoReader
-        from jr2net.paths import shared_path
-
-        with VideoReader(shared_path("data", "videos", "d0.mp4")) as r:
-            frames = r.read_all(max_frames=40)
-        speed_rows = speed(args.run, model, args.run / "dcnet" / "best.pt", frames,
-                           args.speed_frames)  # fmt: skip
-        print_table(speed_rows, ["crop", "runtime", "dcnet_ms", "dcnet_cpu_ms",
-                                 "dcnet_warp_cpu_ms", "dcnet_decoder_cpu_ms", "path_ms",
-                                 "path_cpu_ms", "geometric_ms", "ratio_to_geometric", "mismatch"],
-                    "Speed: ms per frame, 1 thread (d0 512²; wall medians and CPU medians, "
-                    f"load average {os.getloadavg()[0]:.1f})")  # fmt: skip
-        for row in speed_rows:
-            print(f"  {row['crop']}² {row['runtime']}: stages (wall ms) "
-                  + ", ".join(f"{k} {v:.1f}" for k, v in row["stages_ms"].items()))
+    if not args.skip_speed and args.only == "all":
+        speed_rows = run_speed(args.run, model, args.speed_frames)
     write_results("dcnet", {
         "run": str(args.run), "model_spec": spec, "pairs": len(rows), "learning": learning,
         "per_video_face": per_video, "ablation": ablation_rows, "speed": speed_rows,

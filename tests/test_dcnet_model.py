@@ -228,6 +228,56 @@ def test_blend_output_keeps_the_warped_image_where_co_visible_and_generates_else
         assert (out[unseen] - other[unseen]).abs().max() > 1e-4 and out[unseen].min() > 0
 
 
+def test_forward_with_generated_gives_the_image_before_the_blend() -> None:
+    torch.manual_seed(0)
+    net = DCNet(small_config()).eval()
+    inp = make_inputs(face_radius=0.3)
+    with torch.no_grad():
+        out, gen = net(inp, with_generated=True)
+        assert torch.equal(out, net(inp))
+        warped, cov = net.view_synthesis(inp)
+        unseen = (cov == 0).expand_as(out)
+        assert torch.equal(out[unseen], gen[unseen])  # C = 0: the generated image, raw
+        seen = (cov == 1).expand_as(out)
+        assert (out[seen] - gen[seen]).abs().max() > 1e-3
+        direct = DCNet(small_config(output="direct")).eval()
+        d_out, d_gen = direct(inp, with_generated=True)
+        assert torch.equal(d_out, d_gen)
+
+
+def test_hidden_face_pixels_of_the_warped_condition_get_the_colour_around_them() -> None:
+    from jr2net.models.dcnet import fill_hidden
+
+    img = torch.zeros(1, 3, 32, 32)
+    img[:, 0], img[:, 1] = 0.8, 0.3
+    img[..., :, 16:] *= 0.5  # two colours, left and right
+    cov = torch.ones(1, 1, 32, 32)
+    cov[..., 10:13, 4:7] = 0  # a hole on the left, a speck on the right
+    cov[..., 20, 25] = 0
+    valid = torch.ones(1, 1, 32, 32)
+    valid[..., :2, :] = 0  # off the face (and not co-visible): stays 0
+    cov[..., :2, :] = 0
+    out = fill_hidden(img * cov, cov, valid)
+    seen = cov.bool().expand_as(img)
+    assert torch.equal(out[seen], img[seen])
+    assert torch.allclose(out[0, :, 11, 5], img[0, :, 11, 5], atol=0.01)
+    assert torch.allclose(out[0, :, 20, 25], img[0, :, 20, 25], atol=0.02)
+    assert out[..., :2, :].abs().max() == 0
+    # The presets condition on the filled image; a config without the key does not.
+    assert DCNetConfig.tiny().fill_hidden and DCNetConfig.full().fill_hidden
+    assert not DCNetConfig().fill_hidden
+    inp = make_inputs(face_radius=0.3)
+    inp.source_depth[..., 14:18, 14:20] = 300.0  # something in front: those points are hidden
+    for fill in (True, False):
+        net = DCNet(small_config(fill_hidden=fill)).eval()
+        with torch.no_grad():
+            warped, cov = net.view_synthesis(inp)
+            cond = net.conditions(inp, warped, cov)
+        hidden = ((cov == 0) & (inp.valid > 0)).expand_as(warped)
+        assert hidden.sum() > 0
+        assert (cond[:, :3][hidden].abs().min() > 0) == fill
+
+
 def test_direct_output_and_the_ablations_without_the_warped_image_do_not_blend() -> None:
     assert DCNet(small_config(output="direct")).to_rgb[1].out_channels == 3
     for ab in ("ours_p", "ours_r"):

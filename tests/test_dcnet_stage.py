@@ -149,7 +149,9 @@ def test_training_pairs_are_resampled_within_the_identity_and_split(prepared, ic
     from jr2net.training.stages.dcnet import DCNetStage
 
     cfg = _config(ict_model_path, source_repeats=3)
-    stage = DCNetStage(cfg, prepared.parent, TrainContext("cpu", face_model_spec=cfg.run.face_model))
+    stage = DCNetStage(
+        cfg, prepared.parent, TrainContext("cpu", face_model_spec=cfg.run.face_model)
+    )
     ds = stage.train_dataset()
     n = len(ds.pairs)
     assert len(ds) == 3 * n and n == 8
@@ -163,3 +165,32 @@ def test_training_pairs_are_resampled_within_the_identity_and_split(prepared, ic
     assert len(sources) >= 2  # another source on another repeat
     held = stage.eval_dataset()
     assert len(held) == 2  # the d0 tail pairs only with itself
+
+
+def test_the_generated_image_is_supervised_where_the_blend_hides_it():
+    """Where the source sees a pixel the blend weight a is near 1 and the output barely depends on
+    the generated image; the objective must still pull that image toward the target, else it
+    becomes a residual and shows raw (purple mouths, magenta specks) wherever C is 0."""
+    from jr2net.training.config import DCNetStageConfig
+    from jr2net.training.stages.dcnet import reconstruction_terms
+
+    torch.manual_seed(0)
+    real = torch.rand(2, 3, 16, 16)
+    warped = real.clone()  # the source sees every face pixel, exactly
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 4:12, 4:12] = 1
+    generated = torch.rand(2, 3, 16, 16, requires_grad=True)
+    a = mask  # blend weight 1 on the (co-visible) face: the output there is the warped image
+    fake = generated + a * (warped - generated)
+    sec = DCNetStageConfig(w_l1=10.0, w_l1_face=30.0)
+    assert sec.w_l1_generated > 0  # on by default
+    terms = reconstruction_terms(sec, fake, generated, real, mask)
+    assert set(terms) == {"l1", "l1_face", "l1_generated"}
+    torch.stack(list(terms.values())).sum().backward()
+    face = mask.bool().expand_as(real)
+    assert (generated.grad[face] != 0).all()  # supervised under the blend
+    assert float(terms["l1_generated"]) > 0
+    # A generator that does not blend has no separate generated image: no extra term.
+    assert set(reconstruction_terms(sec, fake, None, real, mask)) == {"l1", "l1_face"}
+    off = DCNetStageConfig(w_l1_generated=0.0)
+    assert "l1_generated" not in reconstruction_terms(off, fake, generated, real, mask)

@@ -142,6 +142,9 @@ class DCNetStageConfig(TrainConfig):
     w_adv: float = 1.0
     w_l1: float = 10.0
     w_l1_face: float = 0.0  # L1 over the target face mask only (the acceptance region), added
+    # L1 over the face mask of the generated image before the blend (blend generators): it must
+    # be a face where C is 0, not a residual the blend hides (training/stages/dcnet.py)
+    w_l1_generated: float = 10.0
     w_vgg: float = 10.0  # perceptual loss: face-id features, or VGG-19 when vgg_weights is set
     w_feature_match: float = 10.0
     eval_metric: str = "l1"

@@ -18,6 +18,10 @@
   source sees the pixel), so the network starts from its own input and learns where to repaint
   (the pixels the source does not see get the generated image). Only for the ablations whose
   conditions hold the warped image (``ours``, ``ours_l``); ``ours_p`` / ``ours_r`` stay direct.
+  Where ``a`` is near 1 the output barely depends on the generated image, so training must
+  supervise that image on its own (``dcnet.w_l1_generated``): trained through the blend alone it
+  becomes a residual (×1/(1 − a) ≈ 20), not a face, and shows raw wherever C is 0 (an opened
+  mouth, an isolated occluded pixel: a purple mouth, magenta specks).
 
 Ablations (seed Table 5) choose the condition stack: ``ours`` = warped source image, C, driving
 light map, driving normal map; ``ours_p`` drops the warped image; ``ours_l`` drops the light map;
@@ -60,6 +64,10 @@ class DCNetConfig:
     spectral_norm: bool = False
     rel_eps: float = 0.01  # occlusion-test tolerance of C, as jr2net.pipeline.conditions
     output: str = "direct"  # "blend": skip path from the warped image (the presets' choice)
+    # The warped image of the condition stack with its not-co-visible face pixels filled from
+    # the co-visible ones around them (push-pull), so the generator sees the nearby colour
+    # there, not black (the presets' choice; checkpoints without the key load as they were)
+    fill_hidden: bool = False
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -97,8 +105,8 @@ class DCNetConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> DCNetConfig:
-        """CPU preset: 128², small channels, blend output."""
-        return cls(**{"output": "blend", **overrides})
+        """CPU preset: 128², small channels, blend output, hidden pixels filled."""
+        return cls(**{"output": "blend", "fill_hidden": True, **overrides})
 
     @classmethod
     def full(cls, **overrides) -> DCNetConfig:
@@ -114,6 +122,7 @@ class DCNetConfig:
             encoder_convs=2,
             spectral_norm=True,
             output="blend",
+            fill_hidden=True,
         )
         return cls(**{**base, **overrides})
 
@@ -249,6 +258,25 @@ def _point_levels(
     return out
 
 
+def fill_hidden(image: Tensor, covisible: Tensor, valid: Tensor, levels: int = 5) -> Tensor:
+    """``image`` where ``covisible``; elsewhere on ``valid`` (the face) the covisible-weighted
+    mean colour around the pixel (push-pull over ``levels`` 2× pyramid levels, coarser where
+    the hole is larger); 0 off ``valid``."""
+    c = covisible.to(image.dtype)
+    pyr = [(image * c, c)]
+    for _ in range(levels):
+        if min(pyr[-1][0].shape[-2:]) < 2:
+            break
+        x, m = pyr[-1]
+        pyr.append((F.avg_pool2d(x, 2), F.avg_pool2d(m, 2)))
+    x, m = pyr[-1]
+    filled = x / m.clamp(min=1e-6)
+    for x, m in reversed(pyr[:-1]):
+        up = F.interpolate(filled, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        filled = x + (1 - m) * up  # x is premultiplied by m
+    return image * c + filled * (1 - c) * valid.to(image.dtype)
+
+
 def _warp(
     src: Tensor, points: Tensor, valid: Tensor, K: Tensor, depth: Tensor | None, rel_eps: float
 ) -> tuple[Tensor, Tensor]:
@@ -307,6 +335,8 @@ class DCNet(nn.Module):
         if ab == "ours_r":
             parts = [inputs.rendered]
         else:
+            if self.config.fill_hidden:
+                warped = fill_hidden(warped, covisible, inputs.valid)
             parts = [warped, covisible, inputs.driving_light, inputs.driving_normal]
             if ab == "ours_p":
                 parts = parts[1:]
@@ -332,10 +362,17 @@ class DCNet(nn.Module):
         return out
 
     def decode(
-        self, cond: Tensor, warped: list[Tensor], warped_image: Tensor, covisible: Tensor
-    ) -> Tensor:
+        self,
+        cond: Tensor,
+        warped: list[Tensor],
+        warped_image: Tensor,
+        covisible: Tensor,
+        with_generated: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Context encoder + generator (+ the blend) over the condition stack and the warped
-        texture features: DCNet after its view synthesis (``dcnet_runtime`` exports this)."""
+        texture features: DCNet after its view synthesis (``dcnet_runtime`` exports this).
+        ``with_generated``: also the generated image before the blend (the output itself
+        when the output does not blend), which training supervises on its own."""
         cfg = self.config
         x = self.context_encoder(cond)
         for k in reversed(range(cfg.n_scales)):
@@ -344,12 +381,18 @@ class DCNet(nn.Module):
             x = self.blocks[k](x, cond if k == 0 else F.avg_pool2d(cond, 1 << k))
         out = self.to_rgb(x)
         if not cfg.blends:
-            return torch.sigmoid(out)
+            image = torch.sigmoid(out)
+            return (image, image) if with_generated else image
         a = torch.sigmoid(out[:, 3:4]) * covisible.to(out.dtype)
         gen = torch.sigmoid(out[:, :3])
-        return gen + a * (warped_image.to(out.dtype) - gen)
+        image = gen + a * (warped_image.to(out.dtype) - gen)
+        return (image, gen) if with_generated else image
 
-    def forward(self, inputs: DCNetInputs) -> Tensor:
+    def forward(
+        self, inputs: DCNetInputs, with_generated: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """The output image; with ``with_generated``, (output, generated image before the
+        blend)."""
         if not isinstance(inputs, DCNetInputs):
             raise TypeError(f"inputs must be DCNetInputs, got {type(inputs).__name__}")
         cfg = self.config
@@ -358,4 +401,4 @@ class DCNet(nn.Module):
         cond = self.conditions(inputs, warped_image, covisible)
         feats = self.texture_encoder(inputs.source_image, inputs.source_light, inputs.source_normal)
         warped = self.warp_features(feats, inputs, covisible)
-        return self.decode(cond, warped, warped_image, covisible)
+        return self.decode(cond, warped, warped_image, covisible, with_generated)

@@ -11,14 +11,18 @@ cached fitter labels (``dcnet.conditions: fitter``) or from a trained RecNet (``
 ``dcnet.recnet_checkpoint``, by default ``RUN/recnet/best.pt``) run on both crops.
 
 Objective (pix2pixHD / SPADE): ``w_l1``·L1 + ``w_l1_face``·L1 over the target face mask (the
-region the acceptance measures) + ``w_vgg``·perceptual (L1 between the features of
+region the acceptance measures) + ``w_l1_generated``·L1 over the face mask of the generated image
+before the blend (blend generators: through the blend alone it is trained with weight 1 − a ≈ 0.05
+where the source sees the pixel, becomes a residual rather than a face, and shows raw where C is
+0: the purple mouths and magenta specks of the first tiny runs) + ``w_vgg``·perceptual (L1 between the features of
 the face-identity ResNet on face chips aligned with the driving landmarks, or of VGG-19 when
 ``vgg_weights`` names torchvision-format weights) + ``w_adv``·hinge GAN + ``w_feature_match``·
 discriminator feature matching. The multi-scale PatchGAN sees the image with the driving normal
 map. Generator and discriminator have their own optimisers (``lr`` and ``lr_d``).
 
 Held-out evaluation: L1, PSNR and SSIM against the driving frame for DCNet's output, its own
-input (the warped source image) and copy-source, over the target face mask (``face``), the whole
+input (the warped source image), copy-source and (blend generators) the generated image before
+the blend (``generated``), over the target face mask (``face``), the whole
 crop (``crop``), the mouth region (``mouth``) and the face pixels the source does not see
 (``hidden``: not co-visible). Keys are ``{method}_{region}_{metric}``; ``l1`` (the
 ``eval_metric``), ``psnr`` and ``ssim`` are DCNet's on the face.
@@ -50,7 +54,7 @@ from ..losses import (
 )
 from .base import Stage, TrainContext, make_optimizer, register_stage
 
-METHODS = ("dcnet", "warped", "copy")
+METHODS = ("dcnet", "warped", "copy", "generated")
 REGIONS = ("face", "crop", "mouth", "hidden")
 D_EXTRA_CHANNELS = 3  # the discriminator sees the image and the driving normal map
 
@@ -72,6 +76,22 @@ def dcnet_config(cfg: Any):  # -> jr2net.models.dcnet.DCNetConfig
         over["spade_hidden"] = int(sec.spade_hidden)
     preset = DCNetConfig.tiny if sec.generator == "tiny" else DCNetConfig.full
     return preset(**over)
+
+
+def reconstruction_terms(
+    sec: Any, fake: Tensor, generated: Tensor | None, real: Tensor, mask: Tensor
+) -> dict[str, Tensor]:
+    """The generator's weighted L1 terms: the output over the crop (``l1``) and the face mask
+    (``l1_face``), and the generated image before the blend over the face mask
+    (``l1_generated``; ``generated`` None: a generator that does not blend, no such term)."""
+    terms = {
+        "l1": sec.w_l1 * F.l1_loss(fake, real),
+        "l1_face": sec.w_l1_face * torch.nan_to_num(l1_metric(fake.float(), real, mask)).mean(),
+    }
+    if generated is not None and sec.w_l1_generated > 0:
+        gen_l1 = torch.nan_to_num(l1_metric(generated.float(), real, mask)).mean()
+        terms["l1_generated"] = sec.w_l1_generated * gen_l1
+    return terms
 
 
 def image_metrics(pred: Tensor, target: Tensor, mask: Tensor) -> dict[str, Tensor]:
@@ -299,8 +319,9 @@ class DCNetStage(Stage):
         real, lm = batch["driving"]["image"], batch["driving"]["landmarks"]
         G, D = self.models["generator"], self.models["discriminator"]
         B = real.shape[0]
+        blends = TrainContext.unwrap(G).config.blends
         with ctx.autocast():
-            fake = G(cond.dcnet_inputs())
+            fake, generated = G(cond.dcnet_inputs(), with_generated=True)
             pair = torch.cat([real, fake.detach()])
             both = D(torch.cat([pair, cond.normals.repeat(2, 1, 1, 1)], 1))
             d_real = [[f[:B] for f in scale] for scale in both]
@@ -309,14 +330,12 @@ class DCNetStage(Stage):
         ctx.backward_step(loss_d, "discriminator")
         with ctx.autocast():
             d_gen = D(torch.cat([fake, cond.normals], 1))
-            face_l1 = torch.nan_to_num(l1_metric(fake.float(), real, cond.mask)).mean()
-            terms = {
-                "l1": sec.w_l1 * F.l1_loss(fake, real),
-                "l1_face": sec.w_l1_face * face_l1,
+            terms = reconstruction_terms(sec, fake, generated if blends else None, real, cond.mask)
+            terms.update({
                 "perceptual": sec.w_vgg * self.perceptual(fake, real, lm),
                 "adv": sec.w_adv * hinge_g_loss(d_gen),
                 "feature_match": sec.w_feature_match * feature_matching_loss(d_real, d_gen),
-            }
+            })  # fmt: skip
             loss_g = torch.stack([t.float() for t in terms.values()]).sum()
         ctx.backward_step(loss_g, "generator")
         out = {"loss": float(loss_g.detach()), "loss_d": float(loss_d.detach())}
@@ -331,7 +350,10 @@ class DCNetStage(Stage):
         for batch in loader:
             cond = self.conditions(batch)
             inputs = cond.dcnet_inputs()
-            outputs = {"dcnet": G(inputs).float()}
+            fake, generated = G(inputs, with_generated=True)
+            outputs = {"dcnet": fake.float()}
+            if G.config.blends:
+                outputs["generated"] = generated.float()
             warped, covisible = G.view_synthesis(inputs)
             outputs["warped"] = warped.float()
             outputs["copy"] = batch["source"]["image"]
@@ -360,5 +382,3 @@ def summary_rows(metrics: dict[str, float]) -> list[dict[str, Any]]:
                                       for k in ("l1", "psnr", "ssim")}}
         for m in METHODS for r in REGIONS
     ]  # fmt: skip
-
-
