@@ -81,14 +81,18 @@ def _resize_to_height(img: np.ndarray, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
 
 
-def side_by_side_frame(source: np.ndarray, driving: np.ndarray | None, output: np.ndarray) -> np.ndarray:
+def side_by_side_frame(
+    source: np.ndarray, driving: np.ndarray | None, output: np.ndarray
+) -> np.ndarray:
     """source | driving | output at the output's height (source | output without a driving image)."""
     h = output.shape[0]
     panels = [source] if driving is None else [source, driving]
     return np.concatenate([_resize_to_height(p, h) for p in panels] + [output], axis=1)
 
 
-def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], cell_height: int = CONTACT_CELL_HEIGHT) -> np.ndarray:
+def contact_sheet(
+    pairs: list[tuple[np.ndarray, np.ndarray]], cell_height: int = CONTACT_CELL_HEIGHT
+) -> np.ndarray:
     """A grid with one column per (driving, output) pair: driving on top, output below."""
     if not pairs:
         raise ValueError("pairs: no frames for the contact sheet")
@@ -100,7 +104,7 @@ def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], cell_height: int =
         col = np.full((2 * cell_height, width, 3), 255, np.uint8)
         for row, img in ((0, top), (1, bottom)):
             x = (width - img.shape[1]) // 2
-            col[row * cell_height:(row + 1) * cell_height, x:x + img.shape[1]] = img
+            col[row * cell_height : (row + 1) * cell_height, x : x + img.shape[1]] = img
         columns.append(col)
         columns.append(np.full((2 * cell_height, 4, 3), 255, np.uint8))
     return np.concatenate(columns[:-1], axis=1)
@@ -157,19 +161,36 @@ async def _stream_to_video(
     total = drive.total
     size = output_size or default_output_size(src_img.shape[:2])
     summary = ReenactSummary(output_size=(int(size[0]), int(size[1])), out=str(out), server=server)
-    sheet_ids = set(np.linspace(0, max(total - 1, 0), min(CONTACT_SHEET_FRAMES, max(total, 1)))
-                    .round().astype(int).tolist()) if contact_sheet_path else set()
+    sheet_ids = (
+        set(
+            np.linspace(0, max(total - 1, 0), min(CONTACT_SHEET_FRAMES, max(total, 1)))
+            .round()
+            .astype(int)
+            .tolist()
+        )
+        if contact_sheet_path
+        else set()
+    )
     driving_frames: dict[int, np.ndarray | None] = {}
     pairs: list[tuple[np.ndarray, np.ndarray]] = []
     latencies: list[float] = []
     writer = sbs_writer = bar = None
     try:
         config = session_config(
-            source.read_bytes(), mode=mode, output_size=tuple(size), pose_mode=pose_mode,
-            crop_size=crop_size, quality=quality, options=options, output_format=wire_format)
+            source.read_bytes(),
+            mode=mode,
+            output_size=tuple(size),
+            pose_mode=pose_mode,
+            crop_size=crop_size,
+            quality=quality,
+            options=options,
+            output_format=wire_format,
+        )
         if wait_server is not None:
             await wait_server()
-        async with AsyncReenactClient(server, token=token, root_certificates=root_certificates) as client:
+        async with AsyncReenactClient(
+            server, token=token, root_certificates=root_certificates
+        ) as client:
             session = await client.open_session(config)
             summary.setup_s = session.ready.setup_seconds
             pending = drive.items(session.ready)
@@ -207,7 +228,9 @@ async def _stream_to_video(
                 image = last if last is not None else placeholder
                 await asyncio.to_thread(writer.write, image)
                 if sbs_writer is not None:
-                    await asyncio.to_thread(sbs_writer.write, side_by_side_frame(src_img, drv, image))
+                    await asyncio.to_thread(
+                        sbs_writer.write, side_by_side_frame(src_img, drv, image)
+                    )
                 if result.frame_id in sheet_ids:
                     pairs.append((src_img if drv is None else drv, image))
                 bar.update(1)
@@ -272,7 +295,8 @@ async def reenact_video_async(
 
     try:
         return await _stream_to_video(
-            Path(source), _Drive(items, total, reader.fps, Path(driving)), Path(out), **kwargs)
+            Path(source), _Drive(items, total, reader.fps, Path(driving)), Path(out), **kwargs
+        )
     finally:
         # A decode still running in its thread must end before the decoder is closed.
         await asyncio.wait([first])
@@ -324,7 +348,9 @@ async def reenact_take_async(
     return await _stream_to_video(Path(source), _Drive(items, n, take.fps), Path(out), **kwargs)
 
 
-def reenact_video(source: str | Path, driving: str | Path, out: str | Path, **kwargs: Any) -> ReenactSummary:
+def reenact_video(
+    source: str | Path, driving: str | Path, out: str | Path, **kwargs: Any
+) -> ReenactSummary:
     """Reenact ``driving`` with the face of ``source`` into ``out`` (mp4); see the module docstring.
 
     Keyword arguments: server ("host:port", required), token, root_certificates,
@@ -336,8 +362,9 @@ def reenact_video(source: str | Path, driving: str | Path, out: str | Path, **kw
     return asyncio.run(reenact_video_async(source, driving, out, **kwargs))
 
 
-def reenact_take(source: str | Path, take: MocapTake | str | Path, out: str | Path,
-                 **kwargs: Any) -> ReenactSummary:
+def reenact_take(
+    source: str | Path, take: MocapTake | str | Path, out: str | Path, **kwargs: Any
+) -> ReenactSummary:
     """Reenact ``source`` by a Live Link Face take (a CSV path, read at ``csv_fps``, or a
     ``MocapTake``) into ``out`` (mp4): one ``MocapFrame`` per row, its timecode as
     ``capture_ts_us``, one output frame per row at the take's frame rate.

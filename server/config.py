@@ -68,8 +68,13 @@ class ServerConfig:
 
     def validate(self) -> ServerConfig:
         """Raise ValueError naming the first bad setting; returns self."""
-        for name in ("max_sessions", "max_in_flight", "max_concurrent_rpcs", "max_message_bytes",
-                     "max_frame_pixels"):
+        for name in (
+            "max_sessions",
+            "max_in_flight",
+            "max_concurrent_rpcs",
+            "max_message_bytes",
+            "max_frame_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("idle_timeout", "write_timeout", "drain_timeout"):
@@ -78,9 +83,13 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if not -1 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be in -1..65535 (-1 disables), got {self.metrics_port}")
+            raise ValueError(
+                f"metrics_port must be in -1..65535 (-1 disables), got {self.metrics_port}"
+            )
         if self.torch_threads < 0:
-            raise ValueError(f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}")
+            raise ValueError(
+                f"torch_threads must be >= 0 (0: torch's default), got {self.torch_threads}"
+            )
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0 (0: one per CPU), got {self.workers}")
         modes = tuple(_registry().known_modes())
@@ -131,38 +140,62 @@ SETTINGS: dict[str, Setting] = {
     "metrics_port": Setting("Prometheus HTTP port (0: pick a free one, -1: disabled)", "PORT"),
     "tls_cert": Setting("PEM certificate chain file; with --tls-key enables TLS", "FILE"),
     "tls_key": Setting("PEM private key file for --tls-cert", "FILE"),
-    "token": Setting("require 'authorization: Bearer TOKEN' on every call but health checks", "TOKEN"),
+    "token": Setting(
+        "require 'authorization: Bearer TOKEN' on every call but health checks", "TOKEN"
+    ),
     "token_file": Setting("read the bearer token from this file (first line)", "FILE"),
     "max_sessions": Setting("concurrent streaming sessions; more get RESOURCE_EXHAUSTED", "N"),
     "max_in_flight": Setting(
         "unanswered frames admitted per stream; when full the oldest queued frame is answered "
-        "FrameError DROPPED", "N"),
+        "FrameError DROPPED",
+        "N",
+    ),
     "max_concurrent_rpcs": Setting("gRPC-level cap on concurrent calls (RESOURCE_EXHAUSTED)", "N"),
     "max_message_bytes": Setting("largest request/response message in bytes", "BYTES"),
     "max_frame_pixels": Setting("largest accepted image (width*height), source or frame", "PIXELS"),
     "idle_timeout": Setting(
         "end a stream with DEADLINE_EXCEEDED after this many seconds without a message while no "
-        "frame is in flight", "SECONDS"),
+        "frame is in flight",
+        "SECONDS",
+    ),
     "write_timeout": Setting(
         "end a stream with DEADLINE_EXCEEDED when a reply has waited this many seconds for the "
-        "client to read it (a stalled reader frees its session slot)", "SECONDS"),
+        "client to read it (a stalled reader frees its session slot)",
+        "SECONDS",
+    ),
     "drain_timeout": Setting(
         "on SIGTERM/SIGINT: health NOT_SERVING, refuse new sessions (UNAVAILABLE), finish in-flight "
-        "frames, stop after at most this many seconds", "SECONDS"),
+        "frames, stop after at most this many seconds",
+        "SECONDS",
+    ),
     "workers": Setting("threads running model work off the event loop (0: one per CPU)", "N"),
     "torch_threads": Setting(
         "torch intra-op threads (0: torch's default); 1 keeps concurrent sessions from "
-        "oversubscribing the cores", "N"),
-    "default_mode": Setting("mode for sessions that do not choose one (geometric; learned needs checkpoints)", "MODE"),
-    "face_model": Setting("face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"),
+        "oversubscribing the cores",
+        "N",
+    ),
+    "default_mode": Setting(
+        "mode for sessions that do not choose one (geometric; learned needs checkpoints)", "MODE"
+    ),
+    "face_model": Setting(
+        "face model file (.npz); default: $JR2NET_FACE_MODEL, cache, generic", "FILE"
+    ),
     "checkpoints": Setting(
         "network weights for modes that use them: a training run directory or a checkpoint file "
-        "(the geometric mode needs none)", "PATH"),
-    "recnet": Setting("RecNet checkpoint (replaces the fitter in mode learned; overrides RUN's)", "FILE"),
-    "dcnet": Setting("DCNet checkpoint: enables mode learned (overrides RUN's dcnet/best.pt)", "FILE"),
+        "(the geometric mode needs none)",
+        "PATH",
+    ),
+    "recnet": Setting(
+        "RecNet checkpoint (replaces the fitter in mode learned; overrides RUN's)", "FILE"
+    ),
+    "dcnet": Setting(
+        "DCNet checkpoint: enables mode learned (overrides RUN's dcnet/best.pt)", "FILE"
+    ),
     "etnet": Setting(
         "ETNet checkpoint (etnet or recaugnet stage): the driving expression tracker of every mode, "
-        "loaded at start; sessions opt out with option expression=fitter", "FILE"),
+        "loaded at start; sessions opt out with option expression=fitter",
+        "FILE",
+    ),
     "preload": Setting("build the default reenactor at start-up so the first session is fast"),
     "log_level": Setting("logging level (DEBUG, INFO, WARNING, ERROR)", "LEVEL"),
 }
@@ -208,7 +241,9 @@ def _coerce(name: str, value: Any, origin: str) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--config`` and one flag per setting; defaults are SUPPRESSed so precedence can apply."""
     parser.add_argument(
-        "--config", metavar="YAML", default=argparse.SUPPRESS,
+        "--config",
+        metavar="YAML",
+        default=argparse.SUPPRESS,
         help="YAML file of settings (keys as the flag names with underscores, e.g. max_sessions: 4)",
     )
     for name, setting in SETTINGS.items():
@@ -217,11 +252,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         env = f"JR2NET_{name.upper()}"
         help_text = f"{setting.help} [env {env}; default {default}]"
         if _field_type(name) is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
         else:
-            parser.add_argument(flag, type=_field_type(name), metavar=setting.metavar,
-                                default=argparse.SUPPRESS, help=help_text)
+            parser.add_argument(
+                flag,
+                type=_field_type(name),
+                metavar=setting.metavar,
+                default=argparse.SUPPRESS,
+                help=help_text,
+            )
 
 
 def load_config(
@@ -247,7 +291,9 @@ def load_config(
             raise ValueError(f"--config: no such file: {path}")
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+            raise ValueError(
+                f"--config {path}: expected a mapping of settings, got {type(data).__name__}"
+            )
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in _FIELDS:
@@ -305,7 +351,8 @@ class ReenactorFactory:
 
     def available_modes(self) -> list[str]:
         ready = [
-            m for m in _registry().available_modes()
+            m
+            for m in _registry().available_modes()
             if m not in self._refused and (m not in CHECKPOINT_MODES or m in self._cache)
         ]
         return ready + [m for m in _registry().known_modes() if m not in ready and m in self._cache]
@@ -329,7 +376,8 @@ class ReenactorFactory:
     def settings(self) -> registry.ReenactorSettings:
         """What every mode's factory gets from this server's configuration."""
         return _registry().ReenactorSettings(
-            face_model=self.config.face_model, checkpoints=self.config.checkpoint_sources(),
+            face_model=self.config.face_model,
+            checkpoints=self.config.checkpoint_sources(),
             etnet=self.config.etnet,
         )
 

@@ -28,7 +28,9 @@ def d0(videos_dir) -> list[np.ndarray]:
 
 def _drive(reenactor, frames, target, **extra) -> np.ndarray:
     """Output for ``target`` after the reference frame, in a session sourced on frames[0]."""
-    session = reenactor.start_session(frames[0], SessionOptions(extra={"expression": "relative", **extra}))
+    session = reenactor.start_session(
+        frames[0], SessionOptions(extra={"expression": "relative", **extra})
+    )
     session.process(frames[0])
     for _ in range(3):  # the temporal filter settles on the jump
         out = session.process(target)
@@ -51,7 +53,8 @@ def test_mouth_transfer_shows_the_driving_mouth_better_than_the_synthetic_interi
     lm = detect_faces(gt)[0].landmarks
     psnr = {
         mode: image_scores(_drive(reenactor, d0, gt, mouth=mode), gt, lm, ("mouth_box",))[
-            "mouth_box"]["psnr"]
+            "mouth_box"
+        ]["psnr"]
         for mode in ("transfer", "synthetic")
     }
     assert psnr["transfer"] > psnr["synthetic"] + 1.5, psnr

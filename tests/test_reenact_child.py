@@ -63,7 +63,8 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 
 
 def test_reenact_runs_through_a_child_server_that_is_gone_afterwards(
-        started, tmp_path, images_dir, videos_dir, ict_model_path, capsys):
+    started, tmp_path, images_dir, videos_dir, ict_model_path, capsys
+):
     out = tmp_path / "out.mp4"
     rc = cli_main(["reenact", "--source", str(images_dir / "obama.jpg"), "--driving",
                    str(videos_dir / "d11.mp4"), "--out", str(out), "--face-model",
@@ -78,7 +79,8 @@ def test_reenact_runs_through_a_child_server_that_is_gone_afterwards(
 
 
 def test_a_no_face_source_fails_as_before_and_leaves_no_child(
-        started, tmp_path, images_dir, videos_dir, ict_model_path, capsys):
+    started, tmp_path, images_dir, videos_dir, ict_model_path, capsys
+):
     rc = cli_main(["reenact", "--source", str(images_dir / "s31.jpg"), "--driving",
                    str(videos_dir / "d0.mp4"), "--out", str(tmp_path / "x.mp4"), "--face-model",
                    str(ict_model_path), *SMALL])  # fmt: skip
@@ -89,8 +91,9 @@ def test_a_no_face_source_fails_as_before_and_leaves_no_child(
     assert not (tmp_path / "x.mp4").exists()
 
 
-def test_a_child_that_cannot_start_is_reported_with_its_reason(started, tmp_path, images_dir,
-                                                               videos_dir, capsys):
+def test_a_child_that_cannot_start_is_reported_with_its_reason(
+    started, tmp_path, images_dir, videos_dir, capsys
+):
     missing = tmp_path / "no_such_run"
     rc = cli_main(["reenact", "--source", str(images_dir / "obama.jpg"), "--driving",
                    str(videos_dir / "d0.mp4"), "--out", str(tmp_path / "x.mp4"), "--checkpoints",
@@ -103,8 +106,9 @@ def test_a_child_that_cannot_start_is_reported_with_its_reason(started, tmp_path
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_reenact_stops_its_child(sig, tmp_path, images_dir, videos_dir,
-                                                ict_model_path):
+def test_an_interrupted_reenact_stops_its_child(
+    sig, tmp_path, images_dir, videos_dir, ict_model_path
+):
     cmd = [sys.executable, "-m", "jr2net.cli", "reenact", "--source", str(images_dir / "obama.jpg"),
            "--driving", str(videos_dir / "d11.mp4"), "--out", str(tmp_path / "o.mp4"),
            "--face-model", str(ict_model_path), "--no-progress"]  # fmt: skip
@@ -187,15 +191,28 @@ def test_the_child_gets_the_network_flags_and_none_of_the_callers_server_environ
     files = {name: tmp_path / f"{name}.pt" for name in ("recnet", "dcnet", "etnet")}
     for path in files.values():
         path.write_bytes(b"x")
-    cmd = child_module.serve_command(1234, max_sessions=1, preload=False, face_model="ict",
-                                     checkpoints=str(tmp_path), face_id=None,
-                                     **{k: str(v) for k, v in files.items()})
+    cmd = child_module.serve_command(
+        1234,
+        max_sessions=1,
+        preload=False,
+        face_model="ict",
+        checkpoints=str(tmp_path),
+        face_id=None,
+        **{k: str(v) for k, v in files.items()},
+    )
     assert cmd[2:4] == ["jr2net.cli", "serve"] and "--face-id" not in cmd
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    env = child_module.child_env({"JR2NET_TOKEN": "secret", "JR2NET_CONFIG": "x.yaml",
-                                  "JR2NET_MAX_SESSIONS": "8", "JR2NET_FACE_MODEL": "ict",
-                                  "JR2NET_DETECTOR": "dlib", "PATH": "/bin"})
+    env = child_module.child_env(
+        {
+            "JR2NET_TOKEN": "secret",
+            "JR2NET_CONFIG": "x.yaml",
+            "JR2NET_MAX_SESSIONS": "8",
+            "JR2NET_FACE_MODEL": "ict",
+            "JR2NET_DETECTOR": "dlib",
+            "PATH": "/bin",
+        }
+    )
     assert env == {"JR2NET_FACE_MODEL": "ict", "JR2NET_DETECTOR": "dlib", "PATH": "/bin"}
     config = load_config(parser.parse_args(cmd[4:]), env=env)
     assert (config.host, config.port, config.metrics_port) == ("127.0.0.1", 1234, -1)

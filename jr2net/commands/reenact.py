@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 
 NAME = "reenact"
-HELP = ("reenact a driving video (or a Live Link Face take) with a source face through the gRPC "
-        "server (a local child `jr2net serve` by default)")
+HELP = (
+    "reenact a driving video (or a Live Link Face take) with a source face through the gRPC "
+    "server (a local child `jr2net serve` by default)"
+)
 LOCAL_SERVERS = ("process", "thread")
 WIRE_FORMATS = {"auto": None, "jpeg": "JPEG", "raw": "RAW_RGB24"}
 
@@ -25,55 +27,115 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--source", required=True, help="source face image (JPEG/PNG)")
     parser.add_argument("--driving", help="driving video (its audio is kept)")
-    parser.add_argument("--driving-csv", metavar="CSV",
-                        help="drive by a Live Link Face take instead (docs/mocap.md): its rows are "
-                             "streamed as MocapFrames, one output frame per row at the take's rate")
-    parser.add_argument("--csv-fps", type=float, default=60.0,
-                        help="frame rate of the take's timecodes (Live Link Face: 60)")
-    parser.add_argument("--realtime", action="store_true",
-                        help="with --driving-csv: send each row at its timecode, as a live "
-                             "capture would (default: as fast as the server answers)")
+    parser.add_argument(
+        "--driving-csv",
+        metavar="CSV",
+        help="drive by a Live Link Face take instead (docs/mocap.md): its rows are "
+        "streamed as MocapFrames, one output frame per row at the take's rate",
+    )
+    parser.add_argument(
+        "--csv-fps",
+        type=float,
+        default=60.0,
+        help="frame rate of the take's timecodes (Live Link Face: 60)",
+    )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="with --driving-csv: send each row at its timecode, as a live "
+        "capture would (default: as fast as the server answers)",
+    )
     parser.add_argument("--out", required=True, help="output H.264 mp4")
-    parser.add_argument("--server", metavar="HOST:PORT",
-                        help="server to use; default: start a local one on 127.0.0.1 (a free port)")
-    parser.add_argument("--local-server", choices=LOCAL_SERVERS, default="process",
-                        help="without --server: a child `jr2net serve` process (default; it does "
-                             "not share this process's GIL and starts while the video is opened) "
-                             "or a server thread in this process")
-    parser.add_argument("--wire", choices=tuple(WIRE_FORMATS), default="auto",
-                        help="frame encoding both ways: jpeg, raw (RGB, no codec work: for a "
-                             "loopback server) or auto (default: raw for the local server, jpeg "
-                             "for --server)")
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="server to use; default: start a local one on 127.0.0.1 (a free port)",
+    )
+    parser.add_argument(
+        "--local-server",
+        choices=LOCAL_SERVERS,
+        default="process",
+        help="without --server: a child `jr2net serve` process (default; it does "
+        "not share this process's GIL and starts while the video is opened) "
+        "or a server thread in this process",
+    )
+    parser.add_argument(
+        "--wire",
+        choices=tuple(WIRE_FORMATS),
+        default="auto",
+        help="frame encoding both ways: jpeg, raw (RGB, no codec work: for a "
+        "loopback server) or auto (default: raw for the local server, jpeg "
+        "for --server)",
+    )
     parser.add_argument("--token", help="bearer token (default: $JR2NET_TOKEN)")
     parser.add_argument("--tls-ca", metavar="PEM", help="CA certificate(s) to verify a TLS server")
-    parser.add_argument("--side-by-side", metavar="MP4", help="also write source | driving | output")
-    parser.add_argument("--contact-sheet", metavar="PNG",
-                        help="also write a grid of a few frames (driving over output)")
-    parser.add_argument("--max-frames", type=int, metavar="N",
-                        help="stop after N driving frames (or take rows)")
-    parser.add_argument("--pose-mode", choices=("relative", "absolute"), default="relative",
-                        help="relative (default; other identity) or absolute (same identity) head pose")
-    parser.add_argument("--mode", choices=("geometric", "learned"), default="",
-                        help="pipeline (default: the server's default, geometric)")
-    parser.add_argument("--crop-size", type=int, default=256, help="face crop side the pipeline renders at")
-    parser.add_argument("--size", type=_size, metavar="WxH",
-                        help="output size (default: the source's aspect ratio, longest side 512)")
-    parser.add_argument("--quality", type=int, default=90,
-                        help="JPEG quality of the streamed outputs (with --wire jpeg)")
-    parser.add_argument("--window", type=int, metavar="N",
-                        help="frames in flight (default: the server's grant, which never drops)")
+    parser.add_argument(
+        "--side-by-side", metavar="MP4", help="also write source | driving | output"
+    )
+    parser.add_argument(
+        "--contact-sheet",
+        metavar="PNG",
+        help="also write a grid of a few frames (driving over output)",
+    )
+    parser.add_argument(
+        "--max-frames", type=int, metavar="N", help="stop after N driving frames (or take rows)"
+    )
+    parser.add_argument(
+        "--pose-mode",
+        choices=("relative", "absolute"),
+        default="relative",
+        help="relative (default; other identity) or absolute (same identity) head pose",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=("geometric", "learned"),
+        default="",
+        help="pipeline (default: the server's default, geometric)",
+    )
+    parser.add_argument(
+        "--crop-size", type=int, default=256, help="face crop side the pipeline renders at"
+    )
+    parser.add_argument(
+        "--size",
+        type=_size,
+        metavar="WxH",
+        help="output size (default: the source's aspect ratio, longest side 512)",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        default=90,
+        help="JPEG quality of the streamed outputs (with --wire jpeg)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        metavar="N",
+        help="frames in flight (default: the server's grant, which never drops)",
+    )
     parser.add_argument("--face-model", metavar="FILE", help="face model for the local server")
-    parser.add_argument("--checkpoints", metavar="RUN",
-                        help="training run folder (dcnet/best.pt, recnet/best.pt) for the local "
-                             "server: enables --mode learned")
+    parser.add_argument(
+        "--checkpoints",
+        metavar="RUN",
+        help="training run folder (dcnet/best.pt, recnet/best.pt) for the local "
+        "server: enables --mode learned",
+    )
     parser.add_argument("--recnet", metavar="FILE", help="RecNet checkpoint (local server)")
     parser.add_argument("--dcnet", metavar="FILE", help="DCNet checkpoint (local server)")
-    parser.add_argument("--etnet", metavar="CKPT",
-                        help="ETNet (etnet or recaugnet checkpoint) as the driving expression "
-                             "tracker of the local server; --option expression=fitter opts out")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="pipeline option (SessionOptions.extra), repeatable; e.g. light=none, "
-                        "expression=relative, feather=8 (every option: docs/operations.md)")
+    parser.add_argument(
+        "--etnet",
+        metavar="CKPT",
+        help="ETNet (etnet or recaugnet checkpoint) as the driving expression "
+        "tracker of the local server; --option expression=fitter opts out",
+    )
+    parser.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="pipeline option (SessionOptions.extra), repeatable; e.g. light=none, "
+        "expression=relative, feather=8 (every option: docs/operations.md)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -94,7 +156,9 @@ def _process_started_at() -> float | None:
 
 def _local_settings(args: argparse.Namespace) -> dict:
     """ServerConfig settings of the local server (one session, no metrics, the nets given)."""
-    nets = {k: getattr(args, k) for k in ("checkpoints", "recnet", "dcnet", "etnet") if getattr(args, k)}
+    nets = {
+        k: getattr(args, k) for k in ("checkpoints", "recnet", "dcnet", "etnet") if getattr(args, k)
+    }
     return dict(max_sessions=1, face_model=args.face_model, **nets)
 
 
@@ -251,8 +315,9 @@ def _run(args: argparse.Namespace, options: dict[str, str], child, interrupts: I
             )  # fmt: skip
             interrupts.check()  # one that came during the imports above
             if take is not None:
-                main = reenact_take_async(args.source, take, args.out, realtime=args.realtime,
-                                          **common)
+                main = reenact_take_async(
+                    args.source, take, args.out, realtime=args.realtime, **common
+                )
             else:
                 main = reenact_video_async(args.source, args.driving, args.out, **common)
             summary = asyncio.run(interrupts.guard(main))
