@@ -90,6 +90,28 @@ def test_landmark_loss_is_zero_at_the_truth_and_weighs_a_nose_error_20x_a_jaw_er
     assert landmark_loss(nose, target, SIZE, wt).item() == 0.0
 
 
+def test_landmark_loss_heavy_weight_and_charbonnier_option():
+    target = torch.rand(1, 68, 2) * SIZE
+    jaw, nose = target.clone(), target.clone()
+    jaw[0, 3, 0] += 2.0
+    nose[0, 30, 0] += 2.0
+    # heavy=1: every point weighs the same.
+    assert torch.isclose(landmark_loss(nose, target, SIZE, heavy=1.0),
+                         landmark_loss(jaw, target, SIZE, heavy=1.0))  # fmt: skip
+    # Charbonnier: ~d^2 for a small error, ~2 r d (linear) for a large one.
+    small, large = target.clone(), target.clone()
+    small[:, :, 0] += 1e-3 * SIZE
+    large[:, :, 0] += 0.5 * SIZE
+    r = 0.01
+    assert torch.isclose(landmark_loss(small, target, SIZE, heavy=1.0, robust=r),
+                         torch.tensor(1e-6), rtol=1e-2)  # fmt: skip
+    assert torch.isclose(landmark_loss(large, target, SIZE, heavy=1.0, robust=r),
+                         torch.tensor(2 * r * 0.5), rtol=3e-2)  # fmt: skip
+    assert landmark_loss(target.clone(), target, SIZE, robust=r).item() == 0.0
+    with pytest.raises(ValueError, match="robust"):
+        landmark_loss(jaw, target, SIZE, robust=-1.0)
+
+
 def test_landmark_error_iod_is_the_mean_distance_over_the_outer_eye_corner_distance():
     target = torch.zeros(1, 68, 2)
     target[0, 45, 0] = 10.0
@@ -176,6 +198,28 @@ def test_recnet_loss_is_minimal_at_the_truth_with_gradients_reaching_the_coeffic
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
 
 
+def test_pseudo_label_term_supervises_real_samples_whose_coefficients_still_hold(model):
+    truth = _truth(model)
+    off = truth.clone()
+    off.identity = off.identity + 0.5
+    off.angles = off.angles + 0.1
+    w = RecNetLossWeights(pseudo=1.0)
+    loss_fn = RecNetLoss(model, w)
+    batch = {**_batch(loss_fn, truth), "has_gt": torch.zeros(2, dtype=torch.bool)}
+    _, terms0, _ = loss_fn(truth, batch, photometric=False, identity=False)
+    _, terms, _ = loss_fn(off, batch, photometric=False, identity=False)
+    assert "coefficients" not in terms  # no ground truth here
+    assert terms0["pseudo"] < 1e-4 and terms["pseudo"] > 1e-2
+    # A mirrored sample's labels no longer hold: only the other one counts (half the batch).
+    one = {**batch, "coeffs_valid": torch.tensor([True, False])}
+    _, t1, _ = loss_fn(off, one, photometric=False, identity=False)
+    assert 0 < t1["pseudo"] < terms["pseudo"]
+    none = {**batch, "coeffs_valid": torch.tensor([False, False])}
+    assert "pseudo" not in loss_fn(off, none, photometric=False, identity=False)[1]
+    # Off by default.
+    assert "pseudo" not in RecNetLoss(model)(off, batch, photometric=False, identity=False)[1]
+
+
 def test_photometric_term_alone_reaches_pose_light_and_albedo(model, loss_fn):
     truth = _truth(model)
     batch = _batch(loss_fn, truth)
@@ -192,6 +236,27 @@ def test_photometric_term_alone_reaches_pose_light_and_albedo(model, loss_fn):
     for name in ("angles", "translation", "identity", "albedo", "light"):
         g = getattr(off, name).grad
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
+
+
+def test_photometric_term_without_image_geometry_trains_only_albedo_and_light(model, loss_fn):
+    truth = _truth(model)
+    batch = _batch(loss_fn, truth)
+    w = RecNetLossWeights(landmark=0, regularization=0, light_mono=0, coefficients=0, vertices=0)
+    off = truth.clone()
+    off.angles = off.angles + 0.05
+    off.light = off.light * 0.8
+    off.albedo = off.albedo + 0.2
+    off = _leaf(off)
+    loss, _, _ = RecNetLoss(model, w)(
+        off, batch, photometric=True, identity=False, image_geometry=False
+    )
+    loss.backward()
+    for name in ("albedo", "light"):
+        g = getattr(off, name).grad
+        assert g is not None and g.abs().sum() > 0, name
+    for name in ("angles", "translation", "identity", "expression"):
+        g = getattr(off, name).grad
+        assert g is None or g.abs().sum() == 0, name
 
 
 def test_model_landmarks_slide_the_jaw_onto_the_contour_of_a_turned_face(model, loss_fn):
@@ -226,9 +291,7 @@ def _photo_crop(images_dir, name: str, size: int = 96) -> tuple[torch.Tensor, to
     return crop, torch.as_tensor(crop_points(lm, box, size))[None]
 
 
-def test_identity_loss_is_zero_for_the_same_face_and_larger_for_another_person(
-    images_dir, face_id
-):
+def test_identity_loss_is_zero_for_the_same_face_and_larger_for_another_person(images_dir, face_id):
     obama, lm = _photo_crop(images_dir, "obama.jpg")
     biden, _ = _photo_crop(images_dir, "biden.jpg")
     same = identity_loss(face_id, obama, obama, lm)

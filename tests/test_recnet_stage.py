@@ -79,8 +79,10 @@ def test_a_short_run_on_one_batch_lowers_the_landmark_loss(run_dir):
 
 
 def test_the_full_objective_adds_photometric_and_identity_terms(run_dir):
-    stage = _stage(run_dir, ["recnet.landmark_only_steps=1", "recnet.identity_samples=2",
-                             "recnet.identity_every=1"])
+    stage = _stage(
+        run_dir,
+        ["recnet.landmark_only_steps=1", "recnet.identity_samples=2", "recnet.identity_every=1"],
+    )
     ds = stage.train_dataset()
     batch = collate([ds[i] for i in range(4)])
     first = stage.train_step(batch, 0)
@@ -143,9 +145,51 @@ def test_mirroring_flips_image_mask_landmarks_and_principal_point_of_real_sample
     assert out["K"][0, 0, 2] == pytest.approx(S - 1 - float(batch["K"][0, 0, 2]))
     for key in ("image", "mask", "landmarks", "K"):  # ground-truth samples stay as they are
         assert torch.equal(out[key][1], batch[key][1]), key
+    assert out["coeffs_valid"].tolist() == [False, True]  # a mirrored face has other coefficients
     back = augment_batch(out, shift=0, scale=0, color=0, flip=1.0)
-    assert torch.allclose(back["landmarks"], batch["landmarks"]) and torch.allclose(back["K"], batch["K"])
+    assert torch.allclose(back["landmarks"], batch["landmarks"]) and torch.allclose(
+        back["K"], batch["K"]
+    )
     assert sorted(MIRROR_68) == list(range(68))
+
+
+def test_rotation_turns_image_landmarks_and_principal_point_as_a_camera_roll():
+    S, f = 64, 80.0
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(2, 68, 3, generator=g) * torch.tensor([8.0, 8.0, 2.0]) + torch.tensor(
+        [0, 0, 60.0]
+    )
+    K = torch.tensor([[f, 0, 20.0], [0, f, 40.0], [0, 0, 1]]).expand(2, 3, 3).clone()
+    K[1, :2, 2] = torch.tensor([-30.0, 90.0])  # a principal point off the crop
+
+    def proj(K, X):
+        return f * X[..., :2] / X[..., 2:] + K[:, None, :2, 2]
+
+    lm = proj(K, X)
+    image = torch.zeros(2, 3, S, S)
+    k = int((lm[0] - (S - 1) / 2).norm(dim=-1).argmin())  # the landmark nearest the centre
+    spot = lm[0, k].round().long()  # a bright pixel on it
+    image[0, :, spot[1], spot[0]] = 1.0
+    batch = {"image": image, "mask": torch.ones(2, 1, S, S), "landmarks": lm, "K": K,
+             "landmark_weight": torch.ones(2, 68), "has_gt": torch.tensor([0.0, 1.0])}  # fmt: skip
+    out = augment_batch(batch, shift=0, scale=0, color=0, rotate=20.0,
+                        generator=torch.Generator().manual_seed(1))  # fmt: skip
+    # Sample 0 (no ground truth): its landmarks are those of the face rolled about the optical
+    # axis, seen through the new camera.
+    d = out["landmarks"][0] - out["landmarks"][0].mean(0) - (lm[0] - lm[0].mean(0))
+    assert d.abs().max() > 1.0  # it did turn
+    v0, v1 = lm[0, 1] - lm[0, 0], out["landmarks"][0, 1] - out["landmarks"][0, 0]
+    a = torch.atan2(v0[0] * v1[1] - v0[1] * v1[0], torch.dot(v0, v1))  # the turn
+    c, s_ = torch.cos(a), torch.sin(a)
+    Xr = X[0] @ torch.tensor([[c, s_, 0], [-s_, c, 0], [0, 0, 1.0]])
+    assert torch.allclose(proj(out["K"][:1], Xr[None])[0], out["landmarks"][0], atol=1e-3)
+    # The image turned with them: the bright pixel is next to the moved landmark.
+    img = out["image"][0, 0]
+    yx = torch.nonzero(img == img.max())[0]
+    assert (yx.flip(0).float() - out["landmarks"][0, k]).norm() < 1.5
+    for key in ("image", "landmarks", "K"):  # the ground-truth sample is left alone
+        assert torch.equal(out[key][1], batch[key][1]), key
+    assert out["coeffs_valid"].tolist() == [False, True]  # a turned face has other coefficients
 
 
 def test_evaluation_reports_heldout_identities_and_video_tails_apart(run_dir):

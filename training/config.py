@@ -30,6 +30,7 @@ except ModuleNotFoundError as _exc:  # the data package lands separately; until 
     class PrepareConfig:  # type: ignore[no-redef]
         """Placeholder until training/data/config.py exists."""
 
+
 STAGE_ORDER: tuple[str, ...] = ("prepare", "recnet", "dcnet", "synthesize", "etnet", "recaugnet")
 ABLATIONS: tuple[str, ...] = ("baseline", "reccopynet", "recdatanet")
 STAGE_HELP: dict[str, str] = {
@@ -113,6 +114,8 @@ class RecNetStageConfig(TrainConfig):
     n_albedo: int = 80
     # Loss weights (training.losses.RecNetLossWeights' reference values, in its units).
     w_landmark: float = 80.0
+    landmark_heavy: float = 20.0  # nose / inner-mouth landmark weight (Deep3DFaceRecon's 20x)
+    landmark_robust: float = 0.0  # Charbonnier scale of the landmark loss (crop sides); 0 = d^2
     w_photo: float = 1.92
     w_identity: float = 0.2
     w_reg: float = 3e-4
@@ -122,7 +125,11 @@ class RecNetStageConfig(TrainConfig):
     w_reg_light: float = 10.0
     w_coeff: float = 1.0  # synthetic faces: coefficient supervision
     w_vertex: float = 1.0  # synthetic faces: vertex supervision (mm)
+    w_pseudo: float = 0.0  # real faces: coefficient + vertex loss against the fitter's labels
     landmark_only_steps: int = 0  # the first steps train on landmarks only (no rendering)
+    # The photometric / identity terms also move the geometry (False: they train albedo and
+    # light only; the landmarks alone place the face).
+    photo_geometry: bool = True
     eval_metric: str = "landmark_iod"
     w_reg_expression_l1: float = 0.0  # times w_reg: sparse expressions (β >= 0)
     identity_every: int = 1  # the identity term runs every n-th step (dlib's ResNet is costly)
@@ -132,6 +139,16 @@ class RecNetStageConfig(TrainConfig):
     augment_scale: float = 0.05  # random crop zoom, log-scale range
     augment_color: float = 0.1  # brightness / contrast / channel-gain jitter
     augment_flip: float = 0.5  # left-right mirror probability (samples without ground truth)
+    augment_rotate: float = 0.0  # in-plane turn, ± degrees (samples without ground truth)
+    photo_repeats: int = 1  # recnet stage: each cached photo appears this many times per epoch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.photo_repeats < 1:
+            raise ConfigError(f"photo_repeats: must be >= 1, got {self.photo_repeats}")
+        for name in ("landmark_heavy", "landmark_robust", "augment_rotate", "w_pseudo"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass
@@ -245,7 +262,9 @@ class RecAugNetStageConfig(RecNetStageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not 0.0 <= self.augmented_fraction < 1.0:
-            raise ConfigError(f"augmented_fraction: must be in [0, 1), got {self.augmented_fraction}")
+            raise ConfigError(
+                f"augmented_fraction: must be in [0, 1), got {self.augmented_fraction}"
+            )
 
 
 @dataclass
@@ -296,7 +315,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for section {tp.__name__}, got {value!r}")
+            raise ConfigError(
+                f"{path}: expected a mapping for section {tp.__name__}, got {value!r}"
+            )
         return from_dict(tp, value, path)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(tp)

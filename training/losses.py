@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 NOSE = slice(27, 36)
 INNER_MOUTH = slice(60, 68)
 HEAVY_LANDMARK_WEIGHT = 20.0
+GEOMETRY_FIELDS = ("identity", "expression", "angles", "translation")
 
 
 def _check_points(t: Tensor, arg: str, n: int = 68) -> None:
@@ -72,13 +73,16 @@ def landmark_loss(
     weight: Tensor | None = None,
     *,
     heavy: float = HEAVY_LANDMARK_WEIGHT,
+    robust: float = 0.0,
 ) -> Tensor:
     """Weighted mean squared landmark distance in units of ``size`` (the crop side), batch mean.
 
     ``pred``/``target`` are ``[B,68,2]`` pixels; ``weight [B,68]`` (e.g. the samples'
     ``landmark_weight``: 0 for an unknown point) multiplies the static per-point weights. The sum is
     normalised by the static weights' total, so a sample with every point known and off by ``d``
-    (in crop sides) scores ``d^2``.
+    (in crop sides) scores ``d^2``. ``robust`` > 0 (crop sides) replaces ``d^2`` by the
+    Charbonnier cost ``2 r^2 (sqrt(1 + d^2 / r^2) - 1)``: ``d^2`` for ``d << r``, ``2 r d`` (a
+    distance, as the mean-distance metric counts it) for ``d >> r``.
     """
     _check_points(pred, "pred")
     _check_points(target, "target")
@@ -90,7 +94,11 @@ def landmark_loss(
         if tuple(weight.shape) != tuple(pred.shape[:2]):
             raise ValueError(f"weight must be [B,68], got {tuple(weight.shape)}")
         w = w[None] * weight.to(pred)
+    if robust < 0:
+        raise ValueError(f"robust must be >= 0, got {robust}")
     d2 = (((pred - target) / size) ** 2).sum(dim=-1)  # [B,68]
+    if robust > 0:
+        d2 = 2 * robust**2 * (torch.sqrt(1 + d2 / robust**2) - 1)
     return ((d2 * w).sum(dim=1) / norm).mean()
 
 
@@ -261,6 +269,8 @@ class RecNetLossWeights:
     """
 
     landmark: float = 80.0
+    landmark_heavy: float = HEAVY_LANDMARK_WEIGHT  # nose and inner-mouth weight (the rest: 1)
+    landmark_robust: float = 0.0  # Charbonnier scale (crop sides) of ``landmark_loss``; 0 = d^2
     photometric: float = 1.92
     identity: float = 0.2
     regularization: float = 3e-4
@@ -271,6 +281,9 @@ class RecNetLossWeights:
     light_mono: float = 10.0
     coefficients: float = 1.0
     vertices: float = 1.0
+    # Real samples (``has_gt`` 0, ``coeffs_valid`` where given): coefficient + vertex losses
+    # against their fitter pseudo-labels (the prepare cache's); 0 = self-supervised only.
+    pseudo: float = 0.0
 
 
 class RecNetLoss:
@@ -313,10 +326,13 @@ class RecNetLoss:
         photometric: bool = True,
         identity: bool = True,
         identity_samples: int | None = None,
+        image_geometry: bool = True,
     ) -> tuple[Tensor, dict[str, float], RenderOutput | None]:
         """Total loss, the weighted terms (floats, for logging; terms weighted 0 are left out) and
         the render (None when neither image term is on). ``identity_samples`` caps the samples
-        the identity term sees (the first ones of the batch)."""
+        the identity term sees (the first ones of the batch). ``image_geometry`` False renders
+        the image terms with the geometry (identity, expression, pose) detached: they then train
+        albedo and light only, and the landmarks alone place the face."""
         w = self.weights
         image: Tensor = batch["image"]
         K: Tensor = batch["K"].to(image)
@@ -325,20 +341,32 @@ class RecNetLoss:
         if w.landmark > 0:
             lm2d = self.landmarks.project(coeffs, K)
             terms["landmark"] = w.landmark * landmark_loss(
-                lm2d, batch["landmarks"].to(lm2d), size, batch.get("landmark_weight")
+                lm2d,
+                batch["landmarks"].to(lm2d),
+                size,
+                batch.get("landmark_weight"),
+                heavy=w.landmark_heavy,
+                robust=w.landmark_robust,
             )
         photometric = photometric and w.photometric > 0
         identity = identity and w.identity > 0
         render = None
         if photometric or identity:
-            render = self.renderer.render(coeffs, K, (image.shape[-2], image.shape[-1]))
+            rc = coeffs
+            if not image_geometry:
+                rc = coeffs.replace(**{n: getattr(coeffs, n).detach() for n in GEOMETRY_FIELDS})
+            render = self.renderer.render(rc, K, (image.shape[-2], image.shape[-1]))
             if photometric:
                 mask = render.face_mask * batch["mask"].to(image)
                 terms["photometric"] = w.photometric * photometric_loss(render.image, image, mask)
             if identity:
                 if self.face_id is None:
                     raise ValueError("the identity term needs a face_id network")
-                n = image.shape[0] if identity_samples is None else min(identity_samples, len(image))
+                n = (
+                    image.shape[0]
+                    if identity_samples is None
+                    else min(identity_samples, len(image))
+                )
                 comp = composite(render.image[:n], image[:n], render.face_mask[:n])
                 terms["identity"] = w.identity * identity_loss(
                     self.face_id, comp, image[:n], batch["landmarks"][:n].to(image)
@@ -354,21 +382,48 @@ class RecNetLoss:
                 light_mono=w.light_mono,
             )
         if _any_gt(batch) and (w.coefficients > 0 or w.vertices > 0):
-            idx = torch.nonzero(torch.as_tensor(batch["has_gt"]).to(torch.bool)).squeeze(1)
-            pred = coeffs.select(idx.to(coeffs.device))
-            gt = _gt_coeffs(batch["coeffs"], image.device).select(idx.to(image.device))
-            share = idx.numel() / coeffs.batch_size  # a batch mean like the other terms
-            if w.coefficients > 0:
-                terms["coefficients"] = w.coefficients * share * coefficient_loss(pred, gt)
-            if w.vertices > 0:
-                m = self.render_model.to(image.device)
-                pv = m.shape(pred.identity, pred.expression)
-                gv = m.shape(gt.identity[:, : m.n_identity], gt.expression)
-                terms["vertices"] = w.vertices * share * vertex_loss(pv, gv)
+            has = torch.as_tensor(batch["has_gt"]).to(torch.bool)
+            c, v = self._supervised(coeffs, batch, has, w.coefficients > 0, w.vertices > 0)
+            if c is not None:
+                terms["coefficients"] = w.coefficients * c
+            if v is not None:
+                terms["vertices"] = w.vertices * v
+        if w.pseudo > 0 and batch.get("coeffs") is not None and "has_gt" in batch:
+            real = ~torch.as_tensor(batch["has_gt"]).to(torch.bool)
+            if "coeffs_valid" in batch:
+                real &= torch.as_tensor(batch["coeffs_valid"]).to(torch.bool).cpu()
+            if bool(real.any()):
+                c, v = self._supervised(coeffs, batch, real, True, True)
+                terms["pseudo"] = w.pseudo * (c + v)  # type: ignore[operator]
         if not terms:
             raise ValueError("every RecNet loss term is switched off")
         total = torch.stack(list(terms.values())).sum()
         return total, {k: float(v.detach()) for k, v in terms.items()}, render
+
+    def _supervised(
+        self,
+        coeffs: FaceCoefficients,
+        batch: dict[str, Any],
+        pick: Tensor,
+        with_coeffs: bool,
+        with_vertices: bool,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Coefficient and vertex losses against ``batch["coeffs"]`` on the ``pick [B]``ed
+        samples, each scaled by their share of the batch (a batch mean like the other terms)."""
+        device = batch["image"].device
+        idx = torch.nonzero(pick.cpu()).squeeze(1)
+        pred = coeffs.select(idx.to(coeffs.device))
+        gt = _gt_coeffs(batch["coeffs"], device).select(idx.to(device))
+        share = idx.numel() / coeffs.batch_size
+        c = v = None
+        if with_coeffs:
+            c = share * coefficient_loss(pred, gt)
+        if with_vertices:
+            m = self.render_model.to(device)
+            pv = m.shape(pred.identity, pred.expression)
+            gv = m.shape(gt.identity[:, : m.n_identity], gt.expression)
+            v = share * vertex_loss(pv, gv)
+        return c, v
 
 
 def _autograd_albedo(model: FaceModel) -> None:
@@ -392,12 +447,13 @@ def _any_gt(batch: dict[str, Any]) -> bool:
     return has is not None and bool(torch.as_tensor(has).any()) and batch.get("coeffs") is not None
 
 
-def _gt_coeffs(coeffs: FaceCoefficients | dict[str, Tensor], device: torch.device) -> FaceCoefficients:
+def _gt_coeffs(
+    coeffs: FaceCoefficients | dict[str, Tensor], device: torch.device
+) -> FaceCoefficients:
     """The batch's ground truth as FaceCoefficients (the collate gives either form)."""
     if isinstance(coeffs, FaceCoefficients):
         return coeffs.to(device)
     return FaceCoefficients(**{k: torch.as_tensor(v).to(device) for k, v in coeffs.items()})
-
 
 
 # ---- DCNet: pix2pixHD / SPADE terms (L1 and the weights are the stage's) -----------------------
@@ -451,6 +507,8 @@ def activation_loss(pred: Tensor, target: Tensor) -> Tensor:
     ``|max(β, β_gt)·(β − β_gt)|``: errors weigh by how active the shape is (in either), so the
     many inactive shapes of a sparse expression cost little and extreme ones most."""
     if pred.shape != target.shape or pred.dim() != 2:
-        raise ValueError(f"pred and target must be the same [B,E], got {pred.shape}, {target.shape}")
+        raise ValueError(
+            f"pred and target must be the same [B,E], got {pred.shape}, {target.shape}"
+        )
     target = target.to(pred)
     return (torch.maximum(pred, target) * (pred - target)).abs().mean()

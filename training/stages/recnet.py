@@ -44,6 +44,8 @@ def loss_weights(sec: Any) -> RecNetLossWeights:
     """``RecNetLossWeights`` from a ``RecNetStageConfig`` (the same units)."""
     return RecNetLossWeights(
         landmark=sec.w_landmark,
+        landmark_heavy=sec.landmark_heavy,
+        landmark_robust=sec.landmark_robust,
         photometric=sec.w_photo,
         identity=sec.w_identity,
         regularization=sec.w_reg,
@@ -54,6 +56,7 @@ def loss_weights(sec: Any) -> RecNetLossWeights:
         light_mono=sec.w_reg_light,
         coefficients=sec.w_coeff,
         vertices=sec.w_vertex,
+        pseudo=sec.w_pseudo,
     )
 
 
@@ -72,6 +75,7 @@ def augment_batch(
     scale: float,
     color: float,
     flip: float = 0.0,
+    rotate: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> dict[str, Any]:
     """A random crop shift (± ``shift`` of the side) and zoom (± ``scale``) per sample, a
@@ -83,21 +87,35 @@ def augment_batch(
     mirrored crop is the image of the mirrored face under ``K`` with its principal point mirrored
     (``cx -> S - 1 - cx``), landmarks mirrored and renumbered (``MIRROR_68``): every image-space
     label stays valid, the coefficients do not (a mirrored identity), so only samples whose
-    coefficients are not supervised (``has_gt`` 0) are mirrored.
+    coefficients are not supervised (``has_gt`` 0) are mirrored. ``rotate`` > 0 turns those samples
+    by up to ± ``rotate`` degrees about the crop centre: the image of the face rolled about the
+    optical axis under ``K`` with its principal point turned the same way about the centre, so
+    again every image-space label stays valid and the coefficients do not. ``coeffs_valid [B]``
+    (bool) is added: False for the mirrored and turned samples.
     """
     img = batch["image"]
     B, _, S, _ = img.shape
-    if shift <= 0 and scale <= 0 and color <= 0 and flip <= 0:
+    if shift <= 0 and scale <= 0 and color <= 0 and flip <= 0 and rotate <= 0:
         return batch
 
     def u(*shape: int) -> torch.Tensor:
         return (torch.rand(*shape, generator=generator) * 2 - 1).to(img.device)
 
+    real = batch["has_gt"].to(img.device) < 0.5
+    valid = torch.ones(B, dtype=torch.bool, device=img.device)  # the coefficients still hold
     if flip > 0:
-        batch = _mirror(batch, (u(B) + 1) / 2 < flip)
+        pick = (u(B) + 1) / 2 < flip
+        batch = _mirror(batch, pick)
+        valid &= ~(pick & real)
+        img = batch["image"]
+    if rotate > 0:
+        angle = math.radians(rotate) * u(B) * real.to(img.dtype)
+        batch = _rotate(batch, angle)
+        valid &= angle == 0
         img = batch["image"]
 
     out = dict(batch)
+    out["coeffs_valid"] = valid
     image = img
     if shift > 0 or scale > 0:
         out.update(_shift_zoom(batch, scale * u(B), shift * S * u(B), shift * S * u(B)))
@@ -191,6 +209,36 @@ def memoise(ds: Dataset) -> Dataset:
     if isinstance(getattr(ds, "base", None), SyntheticFaces):  # the mix's cycling wrapper
         ds.base = MemoisedSamples(ds.base)  # type: ignore[attr-defined]
     return ds
+
+
+def _rotate(batch: dict[str, Any], angle: torch.Tensor) -> dict[str, Any]:
+    """The samples turned by ``angle [B]`` (radians, image x towards y) about the crop centre."""
+    img = batch["image"]
+    B, _, S, _ = img.shape
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    R = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)  # [B,2,2]
+    # New pixel p' samples old pixel c + R^T (p' - c); normalised coordinates (align_corners
+    # False) are centred on c and scale both axes alike, so theta is R^T itself.
+    theta = torch.cat([R.transpose(1, 2), torch.zeros(B, 2, 1, device=img.device)], dim=2)
+    grid = F.affine_grid(theta, [B, 3, S, S], align_corners=False)
+    out = dict(batch)
+    out["image"] = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros",
+                                 align_corners=False)  # fmt: skip
+    out["mask"] = F.grid_sample(batch["mask"], grid, mode="nearest", padding_mode="zeros",
+                                align_corners=False)  # fmt: skip
+    c = (S - 1) / 2.0
+    lm = batch["landmarks"]
+    out["landmarks"] = (lm - c) @ R.transpose(1, 2).to(lm) + c
+    K = batch["K"].clone()
+    K[:, :2, 2] = ((K[:, :2, 2] - c)[:, None, :] @ R.transpose(1, 2).to(K))[:, 0] + c
+    out["K"] = K
+    inside = ((out["landmarks"] >= -0.5) & (out["landmarks"] <= S - 0.5)).all(dim=-1)
+    out["landmark_weight"] = batch["landmark_weight"] * inside.to(lm.dtype)
+    still = angle == 0  # samples left as they were, bit for bit
+    for key in ("image", "mask", "landmarks", "K", "landmark_weight"):
+        m = still.view(-1, *([1] * (out[key].dim() - 1))).to(out[key].device)
+        out[key] = torch.where(m, batch[key], out[key])
+    return out
 
 
 def _mirror(batch: dict[str, Any], pick: torch.Tensor) -> dict[str, Any]:
@@ -312,7 +360,19 @@ class RecNetStage(Stage):
         return memoise(ds)
 
     def train_dataset(self) -> Dataset:
-        return self._dataset("train")
+        ds = self._dataset("train")
+        extra = self.section.photo_repeats - 1
+        if extra > 0:  # the photos are most of the identities: seen more often
+            from torch.utils.data import ConcatDataset
+
+            from ..data.prepared import PreparedFaces, _Cycled
+
+            photos = PreparedFaces(
+                self.require_output("prepare"), "train", self.cfg.data.crop_size, ("images",)
+            )
+            if len(photos):
+                ds = ConcatDataset([ds, _Cycled(MemoisedSamples(photos), extra * len(photos))])
+        return ds
 
     def eval_dataset(self) -> Dataset | None:
         return self._dataset("heldout")
@@ -327,6 +387,7 @@ class RecNetStage(Stage):
             scale=sec.augment_scale,
             color=sec.augment_color,
             flip=sec.augment_flip,
+            rotate=sec.augment_rotate,
             generator=self._gen,
         )
         net = self.models["recnet"]
@@ -339,6 +400,7 @@ class RecNetStage(Stage):
             photometric=full,
             identity=identity,
             identity_samples=sec.identity_samples or None,
+            image_geometry=sec.photo_geometry,
         )
         self.ctx.backward_step(loss, "main")
         return {"loss": float(loss.detach()), **terms}
