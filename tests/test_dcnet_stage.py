@@ -194,3 +194,24 @@ def test_the_generated_image_is_supervised_where_the_blend_hides_it():
     assert set(reconstruction_terms(sec, fake, None, real, mask)) == {"l1", "l1_face"}
     off = DCNetStageConfig(w_l1_generated=0.0)
     assert "l1_generated" not in reconstruction_terms(off, fake, generated, real, mask)
+
+
+def test_the_hidden_pixel_term_weighs_only_what_the_source_does_not_see():
+    from jr2net.training.config import DCNetStageConfig
+    from jr2net.training.stages.dcnet import reconstruction_terms
+
+    torch.manual_seed(0)
+    real = torch.rand(2, 3, 16, 16)
+    mask = torch.ones(2, 1, 16, 16)
+    covisible = torch.ones(2, 1, 16, 16)
+    covisible[0, :, 5:9, 5:9] = 0  # image 1 sees everything: an empty hidden region
+    fake = torch.rand(2, 3, 16, 16, requires_grad=True)
+    sec = DCNetStageConfig(w_l1=0.0, w_l1_face=0.0, w_l1_generated=0.0, w_l1_hidden=5.0)
+    assert DCNetStageConfig().w_l1_hidden == 0  # off unless a config asks for it
+    terms = reconstruction_terms(sec, fake, None, real, mask, covisible)
+    expected = 5.0 * (fake - real).abs()[0, :, 5:9, 5:9].mean() / 2  # batch mean, 0 for image 1
+    assert torch.allclose(terms["l1_hidden"], expected)
+    terms["l1_hidden"].backward()
+    assert torch.isfinite(fake.grad).all()
+    hidden = (covisible == 0).expand_as(real)
+    assert (fake.grad[hidden] != 0).all() and (fake.grad[~hidden] == 0).all()

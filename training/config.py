@@ -162,6 +162,7 @@ class DCNetStageConfig(TrainConfig):
     # L1 over the face mask of the generated image before the blend (blend generators): it must
     # be a face where C is 0, not a residual the blend hides (training/stages/dcnet.py)
     w_l1_generated: float = 10.0
+    w_l1_hidden: float = 0.0  # L1 over the face pixels the source does not see (1 - C), added
     w_vgg: float = 10.0  # perceptual loss: face-id features, or VGG-19 when vgg_weights is set
     w_feature_match: float = 10.0
     eval_metric: str = "l1"

@@ -11,7 +11,8 @@ cached fitter labels (``dcnet.conditions: fitter``) or from a trained RecNet (``
 ``dcnet.recnet_checkpoint``, by default ``RUN/recnet/best.pt``) run on both crops.
 
 Objective (pix2pixHD / SPADE): ``w_l1``·L1 + ``w_l1_face``·L1 over the target face mask (the
-region the acceptance measures) + ``w_l1_generated``·L1 over the face mask of the generated image
+region the acceptance measures) + ``w_l1_hidden``·L1 over the face pixels the source does not see
++ ``w_l1_generated``·L1 over the face mask of the generated image
 before the blend (blend generators: through the blend alone it is trained with weight 1 − a ≈ 0.05
 where the source sees the pixel, becomes a residual rather than a face, and shows raw where C is
 0: the purple mouths and magenta specks of the first tiny runs) + ``w_vgg``·perceptual (L1 between the features of
@@ -79,18 +80,29 @@ def dcnet_config(cfg: Any):  # -> jr2net.models.dcnet.DCNetConfig
 
 
 def reconstruction_terms(
-    sec: Any, fake: Tensor, generated: Tensor | None, real: Tensor, mask: Tensor
+    sec: Any,
+    fake: Tensor,
+    generated: Tensor | None,
+    real: Tensor,
+    mask: Tensor,
+    covisible: Tensor | None = None,
 ) -> dict[str, Tensor]:
     """The generator's weighted L1 terms: the output over the crop (``l1``) and the face mask
-    (``l1_face``), and the generated image before the blend over the face mask
-    (``l1_generated``; ``generated`` None: a generator that does not blend, no such term)."""
-    terms = {
-        "l1": sec.w_l1 * F.l1_loss(fake, real),
-        "l1_face": sec.w_l1_face * torch.nan_to_num(l1_metric(fake.float(), real, mask)).mean(),
-    }
+    (``l1_face``), the generated image before the blend over the face mask (``l1_generated``;
+    ``generated`` None: a generator that does not blend, no such term) and the output over the
+    face pixels the source does not see (``l1_hidden``: ``mask``·(1 − ``covisible``))."""
+
+    def masked(image: Tensor, m: Tensor) -> Tensor:  # per-image mean, 0 (and no NaN) where empty
+        m = m.to(torch.float32).expand_as(real)
+        err = ((image.float() - real).abs() * m).flatten(1).sum(1)
+        return (err / m.flatten(1).sum(1).clamp(min=1.0)).mean()
+
+    face_l1 = torch.nan_to_num(l1_metric(fake.float(), real, mask)).mean()
+    terms = {"l1": sec.w_l1 * F.l1_loss(fake, real), "l1_face": sec.w_l1_face * face_l1}
     if generated is not None and sec.w_l1_generated > 0:
-        gen_l1 = torch.nan_to_num(l1_metric(generated.float(), real, mask)).mean()
-        terms["l1_generated"] = sec.w_l1_generated * gen_l1
+        terms["l1_generated"] = sec.w_l1_generated * masked(generated, mask)
+    if covisible is not None and sec.w_l1_hidden > 0:
+        terms["l1_hidden"] = sec.w_l1_hidden * masked(fake, mask * (1 - covisible))
     return terms
 
 
@@ -330,7 +342,9 @@ class DCNetStage(Stage):
         ctx.backward_step(loss_d, "discriminator")
         with ctx.autocast():
             d_gen = D(torch.cat([fake, cond.normals], 1))
-            terms = reconstruction_terms(sec, fake, generated if blends else None, real, cond.mask)
+            terms = reconstruction_terms(
+                sec, fake, generated if blends else None, real, cond.mask, cond.covisible
+            )
             terms.update({
                 "perceptual": sec.w_vgg * self.perceptual(fake, real, lm),
                 "adv": sec.w_adv * hinge_g_loss(d_gen),
