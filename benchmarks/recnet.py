@@ -10,7 +10,7 @@
    inter-ocular distance, jaw on the occluding contour) against dlib's detections of: RecNet at
    initialisation (zero heads: the mean face framed by the crop), the trained RecNet (``last.pt``
    by default, the end of the fixed schedule: no checkpoint is chosen on these frames; the
-   stage's ``best.pt`` is chosen on its synthetic validation faces) and the fitter (the cache's
+   stage's ``best.pt`` is chosen on them, by its mean ``landmark_iod``) and the fitter (the cache's
    pseudo-labels: ``DrivingFitter`` per frame), mean and median,
    d20 and the video tails apart; improvement = 1 - trained / init.
 3. Shape: the 100 synthetic faces of ``benchmarks/fitting.py`` (seed 0, same renders, same dlib

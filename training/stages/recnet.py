@@ -2,16 +2,22 @@
 
 Data: the prepare cache's ``train`` split (shared videos except the held-out identities, minus
 each video's last ``data.heldout_tail``, plus the photos) mixed with synthetic faces
-(``data.synthetic_fraction``), as ``training.data`` builds it. Each batch is augmented by a
-random crop shift / scale (an exact change of the crop camera ``K``, so every label stays valid)
-and a colour jitter.
+(``data.synthetic_fraction``), as ``training.data`` builds it; ``photo_repeats`` shows each
+photo that many times per epoch. Each batch is augmented by a random crop shift / scale (an
+exact change of the crop camera ``K``, so every label stays valid), a colour jitter and, on the
+real samples, a mirror and an in-plane turn (``augment_flip``, ``augment_rotate``: image-space
+labels stay valid, coefficient labels do not).
 
 Objective (``training.losses.RecNetLoss``): for the first ``landmark_only_steps`` steps the
-68-landmark loss, the coefficient priors and, on synthetic samples, the supervised coefficient +
-vertex terms; then the photometric term on the skin mask and the identity term (every
-``identity_every`` steps, on at most ``identity_samples`` samples of the batch: dlib's ResNet is
-the most expensive part of a CPU step) are added. The network predicts in its canonical crop
-camera; ``to_image_camera`` moves the prediction to each sample's crop camera before the loss.
+68-landmark loss (nose and inner mouth weighing ``landmark_heavy``, optionally Charbonnier:
+``landmark_robust``), the coefficient priors and, on synthetic samples, the supervised
+coefficient + vertex terms; with ``w_pseudo`` > 0 the same terms on the real samples against
+their fitter pseudo-labels (those not mirrored or turned); then the photometric term on the skin
+mask and the identity term (every ``identity_every`` steps, on at most ``identity_samples``
+samples of the batch: dlib's ResNet is the most expensive part of a CPU step) are added; with
+``photo_geometry`` false these two train albedo and light only. The network predicts in its
+canonical crop camera; ``to_image_camera`` moves the prediction to each sample's crop camera
+before the loss.
 
 Held-out evaluation: the landmark error (mean distance / inter-ocular distance, jaw on the
 occluding contour, as the fitter measures its residual) of RecNet's projected face against the
