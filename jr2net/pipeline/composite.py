@@ -2,9 +2,11 @@
 
 The source photo (at output size) is the background, itself warped over a box covering
 ``BACKGROUND_BOX_SCALE`` times the face crop and the source's own face: by the head's rigid
-motion (extrapolated from the face, its mean far from it, so hair, ears, neck and the old head
-position follow the head) plus the non-rigid face motion close to the face (the skin under a
-dropping jaw follows it), fading to zero at the box border; the face layer goes on top with a
+motion (far from the face the 2D similarity, scale, roll and translation, fitted to the face's
+rigid motion, so hair, ears and the old head position follow a head that comes closer or tilts;
+near the face its residual from that similarity, extrapolated) plus the non-rigid face motion
+close to the face (the skin under a dropping jaw follows it), fading to zero at the box border
+(the static scene beyond stays); the face layer goes on top with a
 feathered mask. The neck and shoulders below the face move by a damped translation of the
 head's mean motion, and pixels the source never showed are inpainted
 (``jr2net.pipeline.background``). The background field is built from per-pixel displacements,
@@ -22,7 +24,14 @@ from torch import Tensor
 
 from jr2net.face.camera import camera_to_model, pose_points
 from jr2net.face.camera import project as project_points
-from jr2net.pipeline.background import BODY_DAMPING, BODY_OUTER, body_weights, fill_outside
+from jr2net.pipeline.background import (
+    BODY_DAMPING,
+    BODY_OUTER,
+    body_weights,
+    fill_outside,
+    neck_weights,
+    source_face_weights,
+)
 from jr2net.pipeline.stages import bilinear_matrix, border_window, extend_field, feather
 
 BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
@@ -88,6 +97,7 @@ class Compositor:
         depth: Tensor,
         box: tuple[int, int, int],
         pose: tuple[Tensor, Tensor],
+        body_shift: Tensor | None = None,
     ) -> np.ndarray:
         """Paste the face crop (feathered) over the source background warped by the head motion.
 
@@ -96,7 +106,9 @@ class Compositor:
 
         The background moves with the head's rigid motion (extrapolated over the whole box, so hair,
         ears and neck follow it) plus the non-rigid face motion near the face only (so the jaw
-        drags the skin just below it, not the collar).
+        drags the skin just below it, not the collar). ``body_shift`` ``[2]`` (output px, target
+        -> source) moves the neck and shoulders (the driving body's measured motion); None: the
+        damped head translation (``BODY_DAMPING``).
         """
         Ho, Wo = self.out_hw
         x0, y0, side = box
@@ -123,16 +135,24 @@ class Compositor:
         if self.background_warp:
             bbox = (bx0, by0, bside)
             field, head_shift = self._background_field(valid, points, depth, box, bbox, pose)
-            body_shift = BODY_DAMPING * head_shift  # [2] px, target -> source
+            if body_shift is None:
+                body_shift = BODY_DAMPING * head_shift  # [2] px, target -> source
             # The warped region grows to take in the body (down to the frame's bottom).
             ex0 = max(0, min(fx0, int(math.floor(cx - BODY_OUTER * side))))
             ex1 = min(Wo, max(fx1, int(math.ceil(cx + BODY_OUTER * side))))
             ey1 = Ho
-            # Inside the box the body term takes over where the head field fades out.
+            # Inside the box the body term takes over where the head field fades out, and below
+            # the face's lower outline (neck, shoulders beside the jaw) whatever the window.
             c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
             wx, wy = body_weights(c + bx0, c + by0, box)
-            w_box = (wy[:, None] * wx[None, :])[None, None] * (1 - self.window)
-            field = field + w_box * body_shift.view(1, 2, 1, 1)
+            neck = neck_weights(valid, box, c + bx0, c + by0)
+            # Not where the body's motion would show the source's own face (a head that moved
+            # away from it): there the head's field carries the old head position along.
+            neck = neck * (1 - source_face_weights(self.src_box, c + bx0, c + by0, body_shift))
+            neck = neck[None, None]
+            head = (1 - neck) * self.window
+            w_body = (wy[:, None] * wx[None, :])[None, None] * (1 - head)
+            field = (1 - neck) * field + w_body * body_shift.view(1, 2, 1, 1)
             xs = torch.arange(ex0, ex1, dtype=torch.float32)
             ys = torch.arange(fy0, ey1, dtype=torch.float32)
             wx, wy = body_weights(xs, ys, box)
@@ -218,12 +238,13 @@ class Compositor:
         pose: tuple[Tensor, Tensor],
     ) -> Tensor:
         """Background displacement ``[1,2,n,n]`` (output px, target -> source) over ``bbox``, and
-        the head's mean rigid displacement ``[2]`` (what the body follows, damped).
+        the head's mean rigid displacement ``[2]`` over the face (what the body follows, damped).
 
         Per face cell: the full (non-rigid) displacement from the warp's source points and the
-        rigid one (the target point moved by the head pose only). Both are resampled onto the
-        background box's coarse grid; the rigid one is extrapolated over the whole box and faded out
-        at its border, the non-rigid remainder only near the face.
+        rigid one (the target point moved by the head pose only). A 2D similarity is fitted to the
+        rigid one (``SimilarityMotion``) and holds over the whole box, faded out at its border;
+        the rigid residual from it and the non-rigid remainder are resampled onto the background
+        box's coarse grid and extrapolated near the face only.
         """
         x0, y0, side = box
         inner = self.field_inner
@@ -246,7 +267,13 @@ class Compositor:
         rigid = cells[0, 0:2].permute(1, 2, 0)
         full = rigid + cells[0, 2:4].permute(1, 2, 0)
         w_cell = (w_cell > 0.5).float()  # cells mostly on the face only
-        face = torch.cat([rigid.permute(2, 0, 1), (full - rigid).permute(2, 0, 1)], 0)[None]
+        # The head's 2D similarity (scale, roll, translation) fitted to the face cells' rigid
+        # motion: it carries the hair, ears and old head position far from the face; the face
+        # cells keep only their residual from it (extrapolated near the face, below).
+        q = self._cell_unit * side + torch.tensor([x0 - 0.5, y0 - 0.5])  # cell centres, px
+        sim = SimilarityMotion.fit(q.view(-1, 2), rigid.reshape(-1, 2), w_cell.view(-1))
+        resid = rigid - sim.displacement(q)
+        face = torch.cat([resid.permute(2, 0, 1), (full - rigid).permute(2, 0, 1)], 0)[None]
         face = torch.cat([face * w_cell, w_cell], 1)  # [1,5,n,n], displacements premultiplied
         # Resample onto the background grid: cell centres of bbox in face-crop grid units.
         bx0, by0, bside = bbox
@@ -257,8 +284,48 @@ class Compositor:
         big = F.grid_sample(face, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         w = big[:, 4:5]
         ext, support = extend_field(big[:, :4] / w.clamp_min(1e-6), w, 1, 2)
-        # Far from the face the head's mean rigid motion (the old head position follows it).
-        mean_rigid = (face[:, 0:2].sum((2, 3)) / w_cell.sum().clamp_min(1.0))[:, :, None, None]
-        rigid_ext = mean_rigid + support * (ext[:, :2] - mean_rigid)
+        Q = torch.stack(torch.meshgrid(c + bx0, c + by0, indexing="xy"), dim=-1)  # [n,n,2] px
+        far = sim.displacement(Q).permute(2, 0, 1)[None]  # [1,2,n,n]
+        rigid_ext = far + support * ext[:, :2]
         field = rigid_ext * self.window + ext[:, 2:4] * support.pow(4)
-        return field, mean_rigid[0, :, 0, 0]
+        return field, sim.translation
+
+
+class SimilarityMotion:
+    """A 2D similarity ``p -> M (p - centre) + centre + translation`` (M: scale and rotation),
+    as a displacement field; fitted (weighted least squares) to displacements at points."""
+
+    SCALE_RANGE = (0.5, 2.0)  # a fit outside it is clamped (a degenerate face support)
+
+    def __init__(self, M: Tensor, centre: Tensor, translation: Tensor) -> None:
+        self.M_minus_I = M - torch.eye(2)
+        self.centre = centre
+        self.translation = translation  # [2]: the displacement at the centre
+
+    @classmethod
+    def fit(cls, points: Tensor, disp: Tensor, weight: Tensor) -> SimilarityMotion:
+        """Least-squares similarity taking ``points`` ``[N,2]`` to ``points + disp`` (weights
+        ``[N]``); zero displacements give exactly the identity (a still head stays still)."""
+        wsum = weight.sum()
+        if float(wsum) < 1e-6:
+            z = torch.zeros(2)
+            return cls(torch.eye(2), z, z)
+        centre = (points * weight[:, None]).sum(0) / wsum
+        translation = (disp * weight[:, None]).sum(0) / wsum
+        dq = points - centre
+        dd = disp - translation  # target residual minus source residual: (M - I) dq
+        den = (weight * (dq * dq).sum(1)).sum()
+        if float(wsum) < 3 or float(den) < 1e-6:
+            return cls(torch.eye(2), centre, translation)
+        a = (weight * (dq * dd).sum(1)).sum() / den  # scale*cos - 1
+        b = (weight * (dq[:, 0] * dd[:, 1] - dq[:, 1] * dd[:, 0])).sum() / den  # scale*sin
+        scale = torch.hypot(1 + a, b)
+        lo, hi = cls.SCALE_RANGE
+        k = scale.clamp(lo, hi) / scale.clamp_min(1e-6)
+        a, b = (1 + a) * k - 1, b * k
+        Mm = torch.stack([torch.stack([a, -b]), torch.stack([b, a])])
+        return cls(Mm + torch.eye(2), centre, translation)
+
+    def displacement(self, points: Tensor) -> Tensor:
+        """Displacement ``[...,2]`` at ``points`` ``[...,2]``."""
+        return (points - self.centre) @ self.M_minus_I.T + self.translation

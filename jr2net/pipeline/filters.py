@@ -12,7 +12,14 @@ Before it, ``StillnessGate`` holds the driving fit while the driving landmarks s
 held fit: re-fitting a still face (sensor noise, re-encoding) moves dlib's landmarks by ~1-2 % IOD
 and the warm-started fit drifts by up to ~1.5° and ~0.3 in an expression weight over 20 frames;
 held, a still driving head gives a still output. Motion past the threshold takes the new fit (the
-One-Euro filter after the gate smooths the step).
+One-Euro filter after the gate smooths the step). The gate also lets go once the landmarks' rigid
+2D motion since the held frame (the least-squares similarity: translation, scale, roll; RMS
+displacement over the 68 points, in IOD) passes ``DRIFT_FRACTION`` of the threshold: averaged over
+68 points (and measured on the mean landmarks of the last ``DRIFT_FRAMES`` frames, against the
+same mean when the held fit was set) it is far less noisy than the per-point RMS, so a slowly
+drifting or zooming head is followed within a few frames instead of lagging by up to the whole
+threshold, and detection noise on a still head does not let go (a re-fit of a still face can
+move the output by a fraction of a pixel to a pixel).
 
 ``PoseExpressionFilter`` runs one filter per group of a driving fit's coefficients (Euler angles
 in radians, translation in mm, expression weights in [0, 1]) with the settings in
@@ -40,6 +47,18 @@ DEFAULT_SETTINGS: dict[str, tuple[float, float, float]] = {
 
 
 STILL_THRESHOLD = 0.025  # landmark RMS change / inter-ocular distance that counts as motion
+DRIFT_FRACTION = 0.5  # rigid (similarity) landmark motion that counts as motion / STILL_THRESHOLD
+DRIFT_FRAMES = 3  # the rigid motion is measured on the mean landmarks of this many last frames
+
+
+def rigid_motion(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS displacement of points ``a`` ``[N,2]`` under the least-squares 2D similarity that takes
+    them to ``b`` (the rigid part of ``b - a``; per-point noise averages out)."""
+    za = (a[:, 0] - a[:, 0].mean()) + 1j * (a[:, 1] - a[:, 1].mean())
+    zb = (b[:, 0] - b[:, 0].mean()) + 1j * (b[:, 1] - b[:, 1].mean())
+    m = np.vdot(za, zb) / max(float(np.vdot(za, za).real), 1e-12)
+    shift = complex(b[:, 0].mean() - a[:, 0].mean(), b[:, 1].mean() - a[:, 1].mean())
+    return float(np.sqrt(np.mean(np.abs((m - 1) * za + shift) ** 2)))
 
 
 class StillnessGate:
@@ -55,18 +74,25 @@ class StillnessGate:
         """Forget the held fit."""
         self._landmarks: np.ndarray | None = None
         self._coeffs = None
+        self._recent: list[np.ndarray] = []  # the last DRIFT_FRAMES frames' landmarks
+        self._held_mean: np.ndarray | None = None  # their mean when the held fit was set
 
     def __call__(self, fit):
         """``fit`` (a ``FitResult``) or, while the face is still, a copy with the held coefficients."""
         from jr2net.face.landmarks import interocular_distance
 
         lm = np.asarray(fit.detection.landmarks, dtype=np.float64)
+        if self._recent and self._recent[-1].shape != lm.shape:
+            self._recent = []
+        self._recent = [*self._recent[1 - DRIFT_FRAMES :], lm]
+        mean = np.mean(self._recent, axis=0)
         if self._landmarks is not None and self._landmarks.shape == lm.shape:
             iod = max(interocular_distance(self._landmarks), 1e-6)
             rms = float(np.sqrt(((lm - self._landmarks) ** 2).sum(1).mean())) / iod
-            if rms <= self.threshold:
+            drift = rigid_motion(self._held_mean, mean) / iod
+            if rms <= self.threshold and drift <= DRIFT_FRACTION * self.threshold:
                 return dataclasses.replace(fit, coeffs=self._coeffs)
-        self._landmarks, self._coeffs = lm, fit.coeffs
+        self._landmarks, self._coeffs, self._held_mean = lm, fit.coeffs, mean
         return fit
 
 

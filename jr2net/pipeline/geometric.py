@@ -28,7 +28,8 @@ the small stage functions are ``jr2net.pipeline.stages``. Stages and their docum
   same ratio (except the synthetic mouth) and blended over a soft co-visibility edge.
 - **mouth** (the driving frame's own interior, by default) and **gaze**: ``jr2net.pipeline.transfer``.
 - **composite**: the face layer, feathered, over the source photo warped by the head's motion
-  (``jr2net.pipeline.composite``; body motion and inpainting in ``jr2net.pipeline.background``).
+  (``jr2net.pipeline.composite``); the neck and shoulders move as the driving frame's body does
+  (tracked below its face, ``background.BodyTracker``; inpainting there too).
   By default (``options.extra["full_res_face"]``: ``1``) the face layer samples the full-size
   source once through the warp field upsampled to the face box (sharp; a still head returns the
   photo itself); ``0`` composites the crop-resolution warp.
@@ -67,6 +68,7 @@ from jr2net.io.images import check_image
 from jr2net.ops import correspondence_warp, interpolate, rasterize
 from jr2net.pipeline import etnet_tracker as et
 from jr2net.pipeline import stages as st
+from jr2net.pipeline.background import BodyTracker
 from jr2net.pipeline.base import FrameResult, Reconstruction, SessionOptions
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.filters import PoseExpressionFilter
@@ -80,7 +82,7 @@ RENDER_REGIONS = ("face", "mouth_socket", "eyeball_left", "eyeball_right")
 
 LIGHT_MODES = ("source", "none")
 STAGES = ("track", "fit", "recombine", "rasterize", "warp", "relight", "fill", "mouth", "gaze",
-          "composite", "total")
+          "composite", "total")  # fmt: skip
 RENDER_BOX_SCALE = 1.12  # render crop side / projected face extent
 REL_EPS = 0.01  # depth test tolerance (relative) of the correspondence warp
 
@@ -99,6 +101,7 @@ class RecombinedFace:
     box: tuple[int, int, int]  # square render crop (x0, y0, side) in output pixels
     ratio: Tensor | None = None  # [V,3] per-vertex relighting ratio; None when light="none"
     driving: tuple | None = None  # (frame, its 68 landmarks): mouth and gaze transfer
+    body_shift: Tensor | None = None  # [2] output px, target -> source: the measured body motion
 
 
 @dataclass
@@ -131,7 +134,8 @@ class GeometricSession:
             )
         self.feather_radius = st.option_int(extra, "feather", max(1, self.crop // 64))
         self.expression_mode, self.tracker = et.parse_expression(
-            extra.get("expression"), getattr(reenactor, "etnet", None) is not None)
+            extra.get("expression"), getattr(reenactor, "etnet", None) is not None
+        )
         self.background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
         self.full_res = extra.get("full_res_face", "1") not in ("0", "false", "no")
         on = extra.get("temporal_filter", "1") not in ("0", "false", "no")
@@ -151,8 +155,13 @@ class GeometricSession:
 
         with torch.inference_mode():
             self._setup(source, fit)
-        self.transfers = DrivingTransfers(self.mesh, self.model, source, fit.detection.landmarks, extra)
+        self.transfers = DrivingTransfers(
+            self.mesh, self.model, source, fit.detection.landmarks, extra
+        )
         self._driving = reenactor.make_driving_fitter(self.tracker)
+        self.body_tracker = BodyTracker()
+        lm = np.asarray(fit.detection.landmarks, np.float64)
+        self._src_iod_out = float(np.linalg.norm(lm[45] - lm[36])) * Wo / Ws
         self._last_output: np.ndarray | None = None
         self.setup_seconds = _now() - t0
 
@@ -260,8 +269,10 @@ class GeometricSession:
             t1 = _now()
             if fit is not None:
                 ft = getattr(fit, "timings", {}) or {}
-                track = min(sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect")),
-                            t1 - t_start)
+                track = min(
+                    sum(v for k, v in ft.items() if k in ("track", "landmarks", "detect")),
+                    t1 - t_start,
+                )
                 timings["track"] = track
                 timings["fit"] = (t1 - t_start) - track
                 et.move_etnet_timing(timings, fit)
@@ -279,8 +290,20 @@ class GeometricSession:
                 timings["recombine"] = t2 - t1
                 target.ratio = self._relight_ratio(normals)  # per vertex, so it belongs here
                 target.driving = (frame, fit.detection.landmarks)
-                timings["relight"] = _now() - t2
+                t3 = _now()
+                timings["relight"] = t3 - t2
+                target.body_shift = self._body_shift(frame, fit.detection.landmarks)
+                timings["track"] += _now() - t3  # the body tracker is part of tracking
         return FrameAnalysis(target, timings, _now() - t_start)
+
+    def _body_shift(self, frame: np.ndarray, landmarks: np.ndarray) -> Tensor | None:
+        """The driving body's motion since the session's first driving face frame, in output px
+        (target -> source, scaled by the source / driving face size); None when untracked."""
+        shift = self.body_tracker(frame, landmarks)
+        if not self.body_tracker.active or self.body_tracker.ref_iod <= 1.0:
+            return None
+        scale = self._src_iod_out / self.body_tracker.ref_iod
+        return torch.from_numpy(-scale * shift).float()
 
     def synthesise(self, analysis: FrameAnalysis) -> FrameResult:
         """Stage 2 of ``process``: render, warp, relight, fill and composite (or fall back)."""
@@ -368,7 +391,9 @@ class GeometricSession:
         t6 = _now()
 
         # -- composite into the (warped) source frame
-        image = self.compositor.composite(face, valid, points, rast[..., 2], box, (R, t))
+        image = self.compositor.composite(
+            face, valid, points, rast[..., 2], box, (R, t), target.body_shift
+        )
         timings["composite"] = _now() - t6
         return image
 
@@ -423,7 +448,9 @@ class GeometricReenactor:
         self.etnet = et.load_tracker_etnet(etnet, face_model)  # refused here, at server start
         # One-time set-up, in threads while the first session detects its source face (dlib's
         # predictor load holds the GIL, the metric's BLAS and OpenCV's tables do not).
-        threading.Thread(target=self._prepare_fitter, name="jr2net-fit-prepare", daemon=True).start()
+        threading.Thread(
+            target=self._prepare_fitter, name="jr2net-fit-prepare", daemon=True
+        ).start()
         warm_up_colour_tables()  # the mouth transfer's
 
     def _prepare_fitter(self) -> None:
@@ -501,4 +528,3 @@ def _create(settings: ReenactorSettings) -> GeometricReenactor:
 
 
 register_mode("geometric", _create)
-
