@@ -3,7 +3,10 @@
 // resolve (u, v, z) per pixel. Coverage and depth run in double so ids match the reference bit
 // for bit; the per-triangle work is ordered so that the common tiny or empty triangle costs no
 // division (edges and bbox first, row spans only for wide triangles, depth coefficients only
-// once a pixel is covered).
+// once a pixel is covered). Where the CPU has AVX2 or AVX-512 (simd_level()), copies of the
+// projection, the triangle draw and the resolve compiled for it run instead
+// (cpu/rasterize_simd.inc: a triangle's bbox pixels tested 4 or 8 at a time); the file is
+// compiled with FMA contraction off, so every copy gives the same bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -13,8 +16,20 @@
 #include <algorithm>
 #include <vector>
 
-#include "ops/rasterize.h"
+#include "cpu/cpu_features.h"
 #include "rasterize_dispatch.h"
+
+#if JR2_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
+// No FMA contraction in this file: the vectorised copies (compiled for FMA-capable targets) must
+// round every product and sum like the baseline copy and the reference do.
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace jr2net::raster {
 namespace {
@@ -57,7 +72,8 @@ inline void draw_triangle(const double* pb, const int32_t* fv, int f, int H, int
 
 // Rows [r0, r1) of pixels of image b: (u, v, z, id + 1) from the z-buffer keys.
 template <typename scalar_t>
-void resolve_rows(const RasterFwdParams<scalar_t, double>& p, int64_t r0, int64_t r1) {
+JR2_ALWAYS_INLINE inline void resolve_rows(const RasterFwdParams<scalar_t, double>& p, int64_t r0,
+                                           int64_t r1) {
   const int64_t H = p.H, W = p.W, V = p.V;
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t b = row / H;
@@ -82,6 +98,129 @@ void resolve_rows(const RasterFwdParams<scalar_t, double>& p, int64_t r0, int64_
       out[3] = static_cast<scalar_t>(f + 1);
     }
   }
+}
+
+// Triangles [f0, f1) of one image, clipped to rows [r0, r1]; with `rows` (draw_image_banded's
+// packed row ranges, -1: draws nothing) only those reaching [r0, r1] are drawn.
+struct DrawJob {
+  const double* pb;
+  const int32_t* faces;
+  int f0, f1, H, W;
+  bool cull;
+  int r0, r1;
+  const int32_t* rows;
+  unsigned long long* zb;
+};
+
+}  // namespace
+
+#if JR2_X86_DISPATCH
+// The AVX2 and AVX-512 copies (cpu/rasterize_simd.inc, compiled once per instruction set).
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+struct Vec {
+  static constexpr int N = 4;
+  using D = __m256d;
+  static D set1(double x) { return _mm256_set1_pd(x); }
+  static D load(const double* p) { return _mm256_loadu_pd(p); }
+  static D add(D a, D b) { return _mm256_add_pd(a, b); }
+  static D sub(D a, D b) { return _mm256_sub_pd(a, b); }
+  static D mul(D a, D b) { return _mm256_mul_pd(a, b); }
+  static D div(D a, D b) { return _mm256_div_pd(a, b); }
+  static unsigned gt(D a, D b) {
+    return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_GT_OQ)));
+  }
+  static unsigned eq(D a, D b) {
+    return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ)));
+  }
+  static void store_float(float* p, D a) { _mm_storeu_ps(p, _mm256_cvtpd_ps(a)); }
+};
+namespace {
+#include "cpu/rasterize_simd.inc"
+}  // namespace
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx2,fma"))), \
+                             apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#endif
+namespace avx512 {
+struct Vec {
+  static constexpr int N = 8;
+  using D = __m512d;
+  static D set1(double x) { return _mm512_set1_pd(x); }
+  static D load(const double* p) { return _mm512_loadu_pd(p); }
+  static D add(D a, D b) { return _mm512_add_pd(a, b); }
+  static D sub(D a, D b) { return _mm512_sub_pd(a, b); }
+  static D mul(D a, D b) { return _mm512_mul_pd(a, b); }
+  static D div(D a, D b) { return _mm512_div_pd(a, b); }
+  static unsigned gt(D a, D b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
+  static unsigned eq(D a, D b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  static void store_float(float* p, D a) { _mm256_storeu_ps(p, _mm512_maskz_cvtpd_ps(0xff, a)); }
+};
+namespace {
+#include "cpu/rasterize_simd.inc"
+}  // namespace
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // JR2_X86_DISPATCH
+
+namespace {
+
+// The copy for simd_level(): projection of vertices [k0, k1) of the flattened [B*V].
+template <typename scalar_t>
+void project_isa(const RasterFwdParams<scalar_t, double>& p, int64_t k0, int64_t k1) {
+#if JR2_X86_DISPATCH
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) {
+    return avx512::project_range(p.verts, p.K, p.V, k0, k1, p.near_z, p.proj);
+  }
+  if (level == SimdLevel::kAvx2) {
+    return avx2::project_range(p.verts, p.K, p.V, k0, k1, p.near_z, p.proj);
+  }
+#endif
+  for (int64_t k = k0; k < k1; ++k) {
+    project_vertex<double>(p.verts + k * 3, p.K + (k / p.V) * 9, p.near_z, p.proj + k * 3);
+  }
+}
+
+void draw_faces_isa(const DrawJob& job) {
+#if JR2_X86_DISPATCH
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) return avx512::draw_faces(job);
+  if (level == SimdLevel::kAvx2) return avx2::draw_faces(job);
+#endif
+  for (int f = job.f0; f < job.f1; ++f) {
+    if (job.rows) {
+      const int32_t rr = job.rows[f];
+      if (rr < 0 || (rr & 0xffff) > job.r1 || (rr >> 16) < job.r0) continue;
+    }
+    draw_triangle(job.pb, job.faces + int64_t(f) * 3, f, job.H, job.W, job.cull, job.r0, job.r1,
+                  job.zb);
+  }
+}
+
+template <typename scalar_t>
+void resolve_isa(const RasterFwdParams<scalar_t, double>& p, int64_t r0, int64_t r1) {
+#if JR2_X86_DISPATCH
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) return avx512::resolve_range(p, r0, r1);
+  if (level == SimdLevel::kAvx2) return avx2::resolve_range(p, r0, r1);
+#endif
+  resolve_rows(p, r0, r1);
 }
 
 // Least triangles per thread: smaller meshes are drawn by one thread.
@@ -134,11 +273,7 @@ void draw_image_banded(const RasterFwdParams<scalar_t, double>& p, int64_t b, in
     for (int64_t c = cb; c < ce; ++c) {
       const int r0 = cut[c], r1 = cut[c + 1] - 1;
       if (r0 > r1) continue;
-      for (int f = 0; f < F; ++f) {
-        const int32_t rr = rows[f];
-        if (rr < 0 || (rr & 0xffff) > r1 || (rr >> 16) < r0) continue;
-        draw_triangle(pb, p.faces + int64_t(f) * 3, f, H, W, p.cull_backfaces, r0, r1, zb);
-      }
+      draw_faces_isa({pb, p.faces, 0, F, H, W, p.cull_backfaces, r0, r1, rows.data(), zb});
     }
   });
 }
@@ -153,10 +288,7 @@ void rasterize_fwd_impl(const RasterFwdParams<scalar_t, double>& p) {
                                                                  (B * V + B * HW) / 16384));
   at::parallel_for(0, nchunks, 1, [&](int64_t cbegin, int64_t cend) {
     for (int64_t c = cbegin; c < cend; ++c) {
-      for (int64_t k = B * V * c / nchunks; k < B * V * (c + 1) / nchunks; ++k) {
-        project_vertex<double>(p.verts + k * 3, p.K + (k / V) * 9, p.near_z,
-                               p.proj + k * 3);
-      }
+      project_isa(p, B * V * c / nchunks, B * V * (c + 1) / nchunks);
       std::fill(p.zbuf + B * HW * c / nchunks, p.zbuf + B * HW * (c + 1) / nchunks, kEmptyKey);
     }
   });
@@ -170,18 +302,14 @@ void rasterize_fwd_impl(const RasterFwdParams<scalar_t, double>& p) {
   } else {
     at::parallel_for(0, B, B >= threads ? 1 : B, [&](int64_t bb, int64_t be) {
       for (int64_t b = bb; b < be; ++b) {
-        const double* pb = p.proj + b * V * 3;
-        unsigned long long* zb = p.zbuf + b * HW;
-        for (int f = 0; f < p.F; ++f) {
-          draw_triangle(pb, p.faces + int64_t(f) * 3, f, p.H, p.W, p.cull_backfaces, 0,
-                        p.H - 1, zb);
-        }
+        draw_faces_isa({p.proj + b * V * 3, p.faces, 0, p.F, p.H, p.W, p.cull_backfaces, 0,
+                        p.H - 1, nullptr, p.zbuf + b * HW});
       }
     });
   }
 
   at::parallel_for(0, B * H, 16, [&](int64_t begin, int64_t end) {
-    resolve_rows(p, begin, end);
+    resolve_isa(p, begin, end);
   });
 }
 
