@@ -21,6 +21,10 @@
 #include "warp_dispatch.h"
 #include "cpu/cpu_features.h"
 
+#if JR2_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
 namespace jr2net::warp {
 namespace {
 
@@ -151,11 +155,48 @@ inline int64_t tap_dy(const WarpParams<T>& P) {
   return P.Hs > 1 ? P.Ws : 0;
 }
 
+#if JR2_X86_DISPATCH
+// One run of n float32 footprints (float planes with dx == 1), 4 at a time: each footprint's
+// two tap pairs (s00, s01) and (s10, s11) are adjacent, so two 64-bit loads fetch them, where
+// the gather form (what the compiler makes of the loop in gather_plane) loads 4 values one by
+// one; the x lerp then runs on top and bottom pairs together. Returns how many it did (n & ~3).
+JR2_TARGET_AVX2 int64_t run_pairs_f32(const float* __restrict s, int64_t dy,
+                                      const int32_t* __restrict id, const float* __restrict ux,
+                                      const float* __restrict uy, float* __restrict os,
+                                      int64_t n) {
+  const __m256i order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+  int64_t k = 0;
+  for (; k + 4 <= n; k += 4) {
+    const float *a0 = s + id[k], *a1 = s + id[k + 1], *a2 = s + id[k + 2], *a3 = s + id[k + 3];
+    const auto pair = [](const float* lo, const float* hi) {
+      return _mm_loadh_pd(_mm_load_sd(reinterpret_cast<const double*>(lo)),
+                          reinterpret_cast<const double*>(hi));
+    };
+    // top = [s00 s01] of footprints 0..3, bottom = [s10 s11]
+    const __m256 top = _mm256_castpd_ps(_mm256_set_m128d(pair(a2, a3), pair(a0, a1)));
+    const __m256 bot =
+        _mm256_castpd_ps(_mm256_set_m128d(pair(a2 + dy, a3 + dy), pair(a0 + dy, a1 + dy)));
+    // left = [s00_0 s00_1 s10_0 s10_1 | s00_2 s00_3 s10_2 s10_3], right likewise with s01, s11
+    const __m256 left = _mm256_shuffle_ps(top, bot, 0x88);
+    const __m256 right = _mm256_shuffle_ps(top, bot, 0xDD);
+    const __m128 u = _mm_loadu_ps(ux + k);
+    const __m256 uu = _mm256_set_m128(_mm_shuffle_ps(u, u, 0xEE), _mm_shuffle_ps(u, u, 0x44));
+    // x lerp: [top0 top1 bot0 bot1 | top2 top3 bot2 bot3] -> [top0..3 | bot0..3]
+    const __m256 x = _mm256_permutevar8x32_ps(
+        _mm256_add_ps(left, _mm256_mul_ps(uu, _mm256_sub_ps(right, left))), order);
+    const __m128 t = _mm256_castps256_ps128(x), bm = _mm256_extractf128_ps(x, 1);
+    _mm_storeu_ps(os + k, _mm_add_ps(t, _mm_mul_ps(_mm_loadu_ps(uy + k), _mm_sub_ps(bm, t))));
+  }
+  return k;
+}
+#endif
+
 // warped[b, c, rows r0:r1] from the taps. Channel planes are the outer loop (callers), so one
 // source plane stays in L2 while its output streams. The run loop is branch-free loads + FMAs;
 // gather_plane_isa runs a copy compiled for AVX-512 or AVX2 where the CPU has it (simd_level();
-// wider arithmetic; same maths up to FMA contraction).
-template <typename T>
+// wider arithmetic, float32 runs through run_pairs_f32 (kPairs); same maths up to FMA
+// contraction).
+template <typename T, bool kPairs = false>
 JR2_ALWAYS_INLINE inline void gather_plane(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
                                            int64_t c, int64_t r0, int64_t r1) {
   const int64_t HWt = P.Ht * P.Wt, HWs = P.Hs * P.Ws, dx = tap_dx(P), dy = tap_dy(P);
@@ -183,8 +224,14 @@ JR2_ALWAYS_INLINE inline void gather_plane(const WarpParams<T>& P, const Taps<T>
       const int32_t* __restrict id = idx + m;
       const T *__restrict ux = fx + m, *__restrict uy = fy + m;
       T* __restrict os = o + ja;
+      int64_t k0 = 0;
+#if JR2_X86_DISPATCH
+      if constexpr (kPairs && sizeof(T) == 4) {
+        if (dx == 1) k0 = run_pairs_f32(s, dy, id, ux, uy, os, n);
+      }
+#endif
 #pragma omp simd
-      for (int64_t k = 0; k < n; ++k) {
+      for (int64_t k = k0; k < n; ++k) {
         const int64_t t = id[k];
         const T s00 = s[t], s01 = s[t + dx], s10 = s[t + dy], s11 = s[t + dy + dx];
         const T top = s00 + ux[k] * (s01 - s00), bot = s10 + ux[k] * (s11 - s10);
@@ -206,12 +253,12 @@ void gather_plane_base(const WarpParams<T>& P, const Taps<T>& tt, int64_t b, int
 template <typename T>
 JR2_TARGET_AVX512 void gather_plane_avx512(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
                                            int64_t c, int64_t r0, int64_t r1) {
-  gather_plane(P, tt, b, c, r0, r1);
+  gather_plane<T, true>(P, tt, b, c, r0, r1);
 }
 template <typename T>
 JR2_TARGET_AVX2 void gather_plane_avx2(const WarpParams<T>& P, const Taps<T>& tt, int64_t b,
                                        int64_t c, int64_t r0, int64_t r1) {
-  gather_plane(P, tt, b, c, r0, r1);
+  gather_plane<T, true>(P, tt, b, c, r0, r1);
 }
 #endif
 template <typename T>
