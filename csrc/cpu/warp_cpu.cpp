@@ -214,8 +214,10 @@ JR2_ALWAYS_INLINE inline void gather_plane(const WarpParams<T>& P, const Taps<T>
     for (int32_t q = 0; q < tt.nspan.data()[r]; ++q) {
       const int64_t ja = sp[2 * q], je = sp[2 * q + 1];
       std::fill(o + j, o + ja, T(0));
-      if (ahead) {  // one prefetch per cache line of taps is plenty
-        for (int64_t k = m; k < m + (je - ja); k += 8) {
+      // Every 4th footprint: measured faster than every 8th or 16th (64ch 256², AVX2 and
+      // AVX-512; the footprints of a row wander across source rows and lines).
+      if (ahead) {
+        for (int64_t k = m; k < m + (je - ja); k += 4) {
           __builtin_prefetch(s + idx[k] + ahead, 0, 2);
           __builtin_prefetch(s + idx[k] + dy + ahead, 0, 2);
         }
