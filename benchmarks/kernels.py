@@ -8,8 +8,10 @@ installed (``make bench`` installs requirements-bench.txt): kornia's warp_frame_
 and moderngl (OpenGL via EGL; on a CPU-only machine Mesa llvmpipe) rendering the same mesh with
 readback vs rasterize. Prints the tables and writes benchmarks/results/kernels.json.
 Every case is timed in ``--runs`` (default 3) separate runs; the tables show the median of the
-run medians. ``JR2NET_SIMD=baseline|avx2|avx512`` selects the CPU copies timed (the JSON records
-the level that ran). Run: ``.venv/bin/python -m benchmarks.kernels [--quick] [--threads N]``.
+run medians (wall time; ``cpu_*``: the median CPU time per call, which a loaded machine inflates
+less). ``JR2NET_SIMD=baseline|avx2|avx512`` selects the CPU copies timed (the JSON records
+the level that ran, with the CPU model). Run:
+``.venv/bin/python -m benchmarks.kernels [--quick] [--threads N] [--name NAME]``.
 """
 
 from __future__ import annotations
@@ -176,24 +178,31 @@ def _outputs(out: Any, picks: tuple[int, ...] | None) -> list[torch.Tensor]:
     return [out] if picks is None else [out[i] for i in picks]
 
 
-def timed(fn: Callable[[], Any], warmup: int, iters: int, min_time: float) -> tuple[float, float]:
-    """(median, best) seconds of fn over the runs of common.median_time.
+def timed(
+    fn: Callable[[], Any], warmup: int, iters: int, min_time: float
+) -> tuple[float, float, float]:
+    """(median, best, CPU median) seconds of fn over the runs of common.median_time.
 
     The best run shows what the code does when the shared machine leaves it alone; the tables
-    and targets use the median.
+    and targets use the median. The CPU median is the calling thread's CPU time per call
+    (time.thread_time; all of it with one torch thread), which waiting for a core on a loaded
+    machine does not inflate.
     """
     samples: list[float] = []
+    cpu: list[float] = []
 
     def run() -> None:
+        c0 = time.thread_time()
         t0 = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t0)
+        cpu.append(time.thread_time() - c0)
 
     med = median_time(run, warmup=warmup, iters=iters, min_time=min_time)
-    return med, min(samples[warmup:])
+    return med, min(samples[warmup:]), statistics.median(cpu[warmup:])
 
 
-Timing = tuple[float, float]  # (median, best) seconds
+Timing = tuple[float, float, float]  # (median, best, CPU median) seconds
 
 
 def time_impl(
@@ -224,11 +233,15 @@ def time_impl(
 
 def time_runs(case: Case, runs: int) -> tuple[Timing, Timing]:
     """The kernel's (forward, backward) timings over `runs` separate runs of time_impl: the
-    median of the run medians and the best of the best runs."""
+    median of the run medians, the best of the best runs and the median CPU median."""
     res = [time_impl(case, case.kernel, iters=10, min_time=0.3) for _ in range(runs)]
 
     def pick(k: int) -> Timing:
-        return statistics.median(r[k][0] for r in res), min(r[k][1] for r in res)
+        return (
+            statistics.median(r[k][0] for r in res),
+            min(r[k][1] for r in res),
+            statistics.median(r[k][2] for r in res),
+        )
 
     return pick(0), pick(1)
 
@@ -292,8 +305,8 @@ def kornia_peer(scene: Scene, feats: torch.Tensor) -> dict[str, Any]:
         with torch.no_grad():
             depth_warp(feats, scene.dst_depth, scene.K, scene.K, scene.src_T_dst)
 
-    t_k, t_k_best = timed(run_kornia, warmup=1, iters=10, min_time=0.5)
-    t_o, t_o_best = timed(run_ours, warmup=1, iters=10, min_time=0.5)
+    t_k, t_k_best, _ = timed(run_kornia, warmup=1, iters=10, min_time=0.5)
+    t_o, t_o_best, _ = timed(run_ours, warmup=1, iters=10, min_time=0.5)
     import kornia
 
     return {
@@ -379,8 +392,8 @@ def moderngl_peer(scene: Scene) -> dict[str, Any]:
         with torch.no_grad():
             rasterize(scene.verts_dst[:1], scene.faces, scene.K[:1], (S, S))
 
-    t_gl, t_gl_best = timed(run_gl, warmup=2, iters=20, min_time=0.5)
-    t_o, t_o_best = timed(run_ours, warmup=2, iters=20, min_time=0.5)
+    t_gl, t_gl_best, _ = timed(run_gl, warmup=2, iters=20, min_time=0.5)
+    t_o, t_o_best, _ = timed(run_ours, warmup=2, iters=20, min_time=0.5)
     renderer = ctx.info.get("GL_RENDERER", "?")
     ctx.release()
     return {
@@ -408,8 +421,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="torch threads, always set explicitly (default 1: on a shared machine multi-threaded "
         "timings mostly measure how soon the scheduler runs the second thread)",
     )
-    parser.add_argument("--runs", type=int, default=3,
-                        help="separate timing runs per case; tables show the median of their medians")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=3,
+        help="separate timing runs per case; tables show the median of their medians",
+    )
+    parser.add_argument(
+        "--name",
+        default="kernels",
+        help="results file benchmarks/results/NAME.json (default kernels; e.g. "
+        "kernels_avx2 for a JR2NET_SIMD=avx2 run)",
+    )
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error("--threads must be >= 1")
@@ -437,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             feats = features(scene, FEATURE_CHANNELS) if (size == 256 and batch == 1) else None
             for case in cases_for(scene, feats):
                 t0 = time.perf_counter()
-                (k_fwd, k_fwd_best), (k_bwd, k_bwd_best) = time_runs(case, args.runs)
+                (k_fwd, k_fwd_best, c_fwd), (k_bwd, k_bwd_best, c_bwd) = time_runs(case, args.runs)
                 row: dict[str, Any] = {
                     "op": case.op,
                     "config": case.config,
@@ -447,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "best_fwd_ms": k_fwd_best * 1e3,
                     "best_bwd_ms": k_bwd_best * 1e3,
                     "best bwd/fwd": k_bwd_best / k_fwd_best,
+                    "cpu_fwd_ms": c_fwd * 1e3,
+                    "cpu_bwd_ms": c_bwd * 1e3,
                 }
                 key = case.op + case.config.split(" ")[-1]
                 estimate = ref_rate.get(key, 0.0) * case.work
@@ -458,7 +483,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"  {case.op} {case.config}: reference skipped, estimated {estimate:.0f} s per call"
                     )
                 else:
-                    (r_fwd, _), (r_bwd, _) = time_impl(case, case.reference, iters=2, min_time=0.0)
+                    (r_fwd, *_), (r_bwd, *_) = time_impl(
+                        case, case.reference, iters=2, min_time=0.0
+                    )
                     ref_rate[key] = max(ref_rate.get(key, 0.0), max(r_fwd, r_bwd) / case.work)
                     row.update(
                         ref_fwd_ms=r_fwd * 1e3,
@@ -483,7 +510,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print_table(
         rows,
         ["op", "config", "kernel_fwd_ms", "ref_fwd_ms", "fwd_speedup", "kernel_bwd_ms",
-         "ref_bwd_ms", "bwd_speedup", "bwd/fwd", "best_fwd_ms", "best bwd/fwd", "ref"],
+         "ref_bwd_ms", "bwd_speedup", "bwd/fwd", "best_fwd_ms", "best bwd/fwd", "cpu_fwd_ms",
+         "cpu_bwd_ms", "ref"],
         title="Kernels vs pure-PyTorch references (median ms; best_*: the kernel's best run); "
         + header,
     )  # fmt: skip
@@ -496,11 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = _targets(rows, peers)
     print_table(
         targets,
-        ["target", "measured", "status", "best", "status_best"],
+        ["target", "measured", "status", "best", "status_best", "cpu", "status_cpu"],
         title=f"Targets (median; best run in the last two columns); {header}",
     )
     write_results(
-        "kernels",
+        args.name,
         {"threads": torch.get_num_threads(), "runs": args.runs, "simd_level": _C.simd_level(),
          "load_average": load_start[0],
          "load_average_start": list(load_start), "load_average_end": list(load_end),
@@ -525,11 +553,12 @@ def _find(rows: list[dict[str, Any]], op: str, config: str) -> dict[str, Any] | 
 
 
 def _targets(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each target judged on the median (status) and, for reference, on the best run."""
+    """Each target judged on the median (status) and, for reference, on the best run and (time
+    targets) on the median CPU time per call."""
     out: list[dict[str, Any]] = []
 
     def add(target: str, med: float | None, best: float | None, ok: Callable[[float], bool],
-            fmt: str) -> None:  # fmt: skip
+            fmt: str, cpu: float | None = None) -> None:  # fmt: skip
         out.append(
             {
                 "target": target,
@@ -537,12 +566,14 @@ def _targets(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[di
                 "status": "n/a" if med is None else ("met" if ok(med) else "missed"),
                 "best": "n/a" if best is None else fmt.format(best),
                 "status_best": "n/a" if best is None else ("met" if ok(best) else "missed"),
+                "cpu": "n/a" if cpu is None else fmt.format(cpu),
+                "status_cpu": "n/a" if cpu is None else ("met" if ok(cpu) else "missed"),
             }
         )
 
     r = _find(rows, "rasterize", "256² b1")
     add("rasterize fwd 256² b1 <= 1.5 ms", r and r["kernel_fwd_ms"], r and r["best_fwd_ms"],
-        lambda v: v <= 1.5, "{:.2f} ms")  # fmt: skip
+        lambda v: v <= 1.5, "{:.2f} ms", r and r["cpu_fwd_ms"])  # fmt: skip
     sp = r.get("fwd_speedup") if r else None
     best_sp = sp and r["ref_fwd_ms"] / r["best_fwd_ms"]
     add("rasterize fwd 256² b1 >= 20x reference", sp, best_sp, lambda v: v >= 20, "{:.0f}x")
@@ -555,7 +586,7 @@ def _targets(rows: list[dict[str, Any]], peers: list[dict[str, Any]]) -> list[di
                 worst_best, lambda v: v <= 2.5, "{:.2f}x")  # fmt: skip
     c = _find(rows, "correspondence_warp", f"256² b1 {FEATURE_CHANNELS}ch")
     add(f"correspondence_warp {FEATURE_CHANNELS}ch 256² fwd <= 3 ms", c and c["kernel_fwd_ms"],
-        c and c["best_fwd_ms"], lambda v: v <= 3, "{:.2f} ms")  # fmt: skip
+        c and c["best_fwd_ms"], lambda v: v <= 3, "{:.2f} ms", c and c["cpu_fwd_ms"])  # fmt: skip
     k = next((p for p in peers if p.get("peer", "").startswith("kornia") and "speedup" in p), None)
     add(f"depth_warp >= 5x kornia ({FEATURE_CHANNELS}ch 256²)", k and k["speedup"],
         k and k["best_speedup"], lambda v: v >= 5, "{:.1f}x")  # fmt: skip
