@@ -219,3 +219,51 @@ def test_without_a_face_model_the_checkpoints_own_is_used(tmp_path, ict, ict_mod
     save_checkpoint(path, ckpt)
     r = registry.create_reenactor("learned", registry.ReenactorSettings(checkpoints=str(path)))
     assert r.model.sha256 == ict.sha256
+
+
+OPEN = 45  # d0.mp4: a wide-open smile (tests/test_pipeline_transfer.py)
+
+
+def test_learned_path_shows_the_driving_mouth_unless_mouth_is_generated(run_dir, ict, videos_dir):
+    """The mouth transfer puts the driving frame's interior over the crop's mouth socket
+    (same identity here: it is the target frame's own mouth); ``mouth=generated`` keeps
+    DCNet's own (untrained here) mouth."""
+    from jr2net.io.video import VideoReader
+
+    d0 = VideoReader(videos_dir / "d0.mp4").read_all(max_frames=OPEN + 1)
+    gt = d0[OPEN].astype(int)
+    r = LearnedReenactor(ict, dcnet=run_dir / "dcnet" / "best.pt")
+    out, timings = {}, {}
+    for mode in ("transfer", "generated"):
+        session = r.start_session(d0[0], SessionOptions(pose_mode="absolute", extra={"mouth": mode}))
+        res = session.process(d0[OPEN])
+        assert res.face_found
+        out[mode], timings[mode] = res.image.astype(int), res.timings["mouth"]
+        session.close()
+    # The pixels the transfer changed are the driving's mouth (up to the colour match).
+    changed = np.abs(out["transfer"] - out["generated"]).max(-1) > 12
+    assert changed.sum() > 300, changed.sum()
+    err = {m: np.abs(o - gt)[changed].mean() for m, o in out.items()}
+    assert err["transfer"] < 0.7 * err["generated"], err
+    assert timings["transfer"] > 0 and timings["generated"] < 1e-4  # skipped: no work
+    with pytest.raises(ValueError, match="mouth"):
+        r.start_session(d0[0], SessionOptions(extra={"mouth": "teeth"}))
+
+
+def test_default_light_is_the_one_the_checkpoint_was_trained_with(tmp_path, ict, source):
+    import torch
+
+    for light in ("source", "driving"):
+        spec = dcnet_spec(DCNetConfig.tiny(**SMALL), light=light)
+        path = save_checkpoint(tmp_path / light / "best.pt", {
+            "stage": "dcnet", "step": 0, "models": {"generator": build_dcnet(spec).state_dict()},
+            "config": {}, "face_model": {"name": ict.name, "sha256": ict.sha256},
+            "model_spec": spec,
+        })  # fmt: skip
+        r = LearnedReenactor(ict, dcnet=path)
+        assert r.start_session(source).light_mode == light
+        other = "source" if light == "driving" else "driving"
+        assert r.start_session(source, SessionOptions(extra={"light": other})).light_mode == other
+    assert torch.is_tensor(r.runner.encode(
+        torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
+    )[0])  # fmt: skip

@@ -6,7 +6,8 @@ normal map and SH light (irradiance) map, its shaded render (the Ours-R input), 
 warped into the target view by the view-synthesis module (``correspondence_warp``: each target
 pixel carries its 3D point on the *source-posed* mesh, interpolated with the *target*
 rasterisation, so expressions move pixels, not only the head pose), the co-visible mask C, and
-the mouth region. On the source side: the source's own normal and light maps, its coverage and
+the mouth region, and the target crop's rasterisation (``Conditions.rast``: the serving path's
+mouth transfer finds the mouth socket's pixels with it). On the source side: the source's own normal and light maps, its coverage and
 depth (the warp's occlusion test). Training (batches of pairs) and serving (one session) share
 these functions; serving renders the source side once per session (``render_source``).
 
@@ -118,6 +119,7 @@ class Conditions:
     K_source: Tensor  # [B,3,3]
     source_depth: Tensor  # [B,1,Hs,Ws]
     landmarks: Tensor  # [B,68,2] target landmark pixels in the crop
+    rast: Tensor  # [B,S,S,4] the target crop's rasterisation (mesh faces' ids; the mouth transfer)
 
     @property
     def size(self) -> int:
@@ -294,6 +296,7 @@ def build_conditions(
         K_source=source.K,
         source_depth=source.depth,
         landmarks=landmarks,
+        rast=rast,
     )
 
 

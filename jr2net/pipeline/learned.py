@@ -6,12 +6,19 @@ of DCNet's conditions is rendered in a face crop framed as DCNet's training crop
 track the face and fit it (RecNet on the tracked crop, or the fitter), recombine it with the
 source (``recombine.Recombiner``: the same driving reference, pose and expression modes as the
 geometric path), build the conditions in the target face crop (``conditions.build_conditions``),
-run DCNet, and composite its face crop into the warped source frame with the geometric path's
-``composite.Compositor`` (the same feathered face mask). Per-stage timings: ``track``, ``fit``,
-``recombine``, ``conditions``, ``dcnet``, ``composite``, ``total``.
+run DCNet, paste the driving frame's mouth interior and gaze into its face crop
+(``transfer.DrivingTransfers``, as the geometric path does; not for motion-capture frames, which
+have no driving image), and composite the crop into the warped source frame with the geometric
+path's ``composite.Compositor`` (the same feathered face mask). Per-stage timings: ``track``,
+``fit``, ``recombine``, ``conditions``, ``dcnet``, ``mouth``, ``gaze``, ``composite``, ``total``.
 
-``options.extra``: ``light`` (``source``, default: the source's SH light on the recombined face,
-as the geometric path keeps it; ``driving``: the driving frame's fitted light), ``expression``
+``options.extra``: ``light`` (default: the light the DCNet checkpoint was trained with, its
+``model_spec['light']``; ``driving``: the driving frame's fitted SH light on the recombined
+face; ``source``: the source's, as the geometric path keeps it; a generator served with a light
+it was not trained under tints the face), ``mouth`` (``transfer``, default: the driving frame's
+own mouth interior, colour-matched, over the crop's mouth-socket pixels; ``generated`` or
+``synthetic``: DCNet's own generated mouth, no driving pixels in the output), ``gaze`` (``1``,
+default, or ``0``: the driving frame's irises, ``jr2net.pipeline.gaze``), ``expression``
 (transfer mode and tracker: ``etnet`` tracks with the ETNet of ``--etnet``, timing ``etnet``),
 ``feather`` and ``background_warp`` as in the geometric path. The face crop size is the
 network's; ``SessionOptions.crop_size`` is validated but not used. No-face frames give the
@@ -53,6 +60,7 @@ from jr2net.pipeline.etnet_tracker import move_etnet_timing, parse_expression, w
 from jr2net.pipeline.geometric import RENDER_BOX_SCALE, GeometricReenactor
 from jr2net.pipeline.recombine import Recombiner, is_finite
 from jr2net.pipeline.registry import ReenactorSettings, register_mode
+from jr2net.pipeline.transfer import DrivingTransfers
 
 DCNET_KIND = "dcnet"
 
@@ -106,8 +114,11 @@ def load_dcnet(
 
 # ---- the reenactor -------------------------------------------------------------------------------
 
-STAGES = ("track", "fit", "recombine", "conditions", "dcnet", "composite", "total")
+STAGES = (
+    "track", "fit", "recombine", "conditions", "dcnet", "mouth", "gaze", "composite", "total"
+)
 LIGHT_MODES = ("source", "driving")
+MOUTH_MODES = ("transfer", "generated", "synthetic")  # synthetic: as generated (no driving pixels)
 HOW_TO_ENABLE = (
     "mode 'learned' needs trained networks: start the server with --checkpoints RUN (a training "
     "run folder with dcnet/best.pt, and recnet/best.pt to replace the fitter) or --dcnet FILE "
@@ -166,6 +177,7 @@ class LearnedAnalysis:
     light: Tensor | None  # [1,9,3] SH light of the target face
     timings: dict[str, float]
     seconds: float
+    driving: tuple | None = None  # (driving frame, its 68 landmarks): mouth / gaze transfer
 
 
 class LearnedSession:
@@ -183,7 +195,12 @@ class LearnedSession:
         source = check_image(source, "source")
         _check_options(options)
         extra = dict(options.extra or {})
-        self.light_mode = extra.get("light", "source")
+        self.light_mode = extra.get("light", reenactor.dcnet_spec.get("light", "driving"))
+        mouth_mode = extra.get("mouth", "transfer")
+        if mouth_mode not in MOUTH_MODES:
+            raise ValueError(
+                f"options.extra['mouth'] must be one of {MOUTH_MODES}, got {mouth_mode!r}"
+            )
         expression_mode, tracker = parse_expression(extra.get("expression"), reenactor.etnet is not None)
         if self.light_mode not in LIGHT_MODES:
             raise ValueError(
@@ -200,6 +217,11 @@ class LearnedSession:
         background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
         with torch.inference_mode():
             self._setup(source, fit, expression_mode, feather, background_warp)
+        # DCNet's generated mouth: the transfers' switch without a mouth transfer.
+        transfer_extra = {**extra, "mouth": "transfer" if mouth_mode == "transfer" else "synthetic"}
+        self.transfers = DrivingTransfers(
+            reenactor.render_mesh, reenactor.model, source, fit.detection.landmarks, transfer_extra
+        )
         self._driving = reenactor.make_driving_fitter(tracker)
         self._last_output: np.ndarray | None = None
         self.setup_seconds = _now() - t0
@@ -262,11 +284,15 @@ class LearnedSession:
             move_etnet_timing(timings, fit)
             if fit is None or not is_finite(fit.coeffs):
                 return LearnedAnalysis(None, None, None, timings, _now() - t_start)
-        return self.analyse_fit(fit, timings, t_start)
+        return self.analyse_fit(fit, timings, t_start, (frame, fit.detection.landmarks))
 
-    def analyse_fit(self, fit, timings: dict[str, float], t_start: float) -> LearnedAnalysis:
+    def analyse_fit(
+        self, fit, timings: dict[str, float], t_start: float, driving: tuple | None = None
+    ) -> LearnedAnalysis:
         """The rest of stage 1 for a driving fit (a tracked frame's, or a motion-capture frame's:
-        ``jr2net.pipeline.mocap``): recombine it with the source and frame DCNet's crop."""
+        ``jr2net.pipeline.mocap``): recombine it with the source and frame DCNet's crop.
+        ``driving``: the driving (frame, 68 landmarks) for the mouth and gaze transfer (None for
+        motion-capture frames: no transfer)."""
         t1 = _now()
         with torch.inference_mode():
             target = self.recombiner.recombine(fit)
@@ -276,7 +302,7 @@ class LearnedSession:
             box = (int(round(x0)), int(round(y0)), max(1, int(round(x1 - x0))))
             light = fit.coeffs.light.float() if self.light_mode == "driving" else self.light_src
             timings["recombine"] = _now() - t1
-        return LearnedAnalysis(target, box, light, timings, _now() - t_start)
+        return LearnedAnalysis(target, box, light, timings, _now() - t_start, driving)
 
     def synthesise(self, analysis: LearnedAnalysis) -> FrameResult:
         """Stage 2: DCNet's conditions in the face crop, DCNet, composite (or fall back)."""
@@ -308,6 +334,10 @@ class LearnedSession:
         face = self.reenactor.generate(cond, self.source_features)
         t2 = _now()
         timings["dcnet"] = t2 - t1
+        face = self.transfers.apply(
+            face, cond.rast, target.verts_cam, K_crop, analysis.driving, timings
+        )
+        t2 = _now()
         # The face mask fades out at the crop border too (the crop may cut the forehead).
         valid = cond.mask.clone()
         m = self.compositor.feather_radius
@@ -381,7 +411,10 @@ class LearnedReenactor(GeometricReenactor):
 
         self.mesh = ConditionMesh(self.model)
         self.render_mesh = self.render_model
-        if not torch.equal(self.mesh.index, self.render_mesh.index):
+        if not (
+            torch.equal(self.mesh.index, self.render_mesh.index)
+            and torch.equal(self.mesh.faces, self.render_mesh.faces)
+        ):
             raise RuntimeError("the conditions mesh and the recombined mesh differ")
         self.dcnet, self.dcnet_spec = load_dcnet(dcnet, self.model, device=self.device)
         self.crop_size = int(self.dcnet.config.crop_size)
