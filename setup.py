@@ -148,6 +148,7 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "pillow>=10",
+        "simplejpeg>=1.7",  # fast JPEG frame decode/encode (jr2net.io.images; Pillow fallback)
         "opencv-python-headless>=4.8",  # background inpainting (geometric path)
         "av>=12",
         "dlib-bin>=19.24",

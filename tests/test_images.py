@@ -324,3 +324,43 @@ def test_check_image_is_the_one_validator_with_one_size_rule():
         check_image(np.zeros((32, 32, 4), np.uint8))
     with pytest.raises(TypeError, match="numpy uint8 array"):
         check_image([[0, 0, 0]])
+
+
+def _photo_like(h: int = 96, w: int = 128) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    rng = np.random.default_rng(3)
+    img = np.stack([xx * 2, yy * 2, (xx + yy)], axis=-1) + rng.integers(0, 40, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def test_jpeg_fast_path_matches_pillow_and_round_trips():
+    """The libjpeg-turbo fast path (simplejpeg) decodes what Pillow decodes, and its encoder's
+    output is a valid JPEG that Pillow reads back close to the input."""
+    pytest.importorskip("simplejpeg")
+    img = _photo_like()
+    for quality in (50, 90):
+        data = encode_image(img, "JPEG", quality=quality)
+        assert data[:2] == b"\xff\xd8"
+        pil = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        fast = decode_frame(data, "JPEG", 128, 96)
+        assert fast.shape == (96, 128, 3) and fast.dtype == np.uint8
+        assert np.abs(fast.astype(int) - pil.astype(int)).max() <= 1
+        buf = io.BytesIO()  # Pillow's own encoder at the same quality: similar size and error
+        Image.fromarray(img).save(buf, "JPEG", quality=quality)
+        ref = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        err = np.abs(pil.astype(int) - img.astype(int)).mean()
+        assert err <= 1.05 * np.abs(ref.astype(int) - img.astype(int)).mean() + 0.1
+        assert 0.8 < len(data) / len(buf.getvalue()) < 1.25
+
+
+def test_jpeg_fast_path_refuses_truncated_data_and_falls_back_without_simplejpeg(monkeypatch):
+    pytest.importorskip("simplejpeg")
+    img = _photo_like()
+    data = encode_image(img, "JPEG", quality=90)
+    with pytest.raises(InvalidImageError):
+        decode_frame(data[: len(data) // 2], "JPEG")
+    fast = decode_frame(data, "JPEG")
+    monkeypatch.setattr(images, "_SIMPLEJPEG", False)  # as if simplejpeg were not installed
+    slow = decode_frame(data, "JPEG")
+    assert np.abs(fast.astype(int) - slow.astype(int)).max() <= 1
+    assert decode_frame(encode_image(img, "JPEG"), "JPEG").shape == img.shape

@@ -239,10 +239,46 @@ def decode_frame(
             raise InvalidImageError(
                 f"{what}: decoded size {im.width}x{im.height} != declared {width}x{height}"
             )
+        if f == "JPEG" and im.mode == "RGB":
+            fast = _decode_jpeg_fast(data, what)
+            if fast is not None:
+                return fast
         _load(im, what)
         return _to_rgb_array(im, what, writable=False)
     finally:
         im.close()
+
+
+def _jpeg_codec():
+    """``simplejpeg`` (libjpeg-turbo straight into a numpy array) when installed, else None.
+
+    Measured on this project's 2-core AMD EPYC (benchmarks/server.py codec rows): 512² decode
+    0.46 ms vs 1.0 ms through Pillow, 1920x1080 3.6 vs 6.5-8.1 ms; encode at 4:2:0 about equal
+    to Pillow at 512², a little faster at 1080p. Pillow stays the fallback and the validator."""
+    global _SIMPLEJPEG
+    if _SIMPLEJPEG is None:
+        try:
+            import simplejpeg
+        except ImportError:
+            simplejpeg = False
+        _SIMPLEJPEG = simplejpeg
+    return _SIMPLEJPEG or None
+
+
+_SIMPLEJPEG = None
+
+
+def _decode_jpeg_fast(data: bytes | bytearray | memoryview, what: str) -> np.ndarray | None:
+    """A 3-component JPEG (whose header Pillow has already checked) decoded by libjpeg-turbo via
+    simplejpeg, strict (truncated or corrupt data raise ``InvalidImageError``); None without it."""
+    codec = _jpeg_codec()
+    if codec is None:
+        return None
+    try:
+        return codec.decode_jpeg(bytes(data) if isinstance(data, memoryview) else data,
+                                 colorspace="RGB", strict=True)
+    except ValueError as exc:
+        raise InvalidImageError(f"{what}: corrupt or truncated image data ({exc})") from exc
 
 
 MIN_FACE_SIDE = 16
@@ -293,11 +329,16 @@ def encode_image(
         raise ValueError(f"fmt must be one of {_ENCODE_FORMATS}, got {fmt!r}")
     if f == "RAW_RGB24":
         return np.ascontiguousarray(img).tobytes()
-    buf = io.BytesIO()
-    pil = Image.fromarray(np.ascontiguousarray(img))
     if f == "JPEG":
         if not isinstance(quality, int) or not 1 <= quality <= 100:
             raise ValueError(f"quality must be an int in [1, 100], got {quality!r}")
+        codec = _jpeg_codec()
+        if codec is not None:  # same libjpeg quality tables and 4:2:0 sampling as Pillow's default
+            return codec.encode_jpeg(np.ascontiguousarray(img), quality=quality,
+                                     colorspace="RGB", colorsubsampling="420")
+    buf = io.BytesIO()
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    if f == "JPEG":
         pil.save(buf, "JPEG", quality=quality)
     else:
         pil.save(buf, "PNG", compress_level=png_compress_level)
