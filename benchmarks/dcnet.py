@@ -4,7 +4,9 @@
   the last 20 % of every training video), L1 / PSNR / SSIM against the driving crop for DCNet's
   output, its own input (the warped source image), the geometric path's output and the learned
   path's served output (both run on the full frames, pose ``absolute``, cropped to the driving
-  crop) and copy-source; over the target face mask (``face``), the whole crop (``crop``), the
+  crop; the learned path with its default mouth transfer, ``learned``, and with DCNet's own
+  generated mouth, ``learned_generated``: on these same-identity pairs the transferred interior
+  is the driving frame's, i.e. the target's own pixels, as for the geometric path) and copy-source; over the target face mask (``face``), the whole crop (``crop``), the
   mouth region (``mouth``) and the face pixels the source does not see (``hidden``); for a blend
   generator also its generated image before the blend (``generated``: what the pixels the source
   does not see get).
@@ -22,7 +24,8 @@ Writes ``benchmarks/results/dcnet.json`` and ``benchmarks/results/dcnet_<video>.
 ``--only speed`` runs the speed part alone (a few minutes; on a quiet machine, e.g. at the end)
 and replaces only the ``speed`` rows (and ``speed_machine``, its load and date) of an existing
 ``dcnet.json``, keeping its learning and ablation results; ``--only learning`` is
-``--skip-speed``.
+``--skip-speed``; ``--only ablation --ablation-step N`` replaces only the ablation rows, taken
+from the runs' held-out evaluations at step N (their ``dcnet/eval.json``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import torch
 
 from benchmarks.common import RESULTS_DIR, print_table, write_results
 
-METHODS = ("dcnet", "warped", "geometric", "learned", "copy", "generated")
+METHODS = ("dcnet", "warped", "geometric", "learned", "learned_generated", "copy", "generated")
 REGIONS = ("face", "crop", "mouth", "hidden")
 
 
@@ -104,6 +107,19 @@ def served_crops(reenactors: dict[str, Any], pairs, index: int, frames: dict) ->
     return out
 
 
+class WithExtra:
+    """A reenactor whose sessions get extra ``options.extra`` entries (e.g. ``mouth``)."""
+
+    def __init__(self, reenactor: Any, **extra: str) -> None:
+        self.reenactor, self.extra = reenactor, extra
+
+    def start_session(self, source: np.ndarray, options: Any) -> Any:
+        import dataclasses
+
+        extra = {**(options.extra or {}), **self.extra}
+        return self.reenactor.start_session(source, dataclasses.replace(options, extra=extra))
+
+
 def evaluate_pairs(stage, nets: dict[str, Any], reenactors: dict[str, Any], batch: int = 8):
     """Per-pair metric rows for every method and region, and the full frames per pair."""
     from jr2net.training.data.sample import collate
@@ -143,7 +159,8 @@ def evaluate_pairs(stage, nets: dict[str, Any], reenactors: dict[str, Any], batc
                     for metric, v in image_metrics(image, real[j : j + 1], mask[j : j + 1]).items():
                         row[f"{method}_{region}_{metric}"] = float(v[0])
             rows.append(row)
-            if "full" in served and len(sheets[video]) < 3 and len(served["full"]) == 4:
+            columns = ("source", "driving", "geometric", "learned")
+            if "full" in served and len(sheets[video]) < 3 and set(columns) <= set(served["full"]):
                 f = served["full"]
                 sheets[video].append([f["source"], f["driving"], f["geometric"], f["learned"]])
     return rows, sheets
@@ -292,6 +309,33 @@ def speed_only(run: Path, n: int) -> int:
     return 0
 
 
+def step_row(name: str, path: Path, step: int) -> dict[str, Any]:
+    """An ablation row from run ``path``'s held-out evaluation at ``step`` (its eval.json)."""
+    hist = json.loads((path / "dcnet" / "eval.json").read_text())["history"]
+    e = next((h for h in hist if h["step"] == step), None)
+    if e is None:
+        raise SystemExit(f"{path}: no held-out evaluation at step {step} in dcnet/eval.json")
+    vals = {f"{r}_{k}": e[f"dcnet_{r}_{k}"] for r in ("face", "crop") for k in ("l1", "psnr", "ssim")}
+    return {"ablation": name, "step": step, "run": str(path), **vals}
+
+
+def ablation_only(run: Path, items: list[str], step: int) -> int:
+    """``--only ablation``: the ablation rows from eval.json at ``step``, merged into
+    ``dcnet.json`` (its other results kept)."""
+    if step <= 0:
+        raise SystemExit("--only ablation needs --ablation-step N (> 0)")
+    runs = {"ours": run, **{i.partition("=")[0]: Path(i.partition("=")[2]) for i in items}}
+    rows = [step_row(name, path, step) for name, path in runs.items()]
+    print_table(rows, ["ablation", "step", "face_l1", "face_psnr", "face_ssim", "crop_l1",
+                       "crop_psnr", "crop_ssim"], "Ablation (seed Table 5)")  # fmt: skip
+    path = RESULTS_DIR / "dcnet.json"
+    data = json.loads(path.read_text()) if path.is_file() else {"run": str(run)}
+    data["ablation"] = rows
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    print(f"\nupdated the ablation rows of {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", type=Path, required=True, help="training run folder (dcnet/best.pt)")
@@ -315,15 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument(
         "--only",
-        choices=("all", "learning", "speed"),
+        choices=("all", "learning", "speed", "ablation"),
         default="all",
         help="speed: the speed table alone, merged into an existing dcnet.json "
-        "(its learning results kept); learning: as --skip-speed",
+        "(its learning results kept); learning: as --skip-speed; ablation: the "
+        "ablation rows alone from the runs' eval.json at --ablation-step, merged likewise",
     )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.only == "speed":
         return speed_only(args.run, args.speed_frames)
+    if args.only == "ablation":
+        return ablation_only(args.run, args.ablation, args.ablation_step)
     from jr2net.eval.reenact_eval import contact_sheet
     from jr2net.io.images import save_image
     from jr2net.pipeline.geometric import GeometricReenactor
@@ -341,9 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     reenactors = {}
     if not args.skip_served:
         recnet = args.run / "recnet" / "best.pt" if spec.get("conditions") == "recnet" else None
+        learned = LearnedReenactor(model, dcnet=args.run / "dcnet" / "best.pt", recnet=recnet)
         reenactors = {
             "geometric": GeometricReenactor(model),
-            "learned": LearnedReenactor(model, dcnet=args.run / "dcnet" / "best.pt", recnet=recnet),
+            "learned": learned,
+            "learned_generated": WithExtra(learned, mouth="generated"),
         }
     t0 = time.perf_counter()
     rows, sheets = evaluate_pairs(stage, nets, reenactors)
@@ -361,11 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in ablations.items():
         key = "dcnet" if name == "ours" else name
         if args.ablation_step:
-            hist = json.loads((path / "dcnet" / "eval.json").read_text())["history"]
-            e = next(h for h in hist if h["step"] == args.ablation_step)
-            vals = {f"{r}_{k}": e[f"dcnet_{r}_{k}"] for r in ("face", "crop")
-                    for k in ("l1", "psnr", "ssim")}  # fmt: skip
-            ablation_rows.append({"ablation": name, "step": args.ablation_step, **vals})
+            ablation_rows.append(step_row(name, path, args.ablation_step))
             continue
         s = {x["region"]: x for x in summarise(rows, [key])}
         ablation_rows.append({"ablation": name, **{f"{r}_{k}": s[r][k] for r in ("face", "crop")
