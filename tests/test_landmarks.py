@@ -197,3 +197,14 @@ def test_the_cached_detector_finds_what_dlibs_own_finds(images_dir, tmp_path, mo
     gray = np.asarray(Image.open(images_dir / "obama.jpg").convert("L"))
     assert [str(r) for r in rebuilt(gray, 0)] == [str(r) for r in reference(gray, 0)]
     assert cached_file.stat().st_size > 10_000  # written again
+
+
+def test_preload_in_background_loads_both_models_once():
+    from jr2net.face import landmarks as lm
+
+    thread = lm.preload_in_background()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    predictor = lm._models["predictor"]
+    assert lm._models["detector"] is not None
+    assert lm._get("predictor") is predictor  # the first real use gets the preloaded model

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
+    import os
     import sys
 
     from jr2net.server.config import load_config
@@ -53,6 +54,13 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     from jr2net.server.app import serve
+
+    if not config.preload and os.environ.get("JR2NET_PRELOAD_LANDMARKS", "1") != "0":
+        # A child of `jr2net reenact` (no reenactor preload, so it listens soon): dlib's landmark
+        # model parse overlaps server start-up and the wait for the first session.
+        from jr2net.face.landmarks import preload_in_background
+
+        preload_in_background()
 
     asyncio.run(serve(config))
     return 0

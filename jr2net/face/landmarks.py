@@ -111,6 +111,23 @@ def _get(name: str):
     return model
 
 
+def preload_in_background() -> threading.Thread:
+    """Load the HOG detector and the 68-point predictor in a daemon thread, so a process that
+    will need them (a ``jr2net serve`` child) pays dlib's ~0.6 s predictor parse while it is
+    otherwise waiting; a failure is left for the first real use to raise."""
+
+    def load() -> None:
+        try:
+            _get("detector")
+            _get("predictor")
+        except Exception:  # noqa: BLE001 - the first detection raises it with context
+            log.debug("landmark model preload failed", exc_info=True)
+
+    thread = threading.Thread(target=load, name="jr2net-landmarks-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def _frontal_face_detector(dlib):
     """dlib's HOG detector. ``get_frontal_face_detector()`` rebuilds it from a text form built
     into dlib (~0.4-1 s of CPU); its binary form, saved once in the user cache
