@@ -101,9 +101,12 @@ def _work_mpx(config: str) -> float | None:
 
 def _machine(d: dict) -> str:
     m = d.get("machine", {})
+    load = m.get("load_average")
     return (
-        f"{m.get('date', '?')}, {m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}, "
-        f"{m.get('torch_threads', '?')} torch threads"
+        f"{m.get('date', '?')}, {m.get('cpu_model', 'CPU ?')}, SIMD {m.get('simd_level', '?')}, "
+        f"{m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}, "
+        f"{m.get('torch_threads', '?')} torch threads, load {_fmt(load[0]) if load else '?'} "
+        "when written"
     )
 
 
@@ -157,7 +160,7 @@ def kernels(rep: Report) -> None:
         rep.table(peers, ["peer", "config", "peer_ms", "ours_ms", "speedup"])
     targets = d.get("targets", [])
     if targets:
-        rep.table(targets, ["target", "measured", "status"])
+        rep.table(targets, ["target", "measured", "status", "best", "cpu"])
 
 
 def pipeline(rep: Report) -> None:
@@ -172,6 +175,13 @@ def pipeline(rep: Report) -> None:
     )
     rows = [{"stage": k, **v} for k, v in d.get("stages_ms", {}).items()]
     rep.table(rows, ["stage", "median_ms", "p90_ms", "p99_ms"])
+    budget = d.get("budget")
+    if budget:
+        rep.add("Per-frame budget: each stage's median beside its floor (the run's minimum).", "")
+        rep.table(budget, ["stage", "measured_as", "median_ms", "floor_ms", "median/floor",
+                           "share_of_frame"])
+        if d.get("budget_note"):
+            rep.add(d["budget_note"], "")
     ov = d.get("overlap")
     if ov:
         rep.add(
@@ -329,6 +339,25 @@ def server(rep: Report) -> None:
             rep.add(f"Targets ({mode}): " + ", ".join(f"{k} {_fmt(v)}" for k, v in t.items()), "")
 
 
+def reenact(rep: Report) -> None:
+    rep.add("## `jr2net reenact` end to end: start-up and streaming", "")
+    d = rep.load("reenact")
+    if d is None:
+        return
+    cfg = d.get("config", {})
+    rep.add(
+        f"Source {cfg.get('source')}, driving {cfg.get('driving')}, {cfg.get('frames')} frames, "
+        f"medians of {cfg.get('runs')} interleaved rounds ({_machine(d)}).",
+        "",
+    )
+    rep.table(d.get("summary", []), ["variant", "first_output_s", "first_output_over_torch_s",
+                                     "fps", "cpu_ms_per_frame", "startup_cpu_s", "wall_s",
+                                     "load_1min"])
+    t = d.get("targets", {})
+    if t:
+        rep.add("Targets: " + ", ".join(f"{k} {_fmt(v)}" for k, v in t.items()), "")
+
+
 def quality(rep: Report) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
@@ -480,7 +509,7 @@ def reconstruction(rep: Report) -> None:
             )
 
 
-SECTIONS = (kernels, pipeline, server, quality, reconstruction)
+SECTIONS = (kernels, pipeline, server, reenact, quality, reconstruction)
 
 
 def build(results: Path = RESULTS_DIR, out: Path = REPORT_MD) -> Report:
