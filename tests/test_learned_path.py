@@ -267,3 +267,23 @@ def test_default_light_is_the_one_the_checkpoint_was_trained_with(tmp_path, ict,
     assert torch.is_tensor(r.runner.encode(
         torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64)
     )[0])  # fmt: skip
+
+
+def test_the_conditions_warp_is_dcnets_view_synthesis(run_dir, ict, source, frames):
+    """The serving path hands the conditions' warp to DCNet instead of warping again: same image."""
+    import torch
+
+    r = LearnedReenactor(ict, dcnet=run_dir / "dcnet" / "best.pt", runtime="eager")
+    session = r.start_session(source, SessionOptions(output_width=256, output_height=256))
+    captured = {}
+    generate = r.runner.generate
+
+    def spy(inputs, feats=None, view=None):
+        assert view is not None  # the conditions' warp is handed over
+        captured.setdefault("out", (generate(inputs, feats, view), generate(inputs, feats)))
+        return captured["out"][0].clone()  # the session pastes mouth and eyes into it in place
+
+    r.runner.generate = spy
+    assert session.process(frames[0]).face_found
+    reused, own = captured["out"]
+    assert torch.equal(reused, own)

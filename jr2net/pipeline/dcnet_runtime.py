@@ -140,20 +140,22 @@ class DCNetRunner:
             return _run(self._ort[0], [image, light, normal])
         return list(self.encoder(image, light, normal))
 
-    def _warp(self, inputs, feats: list[Tensor]) -> tuple[Tensor, ...]:
-        """The decoder's inputs: condition stack, warped image, C, warped texture features."""
-        warped_image, covisible = self.net.view_synthesis(inputs)
+    def _warp(self, inputs, feats: list[Tensor], view=None) -> tuple[Tensor, ...]:
+        """The decoder's inputs: condition stack, warped image, C, warped texture features.
+        ``view``: the (warped image, C) of ``inputs`` when already computed (the serving path's
+        conditions warp the same source with the same test), else DCNet's view synthesis."""
+        warped_image, covisible = view if view is not None else self.net.view_synthesis(inputs)
         cond = self.net.conditions(inputs, warped_image, covisible)
         feats_w = self.net.warp_features(feats, inputs, covisible)
         return (cond, warped_image, covisible, *feats_w)
 
-    def generate(self, inputs, feats: list[Tensor] | None = None) -> Tensor:
+    def generate(self, inputs, feats: list[Tensor] | None = None, view=None) -> Tensor:
         """DCNet's image ``[1,3,S,S]`` for ``inputs`` (``DCNetInputs``); ``feats`` are the source's
-        cached ``encode`` features (computed here when None)."""
+        cached ``encode`` features (computed here when None); ``view``: see ``_warp``."""
         inputs.check(self.net.config.crop_size, self.net.config.ablation)
         if feats is None:
             feats = self.encode(inputs.source_image, inputs.source_light, inputs.source_normal)
-        args = self._warp(inputs, feats)
+        args = self._warp(inputs, feats, view)
         if self._ort is not None:
             return self._decode_ort(args)
         return self.decoder(*args)

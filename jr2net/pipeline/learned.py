@@ -54,7 +54,7 @@ from jr2net.models.recnet import face_crop_box
 from jr2net.pipeline import stages as st
 from jr2net.pipeline.base import FrameResult, SessionOptions
 from jr2net.pipeline.composite import Compositor
-from jr2net.pipeline.conditions import build_conditions, render_source
+from jr2net.pipeline.conditions import REL_EPS, build_conditions, render_source
 from jr2net.pipeline.dcnet_runtime import DCNetRunner
 from jr2net.pipeline.etnet_tracker import move_etnet_timing, parse_expression, with_tracker
 from jr2net.pipeline.geometric import RENDER_BOX_SCALE, GeometricReenactor
@@ -432,14 +432,19 @@ class LearnedReenactor(GeometricReenactor):
         return self.runner.encode(*(self._dev(t) for t in (view.image, view.light, view.normals)))
 
     def generate(self, cond, source_features: list[Tensor] | None = None) -> Tensor:
-        """DCNet's face crop ``[1,3,S,S]`` (CPU) for the conditions and the cached features."""
+        """DCNet's face crop ``[1,3,S,S]`` (CPU) for the conditions and the cached features.
+        The conditions' warp is DCNet's view synthesis (same inputs and occlusion test), so it
+        is reused rather than run twice."""
         inputs = cond.dcnet_inputs()
+        view = None
+        if self.dcnet.config.rel_eps == REL_EPS and self.device.type == "cpu":
+            view = (cond.warped, cond.covisible)
         if self.device.type != "cpu":
             inputs = dataclasses.replace(
                 inputs, **{f.name: self._dev(getattr(inputs, f.name))
                            for f in dataclasses.fields(inputs)}
             )  # fmt: skip
-        return self.runner.generate(inputs, source_features).float().cpu()
+        return self.runner.generate(inputs, source_features, view).float().cpu()
 
     def _dev(self, t: Tensor | None) -> Tensor | None:
         return None if t is None else t.to(self.device)
