@@ -208,3 +208,33 @@ def test_preload_in_background_loads_both_models_once():
     predictor = lm._models["predictor"]
     assert lm._models["detector"] is not None
     assert lm._get("predictor") is predictor  # the first real use gets the preloaded model
+
+
+@pytest.mark.parametrize("video,start,scale", [("d0.mp4", 0, 1.0), ("short_hamilton_clip.mp4", 90, 1.0),
+                                               ("d11.mp4", 0, 2.1)])
+def test_tracker_crops_give_the_full_frame_landmarks(monkeypatch, video, start, scale):
+    """Tracking converts only crops around the face to grayscale; the landmarks are the same
+    as from the whole frame's grayscale, frame by frame (and on upscaled, 1080p-sized frames)."""
+    import cv2
+
+    from jr2net.face import landmarks as lm
+    from jr2net.io.video import VideoReader
+    from jr2net.paths import shared_path
+
+    frames = VideoReader(shared_path("data", "videos", video)).read_all()[start : start + 40]
+    if scale != 1.0:
+        frames = [cv2.resize(f, None, fx=scale, fy=scale) for f in frames]
+
+    def track() -> list:
+        t = lm.LandmarkTracker()
+        return [None if (d := t.update(f)) is None else d.landmarks.copy() for f in frames]
+
+    fast = track()
+    monkeypatch.setattr(lm, "_predict_in_crop",
+                        lambda frame, box: lm._predict(np.asarray(lm._gray(frame)), box))
+    full = track()
+    assert sum(x is not None for x in fast) >= 30
+    for a, b in zip(fast, full, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
