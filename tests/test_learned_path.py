@@ -287,3 +287,19 @@ def test_the_conditions_warp_is_dcnets_view_synthesis(run_dir, ict, source, fram
     assert session.process(frames[0]).face_found
     reused, own = captured["out"]
     assert torch.equal(reused, own)
+
+
+def test_rim_trimmed_mask_drops_hidden_pixels_at_the_rim_only():
+    import torch
+
+    from jr2net.pipeline.learned import rim_trimmed_mask
+
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 4:28, 4:28] = 1
+    covisible = mask.clone()
+    covisible[..., 4:8, 4:20] = 0  # a hidden strip along the top rim (hairline)
+    covisible[..., 14:18, 14:18] = 0  # a hidden blob inside (the mouth)
+    out = rim_trimmed_mask(mask, covisible, 4)
+    assert out[..., 4:8, 4:20].sum() == 0  # the rim strip goes to the background
+    assert out[..., 14:18, 14:18].min() == 1  # the inner hole stays
+    assert torch.equal(out[..., 8:28, :], mask[..., 8:28, :])

@@ -6,7 +6,9 @@ of DCNet's conditions is rendered in a face crop framed as DCNet's training crop
 track the face and fit it (RecNet on the tracked crop, or the fitter), recombine it with the
 source (``recombine.Recombiner``: the same driving reference, pose and expression modes as the
 geometric path), build the conditions in the target face crop (``conditions.build_conditions``),
-run DCNet, paste the driving frame's mouth interior and gaze into its face crop
+run DCNet (its face pixels the source does not see that reach the face mask's rim, mostly hair
+the mesh overlaps after a head turn, are left to the background: ``rim_trimmed_mask``), paste
+the driving frame's mouth interior and gaze into its face crop
 (``transfer.DrivingTransfers``, as the geometric path does; not for motion-capture frames, which
 have no driving image), and composite the crop into the warped source frame with the geometric
 path's ``composite.Compositor`` (the same feathered face mask). Per-stage timings: ``track``,
@@ -180,6 +182,20 @@ class LearnedAnalysis:
     driving: tuple | None = None  # (driving frame, its 68 landmarks): mouth / gaze transfer
 
 
+def rim_trimmed_mask(mask: Tensor, covisible: Tensor, steps: int) -> Tensor:
+    """``mask`` without its hidden pixels (not co-visible) connected to the outside within
+    ``steps`` pixels: at the rim such pixels are mostly hair or background the mesh overlaps
+    after a head turn (the forehead's edge), which DCNet's generated image paints as a pale
+    smear; the background (the warped source frame) shows there instead. Hidden pixels inside
+    the face (the mouth, a nostril) stay."""
+    outside = 1 - mask
+    open_ = torch.maximum(mask * (1 - covisible), outside)
+    reach = outside
+    for _ in range(steps):
+        reach = F.max_pool2d(reach, 3, 1, 1) * open_
+    return mask * (1 - reach)
+
+
 class LearnedSession:
     """One source face driven by DCNet; a ``StagedSession`` (see pipeline.base).
 
@@ -338,8 +354,9 @@ class LearnedSession:
             face, cond.rast, target.verts_cam, K_crop, analysis.driving, timings
         )
         t2 = _now()
-        # The face mask fades out at the crop border too (the crop may cut the forehead).
-        valid = cond.mask.clone()
+        # The face mask fades out at the crop border too (the crop may cut the forehead), and
+        # leaves out the face pixels the source does not see that reach the mask's rim.
+        valid = rim_trimmed_mask(cond.mask, cond.covisible, max(1, self.S // 16))
         m = self.compositor.feather_radius
         valid[..., :m, :] = 0
         valid[..., -m:, :] = 0
