@@ -183,17 +183,20 @@ class LearnedAnalysis:
 
 
 def rim_trimmed_mask(mask: Tensor, covisible: Tensor, steps: int) -> Tensor:
-    """``mask`` without its hidden pixels (not co-visible) connected to the outside within
+    """``mask`` ``[1,1,S,S]`` without its hidden pixels (not co-visible) connected to the outside within
     ``steps`` pixels: at the rim such pixels are mostly hair or background the mesh overlaps
     after a head turn (the forehead's edge), which DCNet's generated image paints as a pale
     smear; the background (the warped source frame) shows there instead. Hidden pixels inside
     the face (the mouth, a nostril) stay."""
-    outside = 1 - mask
-    open_ = torch.maximum(mask * (1 - covisible), outside)
-    reach = outside
-    for _ in range(steps):
-        reach = F.max_pool2d(reach, 3, 1, 1) * open_
-    return mask * (1 - reach)
+    import cv2
+
+    m = mask[0, 0].numpy() > 0.5
+    open_ = (~m | (covisible[0, 0].numpy() < 0.5)).astype(np.uint8)
+    reach = (~m).astype(np.uint8)
+    kernel = np.ones((3, 3), np.uint8)
+    for _ in range(steps):  # geodesic dilation of the outside through the hidden pixels
+        reach = cv2.dilate(reach, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0) & open_
+    return mask * torch.from_numpy(1 - reach).to(mask.dtype)[None, None]
 
 
 class LearnedSession:
