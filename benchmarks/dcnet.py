@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         reenactors = {
             "geometric": GeometricReenactor(model),
             "learned": learned,
-            "learned_generated": WithExtra(learned, mouth="generated"),
+            "learned_generated": WithExtra(learned, mouth="synthetic"),
         }
     t0 = time.perf_counter()
     rows, sheets = evaluate_pairs(stage, nets, reenactors)

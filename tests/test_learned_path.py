@@ -224,9 +224,9 @@ def test_without_a_face_model_the_checkpoints_own_is_used(tmp_path, ict, ict_mod
 OPEN = 45  # d0.mp4: a wide-open smile (tests/test_pipeline_transfer.py)
 
 
-def test_learned_path_shows_the_driving_mouth_unless_mouth_is_generated(run_dir, ict, videos_dir):
+def test_learned_path_shows_the_driving_mouth_unless_mouth_is_synthetic(run_dir, ict, videos_dir):
     """The mouth transfer puts the driving frame's interior over the crop's mouth socket
-    (same identity here: it is the target frame's own mouth); ``mouth=generated`` keeps
+    (same identity here: it is the target frame's own mouth); ``mouth=synthetic`` keeps
     DCNet's own (untrained here) mouth."""
     from jr2net.io.video import VideoReader
 
@@ -234,18 +234,18 @@ def test_learned_path_shows_the_driving_mouth_unless_mouth_is_generated(run_dir,
     gt = d0[OPEN].astype(int)
     r = LearnedReenactor(ict, dcnet=run_dir / "dcnet" / "best.pt")
     out, timings = {}, {}
-    for mode in ("transfer", "generated"):
+    for mode in ("transfer", "synthetic"):
         session = r.start_session(d0[0], SessionOptions(pose_mode="absolute", extra={"mouth": mode}))
         res = session.process(d0[OPEN])
         assert res.face_found
         out[mode], timings[mode] = res.image.astype(int), res.timings["mouth"]
         session.close()
     # The pixels the transfer changed are the driving's mouth (up to the colour match).
-    changed = np.abs(out["transfer"] - out["generated"]).max(-1) > 12
+    changed = np.abs(out["transfer"] - out["synthetic"]).max(-1) > 12
     assert changed.sum() > 300, changed.sum()
     err = {m: np.abs(o - gt)[changed].mean() for m, o in out.items()}
-    assert err["transfer"] < 0.7 * err["generated"], err
-    assert timings["transfer"] > 0 and timings["generated"] < 1e-4  # skipped: no work
+    assert err["transfer"] < 0.7 * err["synthetic"], err
+    assert timings["transfer"] > 0 and timings["synthetic"] < 1e-4  # skipped: no work
     with pytest.raises(ValueError, match="mouth"):
         r.start_session(d0[0], SessionOptions(extra={"mouth": "teeth"}))
 

@@ -7,9 +7,10 @@ warped into the target view by the view-synthesis module (``correspondence_warp`
 pixel carries its 3D point on the *source-posed* mesh, interpolated with the *target*
 rasterisation, so expressions move pixels, not only the head pose), the co-visible mask C, and
 the mouth region, and the target crop's rasterisation (``Conditions.rast``: the serving path's
-mouth transfer finds the mouth socket's pixels with it). On the source side: the source's own normal and light maps, its coverage and
-depth (the warp's occlusion test). Training (batches of pairs) and serving (one session) share
-these functions; serving renders the source side once per session (``render_source``).
+mouth transfer finds the mouth socket's pixels with it). On the source side: the source's own
+normal and light maps, its coverage and depth (the warp's occlusion test). Training (batches of
+pairs) and serving (one session) share these functions; serving renders the source side once per
+session (``render_source``).
 
 The mesh is the part of the face model the geometric path renders too (skin, mouth socket,
 eyeballs, without the neck below the jaw: it stays with the background), so a learned face crop

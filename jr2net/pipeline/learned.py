@@ -18,8 +18,8 @@ path's ``composite.Compositor`` (the same feathered face mask). Per-stage timing
 ``model_spec['light']``; ``driving``: the driving frame's fitted SH light on the recombined
 face; ``source``: the source's, as the geometric path keeps it; a generator served with a light
 it was not trained under tints the face), ``mouth`` (``transfer``, default: the driving frame's
-own mouth interior, colour-matched, over the crop's mouth-socket pixels; ``generated`` or
-``synthetic``: DCNet's own generated mouth, no driving pixels in the output), ``gaze`` (``1``,
+own mouth interior, colour-matched, over the crop's mouth-socket pixels; ``synthetic``:
+DCNet's own generated mouth, no driving pixels in the output), ``gaze`` (``1``,
 default, or ``0``: the driving frame's irises, ``jr2net.pipeline.gaze``), ``expression``
 (transfer mode and tracker: ``etnet`` tracks with the ETNet of ``--etnet``, timing ``etnet``),
 ``feather`` and ``background_warp`` as in the geometric path. The face crop size is the
@@ -120,7 +120,6 @@ STAGES = (
     "track", "fit", "recombine", "conditions", "dcnet", "mouth", "gaze", "composite", "total"
 )
 LIGHT_MODES = ("source", "driving")
-MOUTH_MODES = ("transfer", "generated", "synthetic")  # synthetic: as generated (no driving pixels)
 HOW_TO_ENABLE = (
     "mode 'learned' needs trained networks: start the server with --checkpoints RUN (a training "
     "run folder with dcnet/best.pt, and recnet/best.pt to replace the fitter) or --dcnet FILE "
@@ -183,10 +182,10 @@ class LearnedAnalysis:
 
 
 def rim_trimmed_mask(mask: Tensor, covisible: Tensor, steps: int) -> Tensor:
-    """``mask`` ``[1,1,S,S]`` without its hidden pixels (not co-visible) connected to the outside within
-    ``steps`` pixels: at the rim such pixels are mostly hair or background the mesh overlaps
-    after a head turn (the forehead's edge), which DCNet's generated image paints as a pale
-    smear; the background (the warped source frame) shows there instead. Hidden pixels inside
+    """``mask`` ``[1,1,S,S]`` without its hidden (not co-visible) pixels connected to the
+    outside within ``steps`` pixels: at the rim such pixels are mostly hair or background the
+    mesh overlaps after a head turn (the forehead's edge), which DCNet's generated image paints
+    as a pale smear; the background (the warped source frame) shows there instead. Hidden pixels inside
     the face (the mouth, a nostril) stay."""
     import cv2
 
@@ -215,11 +214,6 @@ class LearnedSession:
         _check_options(options)
         extra = dict(options.extra or {})
         self.light_mode = extra.get("light", reenactor.dcnet_spec.get("light", "driving"))
-        mouth_mode = extra.get("mouth", "transfer")
-        if mouth_mode not in MOUTH_MODES:
-            raise ValueError(
-                f"options.extra['mouth'] must be one of {MOUTH_MODES}, got {mouth_mode!r}"
-            )
         expression_mode, tracker = parse_expression(extra.get("expression"), reenactor.etnet is not None)
         if self.light_mode not in LIGHT_MODES:
             raise ValueError(
@@ -236,10 +230,9 @@ class LearnedSession:
         background_warp = extra.get("background_warp", "1") not in ("0", "false", "no")
         with torch.inference_mode():
             self._setup(source, fit, expression_mode, feather, background_warp)
-        # DCNet's generated mouth: the transfers' switch without a mouth transfer.
-        transfer_extra = {**extra, "mouth": "transfer" if mouth_mode == "transfer" else "synthetic"}
+        # mouth=synthetic: no mouth transfer, DCNet's own generated mouth stays.
         self.transfers = DrivingTransfers(
-            reenactor.render_mesh, reenactor.model, source, fit.detection.landmarks, transfer_extra
+            reenactor.render_mesh, reenactor.model, source, fit.detection.landmarks, extra
         )
         self._driving = reenactor.make_driving_fitter(tracker)
         self._last_output: np.ndarray | None = None
