@@ -48,11 +48,17 @@ class _Decoder(nn.Module):
         return self.net.decode(cond, list(warped), image, covisible)
 
 
-def _run(sess: Any, arrays: list[Tensor]) -> list[Tensor]:
-    """One ONNX Runtime call; inputs by export order (the exporter may drop unused ones)."""
-    names = [i.name for i in sess.get_inputs()]
-    feed = {f"in{j}": t.contiguous().numpy() for j, t in enumerate(arrays)}
-    return [torch.from_numpy(a) for a in sess.run(None, {n: feed[n] for n in names})]
+class _OrtModule:
+    """One ONNX Runtime session and the export positions of the inputs it kept (the exporter
+    may drop unused ones), looked up once rather than per call."""
+
+    def __init__(self, sess: Any) -> None:
+        self.sess = sess
+        self.inputs = [(i.name, int(i.name[2:])) for i in sess.get_inputs()]  # "in{j}"
+
+    def __call__(self, arrays: list[Tensor]) -> list[Tensor]:
+        feed = {name: arrays[j].contiguous().numpy() for name, j in self.inputs}
+        return [torch.from_numpy(a) for a in self.sess.run(None, feed)]
 
 
 def _probe_inputs(net: nn.Module):  # -> DCNetInputs
@@ -80,7 +86,7 @@ class DCNetRunner:
         self.net = net.eval()
         self.encoder = _Encoder(self.net).eval()
         self.decoder = _Decoder(self.net).eval()
-        self._ort: tuple[Any, Any] | None = None
+        self._ort: tuple[_OrtModule, _OrtModule] | None = None
         self._lock = threading.Lock()  # ONNX Runtime sessions are thread-safe; the export is not
         self.runtime = "eager"
         self.mismatch = float("nan")  # max |ORT - eager| on the probe input
@@ -114,9 +120,8 @@ class DCNetRunner:
                 so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
                 so.intra_op_num_threads = max(1, torch.get_num_threads())
                 so.inter_op_num_threads = 1
-                sessions.append(
-                    ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
-                )
+                sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+                sessions.append(_OrtModule(sess))
             ref = self.decoder(*dec_args)
         self._ort = (sessions[0], sessions[1])
         out = self._decode_ort(dec_args)
@@ -132,12 +137,12 @@ class DCNetRunner:
 
     def _decode_ort(self, args: tuple[Tensor, ...]) -> Tensor:
         assert self._ort is not None
-        return _run(self._ort[1], list(args))[0]
+        return self._ort[1](list(args))[0]
 
     def encode(self, image: Tensor, light: Tensor, normal: Tensor) -> list[Tensor]:
         """Texture features of a source crop (its image, light and normal maps ``[1,3,S,S]``)."""
         if self._ort is not None:
-            return _run(self._ort[0], [image, light, normal])
+            return self._ort[0]([image, light, normal])
         return list(self.encoder(image, light, normal))
 
     def _warp(self, inputs, feats: list[Tensor], view=None) -> tuple[Tensor, ...]:
