@@ -10,13 +10,17 @@ close to the face (the skin under a dropping jaw follows it), fading to zero at 
 feathered mask. The neck and shoulders below the face move by a damped translation of the
 head's mean motion, and pixels the source never showed are inpainted
 (``jr2net.pipeline.background``). The background field is built from per-pixel displacements,
-so a still head leaves the background exactly in place.
+so a still head leaves the background exactly in place. Only the pixels whose displacement can
+be nonzero are resampled, from the uint8 source straight into the output frame, and only the
+face mask's bounding box is blended (``jr2net.pipeline.remap``): the cost follows the moving
+region, not the frame.
 """
 
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,9 +32,16 @@ from jr2net.pipeline.background import (
     BODY_DAMPING,
     BODY_OUTER,
     body_weights,
-    fill_outside,
     neck_weights,
     source_face_weights,
+)
+from jr2net.pipeline.remap import (
+    Rect,
+    body_rect,
+    field_maps,
+    fill_holes,
+    outside_pixels,
+    remap_into,
 )
 from jr2net.pipeline.stages import bilinear_matrix, border_window, extend_field, feather
 
@@ -68,6 +79,7 @@ class Compositor:
         self.bg_u8 = np.ascontiguousarray(
             (bg[0].permute(1, 2, 0) * 255).round_().to(torch.uint8).numpy()
         )
+        self._bg4 = cv2.cvtColor(self.bg_u8, cv2.COLOR_RGB2RGBA)  # what remap samples (remap.py)
         # Background-warp field: face cells (the render crop in field_inner² cells, as fine as the
         # FIELD_GRID² grid over a box BACKGROUND_BOX_SCALE times the crop) resampled per frame
         # onto the grid of the actual background box.
@@ -77,16 +89,7 @@ class Compositor:
         self.window = border_window(FIELD_GRID, 0.22)
         j = (torch.arange(inner, dtype=torch.float32) + 0.5) / inner
         self._cell_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [n,n,2] (x,y)
-        # Normalised grid_sample coordinates of every output pixel (align_corners=False), as
-        # [2,Ho,Wo] planes (the upsampled field adds to them without a transpose).
-        gx = ((2 * torch.arange(Wo, dtype=torch.float32) + 1) / Wo - 1).expand(Ho, Wo)
-        gy = ((2 * torch.arange(Ho, dtype=torch.float32) + 1) / Ho - 1)[:, None].expand(Ho, Wo)
-        self._grid = torch.stack([gx, gy], dim=0)  # [2,Ho,Wo]
-        self._px_to_grid = torch.tensor([2.0 / Wo, 2.0 / Ho]).view(2, 1, 1)
         self._field_upsampler: dict[int, Tensor] = {}  # box side -> [side, FIELD_GRID] matrix
-        # The background in uint8 units plus 0.5: warped and blended in these units, the output
-        # is one truncating cast (bilinear weights sum to 1, so the offset survives sampling).
-        self.bg255 = (bg * 255.0).add_(0.5).contiguous()
         self._K_out_inv = torch.linalg.inv(K_out)
 
     def composite(
@@ -108,71 +111,26 @@ class Compositor:
         ears and neck follow it) plus the non-rigid face motion near the face only (so the jaw
         drags the skin just below it, not the collar). ``body_shift`` ``[2]`` (output px, target
         -> source) moves the neck and shoulders (the driving body's measured motion); None: the
-        damped head translation (``BODY_DAMPING``).
+        damped head translation (``BODY_DAMPING``). Only pixels whose displacement can be nonzero
+        are resampled (``jr2net.pipeline.remap``); the rest stay the source's, exactly.
         """
         Ho, Wo = self.out_hw
         x0, y0, side = box
         alpha = feather(valid, self.feather_radius)
 
-        # Background box: the render box grown BACKGROUND_BOX_SCALE times, grown further to also
-        # cover the source's face, so a head that moved away does not leave its old self behind.
-        half = side * BACKGROUND_BOX_SCALE / 2
-        cx, cy = x0 + side / 2, y0 + side / 2
-        sx0, sy0, sside = self.src_box
-        lo_x, hi_x = min(cx - half, sx0 - 0.3 * sside), max(cx + half, sx0 + 1.3 * sside)
-        lo_y, hi_y = min(cy - half, sy0 - 0.3 * sside), max(cy + half, sy0 + 1.3 * sside)
-        bside = int(math.ceil(max(hi_x - lo_x, hi_y - lo_y)))
-        bx0 = int(math.floor((lo_x + hi_x - bside) / 2))
-        by0 = int(math.floor((lo_y + hi_y - bside) / 2))
-        # Visible part of the background box in the frame.
-        fx0, fy0 = max(bx0, 0), max(by0, 0)
-        fx1, fy1 = min(bx0 + bside, Wo), min(by0 + bside, Ho)
+        bbox, window = self.background_box(box)
+        fx0, fy0, fx1, fy1 = window
+        cx = x0 + side / 2
         out = self.bg_u8.copy()  # a fresh array per frame: callers may keep returned frames
         if fx1 <= fx0 or fy1 <= fy0:
             return out
-
-        # region: the warped background box in uint8 units + 0.5 (see bg255).
         if self.background_warp:
-            bbox = (bx0, by0, bside)
-            field, head_shift = self._background_field(valid, points, depth, box, bbox, pose)
-            if body_shift is None:
-                body_shift = BODY_DAMPING * head_shift  # [2] px, target -> source
+            field, body_shift = self.warp_field(valid, points, depth, box, pose, body_shift, bbox)
             # The warped region grows to take in the body (down to the frame's bottom).
-            ex0 = max(0, min(fx0, int(math.floor(cx - BODY_OUTER * side))))
-            ex1 = min(Wo, max(fx1, int(math.ceil(cx + BODY_OUTER * side))))
-            ey1 = Ho
-            # Inside the box the body term takes over where the head field fades out, and below
-            # the face's lower outline (neck, shoulders beside the jaw) whatever the window.
-            c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
-            wx, wy = body_weights(c + bx0, c + by0, box)
-            neck = neck_weights(valid, box, c + bx0, c + by0)
-            # Not where the body's motion would show the source's own face (a head that moved
-            # away from it): there the head's field carries the old head position along.
-            neck = neck * (1 - source_face_weights(self.src_box, c + bx0, c + by0, body_shift))
-            neck = neck[None, None]
-            head = (1 - neck) * self.window
-            w_body = (wy[:, None] * wx[None, :])[None, None] * (1 - head)
-            field = (1 - neck) * field + w_body * body_shift.view(1, 2, 1, 1)
-            xs = torch.arange(ex0, ex1, dtype=torch.float32)
-            ys = torch.arange(fy0, ey1, dtype=torch.float32)
-            wx, wy = body_weights(xs, ys, box)
-            shift = (body_shift * self._px_to_grid.view(2)).view(1, 1, 2)
-            grid = self._grid[:, fy0:ey1, ex0:ex1].permute(1, 2, 0) + (
-                (wy[:, None] * wx[None, :])[..., None] * shift
-            )
-            grid[: fy1 - fy0, fx0 - ex0 : fx1 - ex0] = self._sample_grid(
-                field[0] * self._px_to_grid, bside, (bx0, by0), (fx0, fy0, fx1, fy1)
-            )
-            region = F.grid_sample(
-                self.bg255, grid[None], mode="bilinear", padding_mode="border", align_corners=False
-            )
-            # Pixels the source never showed (sampled outside it): inpainted, not edge-repeated.
-            outside = (grid.abs() > 1.0 + 1e-4).any(-1)
-            if bool(outside.any()):
-                region = fill_outside(region, outside)
-            fx0, fx1, fy1 = ex0, ex1, ey1
-        else:
-            region = self.bg255[:, :, fy0:fy1, fx0:fx1].clone()
+            fx0 = max(0, min(fx0, int(math.floor(cx - BODY_OUTER * side))))
+            fx1 = min(Wo, max(fx1, int(math.ceil(cx + BODY_OUTER * side))))
+            self._warp_background(out, field, body_shift, box, bbox, window, (fx0, fx1))
+            fy1 = Ho
 
         # Face layer (crop resampled to its box in the output frame), clipped to the region. A
         # face given at another size than the crop (e.g. already at box size) gets the mask's size.
@@ -189,44 +147,129 @@ class Compositor:
             )
         lx0, ly0 = max(x0, fx0), max(y0, fy0)
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
-        if lx1 > lx0 and ly1 > ly0:
-            part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
-            rgb = part[:3].mul(255.0).add_(0.5).clamp_(0.5, 255.5)  # uint8 units, as region
-            a = part[3:4].clamp(0.0, 1.0)
-            sub = region[0, :, ly0 - fy0 : ly1 - fy0, lx0 - fx0 : lx1 - fx0]
-            sub.add_(rgb.sub_(sub).mul_(a))
-        # Values lie in [0.5, 255.5] (convex blends of such): truncation rounds to nearest.
-        # numpy's cast and per-channel strided stores are ~3x faster than torch's here.
-        planes = region[0].numpy().astype(np.uint8)
-        dst = out[fy0:fy1, fx0:fx1]
-        for c in range(3):
-            dst[..., c] = planes[c]
+        if lx1 <= lx0 or ly1 <= ly0:
+            return out
+        part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
+        # Only the mask's bounding box changes (alpha 0 keeps the background).
+        a = part[3]
+        rows = torch.nonzero(a.amax(1) > 0)
+        cols = torch.nonzero(a.amax(0) > 0)
+        if rows.numel() == 0:
+            return out
+        r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        part = part[:, r0:r1, c0:c1]
+        dst = out[ly0 + r0 : ly0 + r1, lx0 + c0 : lx0 + c1]
+        sub = torch.from_numpy(dst).permute(2, 0, 1).float()
+        rgb = part[:3].mul(255.0).clamp_(0.0, 255.0)
+        sub.add_(rgb.sub_(sub).mul_(part[3:4].clamp(0.0, 1.0))).add_(0.5)
+        # Values lie in [0.5, 255.5]: truncation rounds to nearest.
+        dst[...] = sub.permute(1, 2, 0).numpy().astype(np.uint8)
         return out
 
-    def _sample_grid(
-        self, field: Tensor, bside: int, origin: tuple[int, int], window: tuple[int, int, int, int]
-    ) -> Tensor:
-        """grid_sample grid ``[h,w,2]`` over ``window`` of the frame: identity plus ``field``
-        (``[2,n,n]``, grid units, over the box of side ``bside`` at ``origin``) upsampled bilinearly.
+    def background_box(
+        self, box: tuple[int, int, int]
+    ) -> tuple[tuple[int, int, int], tuple[int, int, int, int]]:
+        """The background-warp box ``(bx0, by0, bside)`` for the render ``box`` and its visible
+        part of the frame ``(fx0, fy0, fx1, fy1)`` (empty when off the frame)."""
+        Ho, Wo = self.out_hw
+        x0, y0, side = box
+        # The render box grown BACKGROUND_BOX_SCALE times, grown further to also cover the
+        # source's face, so a head that moved away does not leave its old self behind.
+        half = side * BACKGROUND_BOX_SCALE / 2
+        cx, cy = x0 + side / 2, y0 + side / 2
+        sx0, sy0, sside = self.src_box
+        lo_x, hi_x = min(cx - half, sx0 - 0.3 * sside), max(cx + half, sx0 + 1.3 * sside)
+        lo_y, hi_y = min(cy - half, sy0 - 0.3 * sside), max(cy + half, sy0 + 1.3 * sside)
+        bside = int(math.ceil(max(hi_x - lo_x, hi_y - lo_y)))
+        bx0 = int(math.floor((lo_x + hi_x - bside) / 2))
+        by0 = int(math.floor((lo_y + hi_y - bside) / 2))
+        window = (max(bx0, 0), max(by0, 0), min(bx0 + bside, Wo), min(by0 + bside, Ho))
+        return (bx0, by0, bside), window
 
-        Same values as ``F.interpolate(align_corners=False)`` then adding the identity grid, as two
-        small matrix products that write the grid's [h,w,2] layout directly (cheaper on CPU)."""
-        bx0, by0 = origin
+    def warp_field(
+        self,
+        valid: Tensor,
+        points: Tensor,
+        depth: Tensor,
+        box: tuple[int, int, int],
+        pose: tuple[Tensor, Tensor],
+        body_shift: Tensor | None,
+        bbox: tuple[int, int, int],
+    ) -> tuple[Tensor, Tensor]:
+        """The background box's coarse displacement ``[2,n,n]`` (px, target -> source): the
+        head's field, giving way to the body's translation below the face's lower outline and
+        where the head's window fades; and that body translation ``[2]``."""
+        bx0, by0, bside = bbox
+        field, head_shift = self._background_field(valid, points, depth, box, bbox, pose)
+        if body_shift is None:
+            body_shift = BODY_DAMPING * head_shift  # [2] px, target -> source
+        body_shift = body_shift.float()
+        # Inside the box the body term takes over where the head field fades out, and below
+        # the face's lower outline (neck, shoulders beside the jaw) whatever the window.
+        c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
+        wx, wy = body_weights(c + bx0, c + by0, box)
+        neck = neck_weights(valid, box, c + bx0, c + by0)
+        # Not where the body's motion would show the source's own face (a head that moved
+        # away from it): there the head's field carries the old head position along.
+        neck = neck * (1 - source_face_weights(self.src_box, c + bx0, c + by0, body_shift))
+        neck = neck[None, None]
+        head = (1 - neck) * self.window
+        w_body = (wy[:, None] * wx[None, :])[None, None] * (1 - head)
+        field = (1 - neck) * field + w_body * body_shift.view(1, 2, 1, 1)
+        return field[0], body_shift
+
+    def _warp_background(
+        self,
+        out: np.ndarray,
+        field: Tensor,
+        body_shift: Tensor,
+        box: tuple[int, int, int],
+        bbox: tuple[int, int, int],
+        window: tuple[int, int, int, int],
+        cols: tuple[int, int],
+    ) -> None:
+        """Write the warped background into ``out``: ``field`` (``warp_field``) upsampled over
+        the visible ``window`` of the background box ``bbox``, the body's translation below the
+        face down to the frame's bottom over ``cols``, inpainted where it samples outside the
+        source; pixels where both are zero keep the source's values (not resampled)."""
+        Ho, Wo = self.out_hw
+        bx0, by0, bside = bbox
         fx0, fy0, fx1, fy1 = window
+        ex0, ex1 = cols
+        # Rows from yb down carry the body's translation (zero above: the body weight's rows).
+        wx, wy = body_weights(
+            torch.arange(ex0, ex1, dtype=torch.float32),
+            torch.arange(fy0, Ho, dtype=torch.float32),
+            box,
+        )
+        moving = torch.nonzero(wy > 0) if bool(body_shift.abs().max() > 0) else []
+        yb = fy0 + int(moving[0]) if len(moving) else Ho
         A = self._field_upsampler.get(bside)
         if A is None:
             if len(self._field_upsampler) > 16:
                 self._field_upsampler.clear()
-            A = self._field_upsampler[bside] = bilinear_matrix(field.shape[-1], bside)
-        Ay, Ax = A[fy0 - by0 : fy1 - by0], A[fx0 - bx0 : fx1 - bx0]
-        n, h, w = field.shape[-1], fy1 - fy0, fx1 - fx0
-        g = torch.empty(n + 1, w, 2)
-        g[:n] = (field @ Ax.T).permute(1, 2, 0)  # columns upsampled
-        g[:n, :, 0] += self._grid[0, 0, fx0:fx1]  # rows of Ay sum to 1: x identity per column
-        g[n, :, 0] = 0.0
-        g[n, :, 1] = 1.0  # picks the y identity from Ay's extra column
-        Ay = torch.cat([Ay, self._grid[1, fy0:fy1, :1]], 1)  # [h, n+1]
-        return (Ay @ g.view(n + 1, w * 2)).view(h, w, 2)
+            A = self._field_upsampler[bside] = bilinear_matrix(FIELD_GRID, bside)
+        fmx, fmy = field_maps(
+            field, A[fy0 - by0 : fy1 - by0], A[fx0 - bx0 : fx1 - bx0], (fx0, fy0)
+        )
+        rects = []
+        if yb > fy0:  # the box's rows above the body: the head's field only
+            k = min(yb, fy1) - fy0
+            rects.append(Rect(fy0, fx0, fmx[:k], fmy[:k]))
+        if yb < Ho:  # the body's rows, with the box's field where they cross it
+            body = body_rect((yb, Ho), (ex0, ex1), wy[yb - fy0 :], wx, body_shift)
+            if yb < fy1:
+                k = yb - fy0
+                body.mx[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmx[k:].numpy()
+                body.my[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmy[k:].numpy()
+            rects.append(body)
+        for r in rects:
+            remap_into(out, self._bg4, r)
+        # Pixels the source never showed (sampled outside it): inpainted, not edge-repeated.
+        # Bilinear upsampling is convex: the coarse field bounds the displacement.
+        reach = torch.maximum(field.abs().amax((1, 2)), body_shift.abs())
+        for ys, xs in outside_pixels(rects, (Ho, Wo), (float(reach[0]), float(reach[1]))):
+            fill_holes(out, ys, xs, (fy0, Ho, ex0, ex1))
 
     def _background_field(
         self,
