@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.face.camera import camera_to_model, pose_points
-from jr2net.face.camera import project as project_points
+from jr2net.face.camera import flip
 from jr2net.pipeline.background import (
     BODY_DAMPING,
     BODY_OUTER,
@@ -90,7 +89,7 @@ class Compositor:
         j = (torch.arange(inner, dtype=torch.float32) + 0.5) / inner
         self._cell_unit = torch.stack(torch.meshgrid(j, j, indexing="xy"), dim=-1)  # [n,n,2] (x,y)
         self._field_upsampler: dict[int, Tensor] = {}  # box side -> [side, FIELD_GRID] matrix
-        self._K_out_inv = torch.linalg.inv(K_out)
+        self._pool: dict[int, tuple[Tensor, Tensor]] = {}  # crop side -> cell pooling
 
     def composite(
         self,
@@ -271,6 +270,34 @@ class Compositor:
         for ys, xs in outside_pixels(rects, (Ho, Wo), (float(reach[0]), float(reach[1]))):
             fill_holes(out, ys, xs, (fy0, Ho, ex0, ex1))
 
+    def _rigid_homography(self, pose: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """``H [3,3]``, ``c [3]``: a target pixel (x, y) at camera depth z goes, as a rigid
+        point moved from ``pose`` to the source's, to ``z·H·[x,y,1] + c`` before the division
+        (``camera_to_model``, ``pose_points`` and ``project`` in one, in float64: identity poses
+        give H = I, c = 0 exactly)."""
+        R, t = (v.double() for v in pose)
+        Rs, ts = self.R_src.double(), self.t_src.double()
+        K = self.K_out.double()
+        A = Rs @ R.T
+        M = flip(flip(A).T).T  # R_flip A R_flip (flip scales the last axis)
+        b = flip(ts - A @ t)
+        return (K @ M @ torch.linalg.inv(K)).float(), (K @ b).float()
+
+    def _cell_pool(self, S: int) -> tuple[Tensor, Tensor]:
+        """``adaptive_avg_pool2d`` of ``S``² to ``inner``² cells as ``(P @ x @ P.T) / area``:
+        ``P`` ``[inner,S]`` the 0/1 bins (floor(i S / n) to ceil((i+1) S / n)), ``area`` their
+        pixel counts. Sums of a 0/1 mask are exact, so the cells' coverage is the pooling's to
+        the bit (the ``> 0.5`` test below sits on exact halves)."""
+        pool = self._pool.get(S)
+        if pool is None:
+            n = self.field_inner
+            P = torch.zeros(n, S)
+            for i in range(n):
+                P[i, (i * S) // n : -((-(i + 1) * S) // n)] = 1.0
+            sizes = P.sum(1)
+            pool = self._pool[S] = (P, sizes[:, None] * sizes[None, :])
+        return pool
+
     def _background_field(
         self,
         valid: Tensor,
@@ -290,21 +317,29 @@ class Compositor:
         box's coarse grid and extrapolated near the face only.
         """
         x0, y0, side = box
-        inner = self.field_inner
         S = valid.shape[-1]
         # Per crop pixel (exact where the head is still: both displacements are then zero), then
         # averaged over the face cells. rasterize/interpolate give zeros off the mesh (DESIGN §4).
         u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
-        p_tgt = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1).view(-1, 2)
-        p_src = project_points(points.reshape(1, -1, 3), self.K_out[None])[0]
-        rays = torch.cat([p_tgt, torch.ones(S * S, 1)], -1) @ self._K_out_inv.T
-        R, t = pose
-        X_m = camera_to_model(rays * depth.reshape(-1, 1), R, t)  # target point, model space
-        p_rig = project_points(pose_points(X_m, self.R_src, self.t_src), self.K_out[None])[0]
-        m = valid.reshape(-1, 1)
-        disp = torch.cat([(p_rig - p_tgt) * m, (p_src - p_rig) * m, m], -1)
-        disp = torch.nan_to_num_(disp).T.reshape(1, 5, S, S)
-        cells = F.adaptive_avg_pool2d(disp, inner)
+        ux, uy = (u + x0)[None, :], (u + y0)[:, None]  # target pixel x per column, y per row
+        # Rigid: the target pixel's point at its depth, moved from the target pose to the
+        # source's, projected: q = depth * H [x, y, 1] + c (H, c in float64 from the poses).
+        H, c = self._rigid_homography(pose)
+        d = depth.reshape(S, S)
+        q = [d * (H[i, 0] * ux + H[i, 1] * uy + H[i, 2]) + c[i] for i in range(3)]
+        qz = q[2].clamp_min(1e-6)
+        rig_x, rig_y = q[0] / qz, q[1] / qz
+        K = self.K_out
+        P = points.reshape(S, S, 3)
+        X, Y, Z = P[..., 0], P[..., 1], P[..., 2]
+        pz = (K[2, 0] * X + K[2, 1] * Y + K[2, 2] * Z).clamp_min(1e-6)
+        src_x = (K[0, 0] * X + K[0, 1] * Y + K[0, 2] * Z) / pz
+        src_y = (K[1, 0] * X + K[1, 1] * Y + K[1, 2] * Z) / pz
+        m = valid.reshape(S, S)
+        disp = torch.stack([rig_x - ux, rig_y - uy, src_x - rig_x, src_y - rig_y]) * m
+        disp = torch.cat([torch.nan_to_num_(disp), m[None]])  # [5,S,S]
+        P, area = self._cell_pool(S)  # adaptive_avg_pool2d to inner² cells, as two products
+        cells = ((P @ disp @ P.T) / area)[None]
         w_cell = cells[:, 4:5]
         cells = cells[:, :4] / w_cell.clamp_min(1e-6)
         rigid = cells[0, 0:2].permute(1, 2, 0)
