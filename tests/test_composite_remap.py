@@ -14,7 +14,7 @@ from jr2net.face.camera import camera_to_model, intrinsics, pose_points
 from jr2net.pipeline.background import BODY_OUTER, body_weights, fill_outside
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.remap import Rect, outside_pixels
-from jr2net.pipeline.stages import feather
+from jr2net.pipeline.stages import feather, resample
 
 H, W = 240, 320
 F_PX, Z_SRC = 400.0, 500.0
@@ -152,3 +152,14 @@ def test_outside_pixels_groups_by_edge_and_looks_in_the_bands_only():
     (by, bx), (ly, lx) = groups
     assert set(by.tolist()) == {19} and sorted(bx.tolist()) == list(range(30))
     assert set(lx.tolist()) == {0, 1} and sorted(set(ly.tolist())) == list(range(19))
+
+
+@pytest.mark.parametrize(
+    "h, size, antialias", [(256, 682, True), (128, 349, True), (256, 182, True), (256, 100, False)]
+)
+def test_resample_matches_f_interpolate(h, size, antialias):
+    """The face layer's and its planes' cv2 resampling gives F.interpolate's bilinear values."""
+    x = torch.rand(1, 5, h, h, generator=torch.Generator().manual_seed(0))
+    want = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    got = resample(x, size, antialias=antialias)
+    assert got.shape == want.shape and float((got - want).abs().max()) < 1e-4

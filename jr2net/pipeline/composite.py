@@ -42,7 +42,13 @@ from jr2net.pipeline.remap import (
     outside_pixels,
     remap_into,
 )
-from jr2net.pipeline.stages import bilinear_matrix, border_window, extend_field, feather
+from jr2net.pipeline.stages import (
+    bilinear_matrix,
+    border_window,
+    extend_field,
+    feather,
+    resample,
+)
 
 BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
 FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
@@ -134,33 +140,25 @@ class Compositor:
         # Face layer (crop resampled to its box in the output frame), clipped to the region. A
         # face given at another size than the crop (e.g. already at box size) gets the mask's size.
         if face.shape[-2:] != alpha.shape[-2:]:
-            alpha = F.interpolate(alpha, size=face.shape[-2:], mode="bilinear", align_corners=False)
-        layer = torch.cat([face, alpha], dim=1)
-        if layer.shape[-1] != side or layer.shape[-2] != side:
-            layer = F.interpolate(
-                layer,
-                size=(side, side),
-                mode="bilinear",
-                align_corners=False,
-                antialias=side < 0.6 * layer.shape[-1],
-            )
+            alpha = resample(alpha, face.shape[-1], antialias=False)
         lx0, ly0 = max(x0, fx0), max(y0, fy0)
         lx1, ly1 = min(x0 + side, fx1), min(y0 + side, fy1)
         if lx1 <= lx0 or ly1 <= ly0:
             return out
-        part = layer[0, :, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
+        alpha = resample(alpha, side)[0, 0, ly0 - y0 : ly1 - y0, lx0 - x0 : lx1 - x0]
         # Only the mask's bounding box changes (alpha 0 keeps the background).
-        a = part[3]
-        rows = torch.nonzero(a.amax(1) > 0)
-        cols = torch.nonzero(a.amax(0) > 0)
+        rows = torch.nonzero(alpha.amax(1) > 0)
+        cols = torch.nonzero(alpha.amax(0) > 0)
         if rows.numel() == 0:
             return out
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        part = part[:, r0:r1, c0:c1]
+        a = alpha[r0:r1, c0:c1].clamp(0.0, 1.0)
+        ry, rx = ly0 - y0 + r0, lx0 - x0 + c0  # the bounding box in the face's box
+        rgb = resample(face, side)[0, :, ry : ry + r1 - r0, rx : rx + c1 - c0]
         dst = out[ly0 + r0 : ly0 + r1, lx0 + c0 : lx0 + c1]
         sub = torch.from_numpy(dst).permute(2, 0, 1).float()
-        rgb = part[:3].mul(255.0).clamp_(0.0, 255.0)
-        sub.add_(rgb.sub_(sub).mul_(part[3:4].clamp(0.0, 1.0))).add_(0.5)
+        rgb = rgb.mul(255.0).clamp_(0.0, 255.0)
+        sub.add_(rgb.sub_(sub).mul_(a)).add_(0.5)
         # Values lie in [0.5, 255.5]: truncation rounds to nearest.
         dst[...] = sub.permute(1, 2, 0).numpy().astype(np.uint8)
         return out

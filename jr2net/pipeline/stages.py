@@ -210,18 +210,34 @@ def full_res_face(
     own = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1)
     p = torch.where(valid[0, 0, :, :, None] > 0, p, own)
     grid = torch.stack([(2 * p[..., 0] + 1) / Wo - 1, (2 * p[..., 1] + 1) / Ho - 1], 0)
-    planes = torch.cat([grid[None], planes], 1)
-    if side != S:
-        planes = F.interpolate(
-            planes, size=(side, side), mode="bilinear", align_corners=False,
-            antialias=side < 0.6 * S,
-        )  # fmt: skip
+    planes = resample(torch.cat([grid[None], planes], 1), side)
     sampled = F.grid_sample(
         photo, planes[:, 0:2].permute(0, 2, 3, 1), mode="bilinear",
         padding_mode="border", align_corners=False,
     )  # fmt: skip
     fill, ratio, cov = planes[:, 2:5], planes[:, 5:8], planes[:, 8:9]
-    return fill + cov * (sampled * ratio - fill)
+    return sampled.mul_(ratio).sub_(fill).mul_(cov).add_(fill)  # fill + cov (sampled ratio - fill)
+
+
+def resample(x: Tensor, size: int, antialias: bool = True) -> Tensor:
+    """``x`` ``[1,C,h,w]`` resampled to ``size``² as ``F.interpolate(mode="bilinear",
+    align_corners=False)`` does, antialiased below 0.6 times its side (unless ``antialias`` is
+    False); otherwise one ``cv2.resize`` per channel plane (~4x faster on CPU, same values to
+    ~1e-5)."""
+    h, w = x.shape[-2:]
+    if h == w == size:
+        return x
+    if antialias and size < 0.6 * max(h, w):
+        return F.interpolate(
+            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+        )
+    import cv2
+
+    src = x[0].float().contiguous().numpy()
+    out = np.empty((src.shape[0], size, size), np.float32)
+    for c in range(src.shape[0]):
+        cv2.resize(src[c], (size, size), dst=out[c], interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(out)[None]
 
 
 class RenderMesh:
