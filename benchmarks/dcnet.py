@@ -265,18 +265,42 @@ def speed(run: Path, face_model, dcnet_path: Path, frames: list[np.ndarray], n: 
     return rows
 
 
-def run_speed(run: Path, face_model, n: int) -> list[dict]:
-    """The speed rows of ``run``'s DCNet on d0's first frames, printed as a table."""
+def median_rows(runs: list[list[dict]]) -> list[dict]:
+    """Per setting, the median over repeated speed runs of every timing (``stages_ms`` per
+    stage), with each run's wall / CPU path ms and load average under ``repeats``."""
+    out = []
+    for rows in zip(*runs, strict=True):
+        row = {k: v for k, v in rows[0].items() if not isinstance(v, float)}
+        for k, v in rows[0].items():
+            if isinstance(v, float):
+                row[k] = statistics.median(r[k] for r in rows)
+        row["stages_ms"] = {k: statistics.median(r["stages_ms"][k] for r in rows)
+                            for k in rows[0]["stages_ms"]}  # fmt: skip
+        keep = ("path_ms", "path_cpu_ms", "dcnet_ms", "geometric_ms", "load_average")
+        row["repeats"] = [{k: r[k] for k in keep} for r in rows]
+        out.append(row)
+    return out
+
+
+def run_speed(run: Path, face_model, n: int, repeats: int = 1) -> list[dict]:
+    """The speed rows of ``run``'s DCNet on d0's first frames, printed as a table; with
+    ``repeats`` > 1 the medians over that many runs of the whole table."""
     from jr2net.io.video import VideoReader
     from jr2net.paths import shared_path
 
     with VideoReader(shared_path("data", "videos", "d0.mp4")) as r:
         frames = r.read_all(max_frames=40)
-    rows = speed(run, face_model, run / "dcnet" / "best.pt", frames, n)
+    runs = []
+    for k in range(max(1, repeats)):
+        runs.append(speed(run, face_model, run / "dcnet" / "best.pt", frames, n))
+        if repeats > 1:
+            ms = ", ".join(f"{r['crop']}² {r['runtime']} {r['path_ms']:.1f}" for r in runs[-1])
+            print(f"speed run {k + 1}/{repeats} (path wall ms): {ms}; load {os.getloadavg()}")
+    rows = runs[0] if len(runs) == 1 else median_rows(runs)
     print_table(rows, ["crop", "runtime", "dcnet_ms", "dcnet_cpu_ms", "dcnet_warp_cpu_ms",
                        "dcnet_decoder_cpu_ms", "path_ms", "path_cpu_ms", "geometric_ms",
                        "ratio_to_geometric", "mismatch"],
-                "Speed: ms per frame, 1 thread (d0 512²; wall medians and CPU medians, "
+                f"Speed: ms per frame, 1 thread (d0 512²; wall and CPU medians, {max(1, repeats)} run(s), "
                 f"load average {os.getloadavg()[0]:.1f})")  # fmt: skip
     for row in rows:
         print(
@@ -286,7 +310,7 @@ def run_speed(run: Path, face_model, n: int) -> list[dict]:
     return rows
 
 
-def speed_only(run: Path, n: int) -> int:
+def speed_only(run: Path, n: int, repeats: int = 1) -> int:
     """``--only speed``: the speed table alone, merged into an existing ``dcnet.json``."""
     from benchmarks.common import machine_info
     from jr2net.face.model import load_face_model
@@ -294,7 +318,7 @@ def speed_only(run: Path, n: int) -> int:
 
     stored = load_checkpoint(run / "dcnet" / "best.pt").get("config") or {}
     model = load_face_model((stored.get("run") or {}).get("face_model") or "ict")
-    rows = run_speed(run, model, n)
+    rows = run_speed(run, model, n, repeats)
     path = RESULTS_DIR / "dcnet.json"
     if not path.is_file():
         write_results("dcnet", {"run": str(run), "speed": rows,
@@ -355,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         "equally long trainings are compared; 0: their best.pt here",
     )
     ap.add_argument("--speed-frames", type=int, default=20, help="timed frames per setting")
+    ap.add_argument("--speed-runs", type=int, default=1,
+                    help="repeat the speed table this many times and keep the medians "
+                    "(each run's path times under 'repeats')")  # fmt: skip
     ap.add_argument("--skip-served", action="store_true", help="skip the geometric/learned paths")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument(
@@ -368,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if args.only == "speed":
-        return speed_only(args.run, args.speed_frames)
+        return speed_only(args.run, args.speed_frames, args.speed_runs)
     if args.only == "ablation":
         return ablation_only(args.run, args.ablation, args.ablation_step)
     from jr2net.eval.reenact_eval import contact_sheet
@@ -423,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         save_image(RESULTS_DIR / f"dcnet_{video}.png", sheet)
     speed_rows = []
     if not args.skip_speed and args.only == "all":
-        speed_rows = run_speed(args.run, model, args.speed_frames)
+        speed_rows = run_speed(args.run, model, args.speed_frames, args.speed_runs)
     write_results("dcnet", {
         "run": str(args.run), "model_spec": spec, "pairs": len(rows), "learning": learning,
         "per_video_face": per_video, "ablation": ablation_rows, "speed": speed_rows,
