@@ -198,7 +198,8 @@ def full_res_face(
     ``[1,S,S,3]``, projected into the source ``photo`` ``[1,3,Ho,Wo]`` (camera ``K_out``) and
     upsampled (a smooth field), sample the full-size photo once, so the face keeps its sharpness
     and a still head returns the photo itself. ``planes`` ``[1,7,S,S]``: fill colour (3), relight
-    ratio (3), soft co-visibility (1), upsampled from the crop."""
+    ratio (3), soft co-visibility (1), upsampled from the crop. Beyond the bounding box of the
+    mask ``valid`` (where the compositor's mask is 0) the layer is the fill colour."""
     from jr2net.face.camera import project as project_points
 
     S = points.shape[1]
@@ -211,12 +212,25 @@ def full_res_face(
     p = torch.where(valid[0, 0, :, :, None] > 0, p, own)
     grid = torch.stack([(2 * p[..., 0] + 1) / Wo - 1, (2 * p[..., 1] + 1) / Ho - 1], 0)
     planes = resample(torch.cat([grid[None], planes], 1), side)
+    face = planes[:, 2:5].clone()  # the fill colour where the mask (so the layer) is 0
+    # The photo is sampled only over the mask's bounding box (one crop pixel wider, what the
+    # bilinear upsampling of the mask can reach): the compositor's feathered mask is 0 beyond.
+    m = valid[0, 0] > 0
+    rows, cols = torch.nonzero(m.any(1)), torch.nonzero(m.any(0))
+    if rows.numel() == 0:
+        return face
+    k = side / S
+    r0, r1 = max(0, math.floor((int(rows[0]) - 1) * k)), min(side, math.ceil((int(rows[-1]) + 2) * k))
+    c0, c1 = max(0, math.floor((int(cols[0]) - 1) * k)), min(side, math.ceil((int(cols[-1]) + 2) * k))
+    sub = planes[:, :, r0:r1, c0:c1]
     sampled = F.grid_sample(
-        photo, planes[:, 0:2].permute(0, 2, 3, 1), mode="bilinear",
+        photo, sub[:, 0:2].permute(0, 2, 3, 1), mode="bilinear",
         padding_mode="border", align_corners=False,
     )  # fmt: skip
-    fill, ratio, cov = planes[:, 2:5], planes[:, 5:8], planes[:, 8:9]
-    return sampled.mul_(ratio).sub_(fill).mul_(cov).add_(fill)  # fill + cov (sampled ratio - fill)
+    fill, ratio, cov = sub[:, 2:5], sub[:, 5:8], sub[:, 8:9]
+    # fill + cov (sampled ratio - fill)
+    face[:, :, r0:r1, c0:c1] = sampled.mul_(ratio).sub_(fill).mul_(cov).add_(fill)
+    return face
 
 
 def resample(x: Tensor, size: int, antialias: bool = True) -> Tensor:
