@@ -265,6 +265,7 @@ class Compositor:
         # Pixels the source never showed (sampled outside it): inpainted, not edge-repeated.
         # Bilinear upsampling is convex: the coarse field bounds the displacement.
         reach = torch.maximum(field.abs().amax((1, 2)), body_shift.abs())
+        reach = torch.nan_to_num(reach, nan=0.0).clamp(0.0, float(max(Ho, Wo)))
         for ys, xs in outside_pixels(rects, (Ho, Wo), (float(reach[0]), float(reach[1]))):
             fill_holes(out, ys, xs, (fy0, Ho, ex0, ex1))
 
