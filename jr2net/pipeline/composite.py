@@ -36,7 +36,7 @@ from jr2net.pipeline.background import (
 )
 from jr2net.pipeline.remap import (
     Rect,
-    body_rect,
+    body_maps,
     field_maps,
     fill_holes,
     outside_pixels,
@@ -254,7 +254,7 @@ class Compositor:
             k = min(yb, fy1) - fy0
             rects.append(Rect(fy0, fx0, fmx[:k], fmy[:k]))
         if yb < Ho:  # the body's rows, with the box's field where they cross it
-            body = body_rect((yb, Ho), (ex0, ex1), wy[yb - fy0 :], wx, body_shift)
+            body = body_maps((yb, Ho), (ex0, ex1), wy[yb - fy0 :], wx, body_shift)
             if yb < fy1:
                 k = yb - fy0
                 body.mx[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmx[k:].numpy()

@@ -32,7 +32,7 @@ class Rect:
         self.mx, self.my = mx.numpy(), my.numpy()  # float32 [h,w], contiguous
 
 
-def body_rect(
+def body_maps(
     rows: tuple[int, int], cols: tuple[int, int], wy: Tensor, wx: Tensor, shift: Tensor
 ) -> Rect:
     """Maps of a pure body translation ``wy ⊗ wx · shift`` (px, target -> source) over ``rows`` x
