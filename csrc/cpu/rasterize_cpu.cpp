@@ -5,8 +5,9 @@
 // division (edges and bbox first, row spans only for wide triangles, depth coefficients only
 // once a pixel is covered). Where the CPU has AVX2 or AVX-512 (simd_level()), copies of the
 // projection, the triangle draw and the resolve compiled for it run instead
-// (cpu/rasterize_simd.inc: a triangle's bbox pixels tested 4 or 8 at a time); the file is
-// compiled with FMA contraction off, so every copy gives the same bits.
+// (cpu/rasterize_simd.inc: triangles set up and culled 4 or 8 at a time, a triangle's bbox
+// pixels tested 4 or 8 at a time); the file is compiled with FMA contraction off, so every copy
+// gives the same bits.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -139,6 +140,24 @@ struct Vec {
     return static_cast<unsigned>(_mm256_movemask_pd(_mm256_cmp_pd(a, b, _CMP_EQ_OQ)));
   }
   static void store_float(float* p, D a) { _mm_storeu_ps(p, _mm256_cvtpd_ps(a)); }
+  static void store(double* p, D a) { _mm256_store_pd(p, a); }
+  static D min(D a, D b) { return _mm256_min_pd(a, b); }
+  static D max(D a, D b) { return _mm256_max_pd(a, b); }
+  static D ceil(D a) { return _mm256_round_pd(a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC); }
+  static D floor(D a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+  using I = __m128i;  // N int32 indices
+  static I load_idx(const int32_t* p) { return _mm_load_si128(reinterpret_cast<const __m128i*>(p)); }
+  static D gather(const double* base, I idx) {
+    const __m256d all = _mm256_castsi256_pd(_mm256_set1_epi64x(-1));
+    return _mm256_mask_i32gather_pd(_mm256_setzero_pd(), base, idx, all, 8);
+  }
+  using M = __m256d;  // lane mask
+  template <int kPred>
+  static M cmp(D a, D b) { return _mm256_cmp_pd(a, b, kPred); }
+  static M mand(M a, M b) { return _mm256_and_pd(a, b); }
+  static M mor(M a, M b) { return _mm256_or_pd(a, b); }
+  static D blend(M m, D a, D b) { return _mm256_blendv_pd(b, a, m); }  // m ? a : b
+  static unsigned bits(M m) { return static_cast<unsigned>(_mm256_movemask_pd(m)); }
 };
 namespace {
 #include "cpu/rasterize_simd.inc"
@@ -166,6 +185,30 @@ struct Vec {
   static unsigned gt(D a, D b) { return _mm512_cmp_pd_mask(a, b, _CMP_GT_OQ); }
   static unsigned eq(D a, D b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
   static void store_float(float* p, D a) { _mm256_storeu_ps(p, _mm512_maskz_cvtpd_ps(0xff, a)); }
+  static void store(double* p, D a) { _mm512_store_pd(p, a); }
+  // Full-mask forms of min / max / roundscale: GCC 12's unmasked ones warn (undefined source).
+  static D min(D a, D b) { return _mm512_mask_min_pd(a, 0xff, a, b); }
+  static D max(D a, D b) { return _mm512_mask_max_pd(a, 0xff, a, b); }
+  static D ceil(D a) {
+    return _mm512_mask_roundscale_pd(a, 0xff, a, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+  }
+  static D floor(D a) {
+    return _mm512_mask_roundscale_pd(a, 0xff, a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  }
+  using I = __m256i;  // N int32 indices
+  static I load_idx(const int32_t* p) {
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static D gather(const double* base, I idx) {  // masked form: no undefined source operand
+    return _mm512_mask_i32gather_pd(_mm512_setzero_pd(), 0xff, idx, base, 8);
+  }
+  using M = __mmask8;  // lane mask
+  template <int kPred>
+  static M cmp(D a, D b) { return _mm512_cmp_pd_mask(a, b, kPred); }
+  static M mand(M a, M b) { return static_cast<M>(a & b); }
+  static M mor(M a, M b) { return static_cast<M>(a | b); }
+  static D blend(M m, D a, D b) { return _mm512_mask_blend_pd(m, b, a); }  // m ? a : b
+  static unsigned bits(M m) { return m; }
 };
 namespace {
 #include "cpu/rasterize_simd.inc"
