@@ -36,7 +36,8 @@ from jr2net.pipeline.background import (
 )
 from jr2net.pipeline.remap import (
     Rect,
-    body_maps,
+    ShiftRect,
+    body_pieces,
     field_maps,
     fill_holes,
     outside_pixels,
@@ -249,17 +250,19 @@ class Compositor:
         fmx, fmy = field_maps(
             field, A[fy0 - by0 : fy1 - by0], A[fx0 - bx0 : fx1 - bx0], (fx0, fy0)
         )
-        rects = []
-        if yb > fy0:  # the box's rows above the body: the head's field only
-            k = min(yb, fy1) - fy0
-            rects.append(Rect(fy0, fx0, fmx[:k], fmy[:k]))
-        if yb < Ho:  # the body's rows, with the box's field where they cross it
-            body = body_maps((yb, Ho), (ex0, ex1), wy[yb - fy0 :], wx, body_shift)
-            if yb < fy1:
-                k = yb - fy0
-                body.mx[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmx[k:].numpy()
-                body.my[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmy[k:].numpy()
-            rects.append(body)
+        # The box's field over its window; the body's translation over its rows outside the
+        # box's columns where they cross it, over all its columns below (body_pieces: no maps
+        # where the translation is uniform).
+        rects: list[Rect | ShiftRect] = [Rect(fy0, fx0, fmx, fmy)]
+        if yb < fy1:
+            wy_box = wy[yb - fy0 : fy1 - fy0]
+            if fx0 > ex0:
+                rects += body_pieces((yb, fy1), (ex0, fx0), wy_box, wx[: fx0 - ex0], body_shift)
+            if fx1 < ex1:
+                rects += body_pieces((yb, fy1), (fx1, ex1), wy_box, wx[fx1 - ex0 :], body_shift)
+        y = max(yb, fy1)
+        if y < Ho:
+            rects += body_pieces((y, Ho), (ex0, ex1), wy[y - fy0 :], wx, body_shift)
         for r in rects:
             remap_into(out, self._bg4, r)
         # Pixels the source never showed (sampled outside it): inpainted, not edge-repeated.
