@@ -13,6 +13,15 @@
   the body's motion would sample the source's own face (``source_face_weights``: a head that
   moved away from where the source showed it): there the head's field keeps carrying the old
   head position along, so no second face shows.
+- **A person moving as a whole** (``motion_agreement``): where the body's translation is close to
+  the head's (within ``AGREE_FULL`` of the head's, relative; none beyond ``AGREE_NONE``), the
+  head moves with its body (a person who shifts, or a camera that follows them), not over it:
+  the neck weights give way by that agreement (hair hanging beside the jaw follows the head, s29),
+  and the head's translation reaches past its window's fade near the face (``REACH_INNER`` to
+  ``REACH_OUTER`` box sides from its centre, zero over the background box's outer
+  ``REACH_BORDER``), so hair beside a face near the box's edge is not left behind. A head that
+  moves over a still body (agreement 0, d0) keeps the neck weights as they were.
+  ``blend_body`` combines the head's field with the body's motion.
 - **Measured body motion** (``BodyTracker``, the geometric path's default): the neck and shoulders
   move as the driving frame's own body does, not as its head: the region below the driving face
   (``BODY_RECT`` face widths across, from ``BODY_GAP`` face widths under the chin down, at most
@@ -49,6 +58,11 @@ MIN_BODY_HEIGHT = 0.12  # below this height / face width there is no body to tra
 TRACK_SIDE = 128  # long side (px) of the tracked region once downscaled
 MIN_TRACK_SIDE = 32  # ... but its short side at least this (or full resolution)
 MIN_RESPONSE = 0.05  # phase-correlation peak below which a frame adds no body shift
+AGREE_FULL = 0.3  # |head - body| / |head| up to which the head moves with its body (agreement 1)
+AGREE_NONE = 0.8  # ... and from which it moves over it (agreement 0)
+REACH_INNER = 0.5  # box sides from the face centre within which an agreeing head's motion holds
+REACH_OUTER = 0.9  # ... fading (smoothstep) to zero here
+REACH_BORDER = 0.06  # fade to zero over this outer fraction of the background box
 FILL_SIDE = 192  # long side (px) of the inpainting resolution
 FILL_RADIUS = 3  # cv2.inpaint radius at that resolution
 
@@ -81,6 +95,65 @@ def neck_weights(valid: Tensor, box: tuple[int, int, int], xs: Tensor, ys: Tenso
     line = y0 + (bottom[has] + 1.0) * (side / S) - 0.5  # lower edge of the lowest face pixel
     yb = torch.from_numpy(np.interp(xs.numpy(), col_x[has].numpy(), line.numpy())).float()
     return ((ys[:, None] - yb[None, :]) / max(NECK_RAMP * side, 1.0)).clamp_(0.0, 1.0)
+
+
+def motion_agreement(head_shift: Tensor, body_shift: Tensor) -> float:
+    """How much the head moves with its body (1) rather than over it (0), from their image
+    translations ``[2]`` (px): ``|head - body| / |head|`` between ``AGREE_FULL`` and
+    ``AGREE_NONE`` (module doc); 0 for a head that moved under a pixel."""
+    h = float(head_shift.float().norm())
+    if h < 1.0:
+        return 0.0
+    r = float((head_shift.float() - body_shift.float()).norm()) / h
+    return min(1.0, max(0.0, (AGREE_NONE - r) / (AGREE_NONE - AGREE_FULL)))
+
+
+def head_reach(box: tuple[int, int, int], xs: Tensor, ys: Tensor, agreement: float) -> Tensor:
+    """``[len(ys), len(xs)]`` weights (``agreement`` at most) of the head's translation past its
+    window near the face (``REACH_INNER`` to ``REACH_OUTER`` box sides from the face centre),
+    zero over the outer ``REACH_BORDER`` of the grid ``xs``, ``ys`` (the background box's cells)."""
+    x0, y0, side = box
+    cx, cy = x0 + side / 2, y0 + side / 2
+    dx, dy = (xs - cx) / side, (ys - cy) / side
+    r = torch.sqrt(dy[:, None] ** 2 + dx[None, :] ** 2)
+    g = ((REACH_OUTER - r) / (REACH_OUTER - REACH_INNER)).clamp_(0.0, 1.0)
+    g = g * g * (3 - 2 * g)  # smoothstep
+
+    def edge(v: Tensor) -> Tensor:  # 0 on the grid's outer cells, 1 from REACH_BORDER in
+        n = len(v)
+        t = torch.minimum(torch.arange(n, dtype=torch.float32), torch.arange(n - 1, -1, -1)) / n
+        return (t / REACH_BORDER).clamp_(0.0, 1.0)
+
+    return agreement * g * edge(ys)[:, None] * edge(xs)[None, :]
+
+
+def blend_body(
+    field: Tensor,
+    window: Tensor,
+    head_shift: Tensor,
+    body_shift: Tensor,
+    valid: Tensor,
+    box: tuple[int, int, int],
+    src_box: tuple[int, int, int],
+    xs: Tensor,
+    ys: Tensor,
+) -> Tensor:
+    """The head's background field ``[1,2,n,n]`` (px, target -> source, over the cells ``xs``,
+    ``ys``; ``window`` ``[1,1,n,n]`` its fade) combined with the body's translation
+    ``body_shift`` ``[2]``: the body takes over below the face's lower outline (``neck_weights``,
+    less where the head moves with its body and where it would show the source's own face) and
+    where the head's window fades (``body_weights``); a head moving with its body carries its
+    translation ``head_shift`` past its window near the face (``head_reach``). Module doc."""
+    agree = motion_agreement(head_shift, body_shift)
+    wx, wy = body_weights(xs, ys, box)
+    neck = neck_weights(valid, box, xs, ys) * (1 - agree)
+    neck = neck * (1 - source_face_weights(src_box, xs, ys, body_shift))
+    neck = neck[None, None]
+    reach = (1 - window) * head_reach(box, xs, ys, agree)[None, None]
+    head = (1 - neck) * (window + reach)
+    w_body = (wy[:, None] * wx[None, :])[None, None] * (1 - head)
+    field = field + reach * head_shift.float().view(1, 2, 1, 1)
+    return (1 - neck) * field + w_body * body_shift.float().view(1, 2, 1, 1)
 
 
 def source_face_weights(

@@ -30,9 +30,8 @@ from jr2net.face.camera import flip
 from jr2net.pipeline.background import (
     BODY_DAMPING,
     BODY_OUTER,
+    blend_body,
     body_weights,
-    neck_weights,
-    source_face_weights,
 )
 from jr2net.pipeline.remap import (
     Rect,
@@ -203,17 +202,12 @@ class Compositor:
             body_shift = BODY_DAMPING * head_shift  # [2] px, target -> source
         body_shift = body_shift.float()
         # Inside the box the body term takes over where the head field fades out, and below
-        # the face's lower outline (neck, shoulders beside the jaw) whatever the window.
+        # the face's lower outline (neck, shoulders beside the jaw) unless the head moves with
+        # its body (background.blend_body).
         c = (torch.arange(FIELD_GRID, dtype=torch.float32) + 0.5) * (bside / FIELD_GRID) - 0.5
-        wx, wy = body_weights(c + bx0, c + by0, box)
-        neck = neck_weights(valid, box, c + bx0, c + by0)
-        # Not where the body's motion would show the source's own face (a head that moved
-        # away from it): there the head's field carries the old head position along.
-        neck = neck * (1 - source_face_weights(self.src_box, c + bx0, c + by0, body_shift))
-        neck = neck[None, None]
-        head = (1 - neck) * self.window
-        w_body = (wy[:, None] * wx[None, :])[None, None] * (1 - head)
-        field = (1 - neck) * field + w_body * body_shift.view(1, 2, 1, 1)
+        field = blend_body(
+            field, self.window, head_shift, body_shift, valid, box, self.src_box, c + bx0, c + by0
+        )
         return field[0], body_shift
 
     def _warp_background(
