@@ -4,9 +4,10 @@ The warped background is resampled only where its displacement field can be nonz
 ``cv2.remap`` (bilinear, edge-replicated: ``grid_sample(padding_mode="border")``'s values to
 OpenCV's 1/32 px interpolation step) from the uint8 source straight into the output frame; a zero
 displacement gives the source pixel exactly; where the body moves by one uniform translation
-(both body weights 1) ``cv2.warpAffine`` samples it without maps (``ShiftRect``). Pixels that sample outside the source are looked
-for in bands along the frame's edges only (a displacement of at most ``d`` px cannot leave the
-source further inside) and inpainted (``background.fill_outside``) on a crop around them only.
+(both body weights 1) ``cv2.warpAffine`` samples it without maps (``ShiftRect``). Pixels that
+sample outside the source are looked for in bands along the frame's edges only (a displacement
+of at most ``d`` px cannot leave the source further inside) and inpainted
+(``background.fill_outside``) on a crop around them only.
 """
 
 from __future__ import annotations
@@ -151,8 +152,12 @@ def outside_pixels(
             if y1 <= y0 or x1 <= x0:
                 continue
             mx, my = r.maps(y0, y1, x0, x1)
-            edge = np.stack([my < -0.5 - ty, my > H - 0.5 + ty, mx < -0.5 - tx, mx > W - 0.5 + tx])
-            yy, xx = np.nonzero(edge.any(0))
+            tests = (my < -0.5 - ty, my > H - 0.5 + ty, mx < -0.5 - tx, mx > W - 0.5 + tx)
+            hit = [t for t in tests if t.any()]
+            if not hit:  # the common case: the whole band samples inside
+                continue
+            edge = np.stack(tests)
+            yy, xx = np.nonzero(np.logical_or.reduce(hit) if len(hit) > 1 else hit[0])
             found.append((yy + y0) * W + (xx + x0))
             codes.append(edge[:, yy, xx].argmax(0))  # the first edge crossed, in that order
     if not found:
