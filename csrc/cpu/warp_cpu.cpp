@@ -127,26 +127,6 @@ void row_taps(const WarpParams<T>& P, const DepthWarpFrame<T>& F, int64_t b, int
   tt.nspan.data()[r] = ns / 2;
 }
 
-// Taps of all target pixels (parallel over B*Ht rows), plus covisible / jac when given.
-template <typename T, bool kDepth>
-void all_taps(const WarpParams<T>& P, Taps<T>& tt, T* covisible, T* jac) {
-  const int64_t HWt = P.Ht * P.Wt;
-  const int64_t grain = std::max<int64_t>(1, (kGrain / 8) / std::max<int64_t>(1, P.Wt));
-  at::parallel_for(0, P.B * P.Ht, grain, [&](int64_t begin, int64_t end) {
-    int64_t b = begin / P.Ht;
-    DepthWarpFrame<T> F = frame_of(P, kDepth, b);
-    for (int64_t r = begin; r < end; ++r) {
-      if (r / P.Ht != b) {
-        b = r / P.Ht;
-        F = frame_of(P, kDepth, b);
-      }
-      const int64_t i = r - b * P.Ht, p = b * HWt + i * P.Wt;
-      row_taps<T, kDepth>(P, F, b, i, tt, covisible ? covisible + p : nullptr,
-                          jac ? jac + p * kJac<kDepth> : nullptr);
-    }
-  });
-}
-
 // Tap offsets of the right and lower neighbours (0 for a 1-pixel-wide/high source).
 template <typename T>
 inline int64_t tap_dx(const WarpParams<T>& P) {
@@ -155,6 +135,179 @@ inline int64_t tap_dx(const WarpParams<T>& P) {
 template <typename T>
 inline int64_t tap_dy(const WarpParams<T>& P) {
   return P.Hs > 1 ? P.Ws : 0;
+}
+
+// The forward's footprints of a row in two passes: row_project (branch-free, so it vectorises;
+// AVX2 / AVX-512 copies) projects every pixel and finds its tap and fractions, then
+// row_taps_fast runs the source-depth test on the pixels inside the image and packs the
+// covisible ones. Both compute warp_point + warp_sample's operations in the same order with no
+// FMA contraction (hence the pragma: the AVX-512 target implies FMA), so the covisible masks and
+// taps are the scalar path's bit for bit.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+template <typename T>
+struct RowProj {
+  std::unique_ptr<int32_t[]> ok, tap;
+  std::unique_ptr<T[]> fx, fy, z;
+  explicit RowProj(int64_t n)
+      : ok(new int32_t[n]), tap(new int32_t[n]), fx(new T[n]), fy(new T[n]), z(new T[n]) {}
+};
+
+template <typename T, bool kDepth>
+JR2_ALWAYS_INLINE inline void row_project(const WarpParams<T>& P, const DepthWarpFrame<T>& F,
+                                          int64_t b, int64_t i, RowProj<T>& rp) {
+  const T* K = P.K_src + b * 9;
+  const T k0 = K[0], k1 = K[1], k2 = K[2], k3 = K[3], k4 = K[4], k5 = K[5], k6 = K[6],
+          k7 = K[7], k8 = K[8];
+  const int64_t p0 = b * P.Ht * P.Wt + i * P.Wt;
+  const T lo = T(-kWarpEdgeTol), xhi = T(double(P.Ws - 1) + kWarpEdgeTol);
+  const T yhi = T(double(P.Hs - 1) + kWarpEdgeTol);
+  const int32_t xmax = P.Ws > 1 ? int32_t(P.Ws - 2) : 0, ymax = P.Hs > 1 ? int32_t(P.Hs - 2) : 0;
+  const int32_t ws = static_cast<int32_t>(P.Ws);
+  int32_t* __restrict ok = rp.ok.get();
+  int32_t* __restrict tap = rp.tap.get();
+  T *__restrict fxs = rp.fx.get(), *__restrict fys = rp.fy.get(), *__restrict zs = rp.z.get();
+  const T* __restrict dd = kDepth ? P.dst_depth + p0 : nullptr;
+  const T* __restrict vd = kDepth ? nullptr : P.valid + p0;
+  const T* __restrict pts = kDepth ? nullptr : P.points + p0 * 3;
+  const T v = T(i);
+  // M [j, i, 1] = (M0 j + M1 i + M2, ...): the row's M1 i + M2 is not hoisted (same order)
+  const T m0 = F.M[0], m1 = F.M[1], m2 = F.M[2], m3 = F.M[3], m4 = F.M[4], m5 = F.M[5],
+          m6 = F.M[6], m7 = F.M[7], m8 = F.M[8], t0 = F.t[0], t1 = F.t[1], t2 = F.t[2];
+#pragma omp simd
+  for (int64_t j = 0; j < P.Wt; ++j) {
+    T X0, X1, X2;
+    bool valid;
+    if constexpr (kDepth) {  // warp_point: P = d * (M [j, i, 1]) + t
+      const T d = dd[j], u = T(static_cast<int32_t>(j));  // int32: vectorises without DQ
+      valid = d > T(0);
+      X0 = d * (m0 * u + m1 * v + m2) + t0;
+      X1 = d * (m3 * u + m4 * v + m5) + t1;
+      X2 = d * (m6 * u + m7 * v + m8) + t2;
+    } else {
+      valid = vd[j] > T(0.5);
+      X0 = pts[j * 3];
+      X1 = pts[j * 3 + 1];
+      X2 = pts[j * 3 + 2];
+    }
+    // warp_sample without the source-depth test
+    const T q0 = k0 * X0 + k1 * X1 + k2 * X2;
+    const T q1 = k3 * X0 + k4 * X1 + k5 * X2;
+    const T q2 = k6 * X0 + k7 * X1 + k8 * X2;
+    const T x = q0 / q2, y = q1 / q2;
+    const bool good = valid & (q2 > T(0)) & (x >= lo) & (x <= xhi) & (y >= lo) & (y <= yhi);
+    const T xs = good ? x : T(0), ys = good ? y : T(0);
+    int32_t x0 = static_cast<int32_t>(xs), y0 = static_cast<int32_t>(ys);
+    x0 = x0 < xmax ? x0 : xmax;
+    y0 = y0 < ymax ? y0 : ymax;
+    ok[j] = good ? 1 : 0;
+    tap[j] = y0 * ws + x0;
+    fxs[j] = xs - T(x0);
+    fys[j] = ys - T(y0);
+    zs[j] = X2;
+  }
+}
+
+template <typename T, bool kDepth>
+void row_project_base(const WarpParams<T>& P, const DepthWarpFrame<T>& F, int64_t b, int64_t i,
+                      RowProj<T>& rp) {
+  row_project<T, kDepth>(P, F, b, i, rp);
+}
+#if JR2_X86_DISPATCH
+template <typename T, bool kDepth>
+JR2_TARGET_AVX512 void row_project_avx512(const WarpParams<T>& P, const DepthWarpFrame<T>& F,
+                                          int64_t b, int64_t i, RowProj<T>& rp) {
+  row_project<T, kDepth>(P, F, b, i, rp);
+}
+template <typename T, bool kDepth>
+JR2_TARGET_AVX2 void row_project_avx2(const WarpParams<T>& P, const DepthWarpFrame<T>& F,
+                                      int64_t b, int64_t i, RowProj<T>& rp) {
+  row_project<T, kDepth>(P, F, b, i, rp);
+}
+#endif
+
+// Footprints of target row i of batch b for the forward (tt and covisible, as row_taps).
+template <typename T, bool kDepth>
+void row_taps_fast(const WarpParams<T>& P, const DepthWarpFrame<T>& F, int64_t b, int64_t i,
+                   Taps<T>& tt, T* covisible, RowProj<T>& rp) {
+#if JR2_X86_DISPATCH
+  const SimdLevel level = simd_level();
+  if (level == SimdLevel::kAvx512) {
+    row_project_avx512<T, kDepth>(P, F, b, i, rp);
+  } else if (level == SimdLevel::kAvx2) {
+    row_project_avx2<T, kDepth>(P, F, b, i, rp);
+  } else {
+    row_project_base<T, kDepth>(P, F, b, i, rp);
+  }
+#else
+  row_project_base<T, kDepth>(P, F, b, i, rp);
+#endif
+  const T* sd = P.src_depth ? P.src_depth + b * P.Hs * P.Ws : nullptr;
+  const int64_t dx = tap_dx(P), dy = tap_dy(P), r = b * P.Ht + i;
+  int32_t* idx = tt.idx.data() + r * P.Wt;
+  T* fxs = tt.fx.data() + r * P.Wt;
+  T* fys = tt.fy.data() + r * P.Wt;
+  int32_t* spans = tt.spans.data() + r * (P.Wt + 1);
+  int32_t m = 0, ns = 0;
+  bool open = false;
+  for (int64_t j = 0; j < P.Wt; ++j) {
+    bool ok = rp.ok[j] != 0;
+    const int32_t t = rp.tap[j];
+    const T fx = rp.fx[j], fy = rp.fy[j];
+    if (ok && sd) {  // warp_sample's source-depth test
+      const T d00 = sd[t], d01 = sd[t + dx], d10 = sd[t + dy], d11 = sd[t + dy + dx];
+      if (!(d00 > T(0) && d01 > T(0) && d10 > T(0) && d11 > T(0))) {
+        ok = false;
+      } else {
+        const T top = d00 + fx * (d01 - d00);
+        const T bot = d10 + fx * (d11 - d10);
+        const T ds = top + fy * (bot - top);
+        const T z = rp.z[j];
+        const T diff = z > ds ? z - ds : ds - z;
+        ok = diff <= P.rel_eps * z;
+      }
+    }
+    covisible[j] = ok ? T(1) : T(0);
+    if (ok != open) {
+      spans[ns++] = static_cast<int32_t>(j);
+      open = ok;
+    }
+    if (!ok) continue;
+    idx[m] = t;
+    fxs[m] = fx;
+    fys[m] = fy;
+    ++m;
+  }
+  if (open) spans[ns++] = static_cast<int32_t>(P.Wt);
+  tt.nspan.data()[r] = ns / 2;
+}
+#pragma GCC pop_options
+
+// Taps of all target pixels (parallel over B*Ht rows), plus covisible / jac when given.
+template <typename T, bool kDepth>
+void all_taps(const WarpParams<T>& P, Taps<T>& tt, T* covisible, T* jac) {
+  const int64_t HWt = P.Ht * P.Wt;
+  const int64_t grain = std::max<int64_t>(1, (kGrain / 8) / std::max<int64_t>(1, P.Wt));
+  // Source planes of 2^31 values or more have taps past int32 (make_params refuses them).
+  const bool fast = covisible && !jac;
+  at::parallel_for(0, P.B * P.Ht, grain, [&](int64_t begin, int64_t end) {
+    int64_t b = begin / P.Ht;
+    DepthWarpFrame<T> F = frame_of(P, kDepth, b);
+    std::unique_ptr<RowProj<T>> rp(fast ? new RowProj<T>(P.Wt) : nullptr);
+    for (int64_t r = begin; r < end; ++r) {
+      if (r / P.Ht != b) {
+        b = r / P.Ht;
+        F = frame_of(P, kDepth, b);
+      }
+      const int64_t i = r - b * P.Ht, p = b * HWt + i * P.Wt;
+      if (fast) {
+        row_taps_fast<T, kDepth>(P, F, b, i, tt, covisible + p, *rp);
+      } else {
+        row_taps<T, kDepth>(P, F, b, i, tt, covisible ? covisible + p : nullptr,
+                            jac ? jac + p * kJac<kDepth> : nullptr);
+      }
+    }
+  });
 }
 
 #if JR2_X86_DISPATCH
