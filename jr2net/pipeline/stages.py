@@ -200,22 +200,22 @@ def full_res_face(
     and a still head returns the photo itself. ``planes`` ``[1,7,S,S]``: fill colour (3), relight
     ratio (3), soft co-visibility (1), upsampled from the crop. Beyond the bounding box of the
     mask ``valid`` (where the compositor's mask is 0) the layer is the fill colour."""
-    from jr2net.face.camera import project as project_points
-
     S = points.shape[1]
     Ho, Wo = photo.shape[-2:]
     x0, y0, side = box
-    p = project_points(points.view(1, -1, 3), K_out[None])[0].view(S, S, 2)
+    m = valid[0, 0] > 0
+    # camera.project's values (K @ [X,Y,Z], then x/z and y/z), one [3,3] @ [3,N] product.
+    q = K_out @ points.view(-1, 3).T
+    z = q[2].clamp(min=1e-6)
     # Off the mesh: the target pixel itself (the mask hides it; keeps the field smooth).
     u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
-    own = torch.stack(torch.meshgrid(u + x0, u + y0, indexing="xy"), -1)
-    p = torch.where(valid[0, 0, :, :, None] > 0, p, own)
-    grid = torch.stack([(2 * p[..., 0] + 1) / Wo - 1, (2 * p[..., 1] + 1) / Ho - 1], 0)
+    gx = torch.where(m, (q[0] / z).view(S, S), (u + x0)[None, :])
+    gy = torch.where(m, (q[1] / z).view(S, S), (u + y0)[:, None])
+    grid = torch.stack([(2 * gx + 1) / Wo - 1, (2 * gy + 1) / Ho - 1], 0)
     planes = resample(torch.cat([grid[None], planes], 1), side)
     face = planes[:, 2:5].clone()  # the fill colour where the mask (so the layer) is 0
     # The photo is sampled only over the mask's bounding box (one crop pixel wider, what the
     # bilinear upsampling of the mask can reach): the compositor's feathered mask is 0 beyond.
-    m = valid[0, 0] > 0
     rows, cols = torch.nonzero(m.any(1)), torch.nonzero(m.any(0))
     if rows.numel() == 0:
         return face
