@@ -322,18 +322,20 @@ class Compositor:
         # source's, projected: q = depth * H [x, y, 1] + c (H, c in float64 from the poses).
         H, c = self._rigid_homography(pose)
         d = depth.reshape(S, S)
-        q = [d * (H[i, 0] * ux + H[i, 1] * uy + H[i, 2]) + c[i] for i in range(3)]
-        qz = q[2].clamp_min(1e-6)
-        rig_x, rig_y = q[0] / qz, q[1] / qz
-        K = self.K_out
-        P = points.reshape(S, S, 3)
-        X, Y, Z = P[..., 0], P[..., 1], P[..., 2]
-        pz = (K[2, 0] * X + K[2, 1] * Y + K[2, 2] * Z).clamp_min(1e-6)
-        src_x = (K[0, 0] * X + K[0, 1] * Y + K[0, 2] * Z) / pz
-        src_y = (K[1, 0] * X + K[1, 1] * Y + K[1, 2] * Z) / pz
+        q = [(H[i, 0] * ux + H[i, 1] * uy).add_(H[i, 2]).mul_(d).add_(c[i]) for i in range(3)]
+        qz = q[2].clamp_min_(1e-6)
+        rig_x, rig_y = q[0].div_(qz), q[1].div_(qz)
+        # The source points projected (camera.project's values): one [3,3] @ [3,N] product.
+        src = (self.K_out @ points.reshape(-1, 3).T).view(3, S, S)
+        pz = src[2].clamp_min(1e-6)
         m = valid.reshape(S, S)
-        disp = torch.stack([rig_x - ux, rig_y - uy, src_x - rig_x, src_y - rig_y]) * m
-        disp = torch.cat([torch.nan_to_num_(disp), m[None]])  # [5,S,S]
+        disp = torch.empty(5, S, S)  # rigid (x, y), non-rigid remainder (x, y), mask
+        torch.sub(rig_x, ux, out=disp[0])
+        torch.sub(rig_y, uy, out=disp[1])
+        torch.div(src[0], pz, out=disp[2]).sub_(rig_x)
+        torch.div(src[1], pz, out=disp[3]).sub_(rig_y)
+        torch.nan_to_num_(disp[:4].mul_(m))
+        disp[4] = m
         P, area = self._cell_pool(S)  # adaptive_avg_pool2d to inner² cells, as two products
         cells = ((P @ disp @ P.T) / area)[None]
         w_cell = cells[:, 4:5]
