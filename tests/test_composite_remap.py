@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from jr2net.face.camera import camera_to_model, intrinsics, pose_points
+from jr2net.pipeline import composite
 from jr2net.pipeline.background import BODY_OUTER, body_weights, fill_outside
 from jr2net.pipeline.composite import Compositor
 from jr2net.pipeline.remap import Rect, outside_pixels
@@ -108,11 +109,16 @@ def _jump(img: np.ndarray, holes: np.ndarray) -> float:
         (500.0, 0.0, (0.0, 0.0), (0.0, 0.0)),  # still
     ],
 )
-def test_sparse_remap_matches_the_dense_grid_sample_compositing(z, roll, shift, body):
+@pytest.mark.parametrize("shift_min", [None, 0])
+def test_sparse_remap_matches_the_dense_grid_sample_compositing(z, roll, shift, body, shift_min,
+                                                                monkeypatch):
     """Pixels sampled inside the source: within one uint8 level of the dense path (OpenCV's
     1/32 px interpolation step), 0.05 level on average. Inpainted ones (the fill sees a crop
     around them, at a finer resolution when the crop is smaller than the region) differ by
-    some levels, but continue their valid neighbours at least as well."""
+    some levels, but continue their valid neighbours at least as well. ``shift_min`` 0: the
+    body's uniform middle through ``ShiftRect`` (warpAffine) however small."""
+    if shift_min is not None:
+        monkeypatch.setattr(composite, "SHIFT_MIN_PIXELS", shift_min)
     comp, args = _scene(z, roll, shift)
     body_shift = torch.tensor(body)
     new = comp.composite(*args, body_shift).astype(int)

@@ -36,6 +36,7 @@ from jr2net.pipeline.background import (
 from jr2net.pipeline.remap import (
     Rect,
     ShiftRect,
+    body_maps,
     body_pieces,
     field_maps,
     fill_holes,
@@ -52,6 +53,7 @@ from jr2net.pipeline.stages import (
 
 BACKGROUND_BOX_SCALE = 1.6  # background-warp box side / render crop side
 FIELD_GRID = 32  # cells across the background-warp box (the motion field is smooth)
+SHIFT_MIN_PIXELS = 100_000  # a uniform body translation at least this large skips the maps
 
 
 class Compositor:
@@ -244,19 +246,26 @@ class Compositor:
         fmx, fmy = field_maps(
             field, A[fy0 - by0 : fy1 - by0], A[fx0 - bx0 : fx1 - bx0], (fx0, fy0)
         )
-        # The box's field over its window; the body's translation over its rows outside the
-        # box's columns where they cross it, over all its columns below (body_pieces: no maps
-        # where the translation is uniform).
-        rects: list[Rect | ShiftRect] = [Rect(fy0, fx0, fmx, fmy)]
-        if yb < fy1:
-            wy_box = wy[yb - fy0 : fy1 - fy0]
-            if fx0 > ex0:
-                rects += body_pieces((yb, fy1), (ex0, fx0), wy_box, wx[: fx0 - ex0], body_shift)
-            if fx1 < ex1:
-                rects += body_pieces((yb, fy1), (fx1, ex1), wy_box, wx[fx1 - ex0 :], body_shift)
-        y = max(yb, fy1)
-        if y < Ho:
-            rects += body_pieces((y, Ho), (ex0, ex1), wy[y - fy0 :], wx, body_shift)
+        rects: list[Rect | ShiftRect] = []
+        if yb > fy0:  # the box's rows above the body: the head's field only
+            k = min(yb, fy1) - fy0
+            rects.append(Rect(fy0, fx0, fmx[:k], fmy[:k]))
+        # Below the box the body's middle (both weights 1) moves by one translation: sampled
+        # without maps (remap.ShiftRect) from row ys down, when large enough to pay for the
+        # extra rects (1080p: ~0.5 ms less; at 512² it seldom is).
+        full_y, full_x = torch.nonzero(wy >= 1), torch.nonzero(wx >= 1)
+        ys = max(fy0 + int(full_y[0]), fy1, yb) if len(full_y) and len(full_x) else Ho
+        if (Ho - ys) * len(full_x) < SHIFT_MIN_PIXELS:
+            ys = Ho
+        if ys > yb:  # the body's rows above ys, with the box's field where they cross it
+            body = body_maps((yb, ys), (ex0, ex1), wy[yb - fy0 : ys - fy0], wx, body_shift)
+            if yb < fy1:
+                k = yb - fy0
+                body.mx[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmx[k:].numpy()
+                body.my[: fy1 - yb, fx0 - ex0 : fx1 - ex0] = fmy[k:].numpy()
+            rects.append(body)
+        if ys < Ho:
+            rects += body_pieces((ys, Ho), (ex0, ex1), wy[ys - fy0 :], wx, body_shift)
         for r in rects:
             remap_into(out, self._bg4, r)
         # Pixels the source never showed (sampled outside it): inpainted, not edge-repeated.
