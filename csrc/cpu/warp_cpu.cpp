@@ -87,12 +87,17 @@ JR2_TARGET_AVX2 int64_t run_pairs_f32(const float* __restrict s, int64_t dy,
 // not read back here, so skipping the read-for-ownership of every output line saves memory
 // traffic (64ch 256²: 16 MiB of output per call, 70% of it zeros).
 constexpr int64_t kStreamMaxRow = 2048;
+// Outputs smaller than this (about a core's L2) are written with plain stores: the caller's next
+// op finds them in cache.
+constexpr int64_t kStreamMinBytes = int64_t{2} << 20;
 
 template <typename T, int kStream>
 inline bool streamable(const WarpParams<T>& P, int64_t b, int64_t c) {
   const int64_t bytes = P.Wt * int64_t(sizeof(T));
   const auto base = reinterpret_cast<uintptr_t>(P.warped + (b * P.C + c) * P.Ht * P.Wt);
-  return P.Wt <= kStreamMaxRow && bytes % kStream == 0 && base % kStream == 0;
+  const int64_t total = P.B * P.C * P.Ht * bytes;
+  return P.Wt <= kStreamMaxRow && total >= kStreamMinBytes && bytes % kStream == 0 &&
+         base % kStream == 0;
 }
 
 #if JR2_X86_DISPATCH
