@@ -178,6 +178,23 @@ def test_large_inputs_match_reference_at_any_thread_count(threads):
     torch.testing.assert_close(g[1], g_ref[1], rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_outputs_of_two_mib_and_more_match_reference(threads):
+    """1x32x128x128 float32 is 2 MiB: the forward writes its rows with non-temporal stores."""
+    gen = torch.Generator().manual_seed(12)
+    src, dst_depth, K_src, K_dst, T, src_depth = _random_depth_case(1, 32, 96, 112, 128, 128, gen)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out, cov = depth_warp(src, dst_depth, K_src, K_dst, T, src_depth, 0.1)
+    finally:
+        torch.set_num_threads(previous)
+    ref, ref_cov = depth_warp_ref(src, dst_depth, K_src, K_dst, T, src_depth, 0.1)
+    assert out.numel() * out.element_size() >= 2 << 20
+    assert torch.equal(cov, ref_cov)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)  # float32 sums, 2^19 values
+
+
 # ---- gradcheck (float64) ----------------------------------------------------------------------
 
 
