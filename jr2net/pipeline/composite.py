@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from jr2net.face.camera import flip
+from jr2net.face.camera import flip, project_planes
 from jr2net.pipeline.background import (
     BODY_DAMPING,
     BODY_OUTER,
@@ -334,15 +334,13 @@ class Compositor:
         q = [(H[i, 0] * ux + H[i, 1] * uy).add_(H[i, 2]).mul_(d).add_(c[i]) for i in range(3)]
         qz = q[2].clamp_min_(1e-6)
         rig_x, rig_y = q[0].div_(qz), q[1].div_(qz)
-        # The source points projected (camera.project's values): one [3,3] @ [3,N] product.
-        src = (self.K_out @ points.reshape(-1, 3).T).view(3, S, S)
-        pz = src[2].clamp_min(1e-6)
+        src_x, src_y = project_planes(points.reshape(-1, 3), self.K_out)
         m = valid.reshape(S, S)
         disp = torch.empty(5, S, S)  # rigid (x, y), non-rigid remainder (x, y), mask
         torch.sub(rig_x, ux, out=disp[0])
         torch.sub(rig_y, uy, out=disp[1])
-        torch.div(src[0], pz, out=disp[2]).sub_(rig_x)
-        torch.div(src[1], pz, out=disp[3]).sub_(rig_y)
+        torch.sub(src_x.view(S, S), rig_x, out=disp[2])
+        torch.sub(src_y.view(S, S), rig_y, out=disp[3])
         torch.nan_to_num_(disp[:4].mul_(m))
         disp[4] = m
         P, area = self._cell_pool(S)  # adaptive_avg_pool2d to inner² cells, as two products

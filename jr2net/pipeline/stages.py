@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from jr2net.face.camera import project_planes
 from jr2net.face.mesh import MeshOperators
 
 
@@ -204,13 +205,11 @@ def full_res_face(
     Ho, Wo = photo.shape[-2:]
     x0, y0, side = box
     m = valid[0, 0] > 0
-    # camera.project's values (K @ [X,Y,Z], then x/z and y/z), one [3,3] @ [3,N] product.
-    q = K_out @ points.view(-1, 3).T
-    z = q[2].clamp(min=1e-6)
+    px, py = project_planes(points.view(-1, 3), K_out)
     # Off the mesh: the target pixel itself (the mask hides it; keeps the field smooth).
     u = (torch.arange(S, dtype=torch.float32) + 0.5) * (side / S) - 0.5
-    gx = torch.where(m, (q[0] / z).view(S, S), (u + x0)[None, :])
-    gy = torch.where(m, (q[1] / z).view(S, S), (u + y0)[:, None])
+    gx = torch.where(m, px.view(S, S), (u + x0)[None, :])
+    gy = torch.where(m, py.view(S, S), (u + y0)[:, None])
     grid = torch.stack([(2 * gx + 1) / Wo - 1, (2 * gy + 1) / Ho - 1], 0)
     planes = resample(torch.cat([grid[None], planes], 1), side)
     face = planes[:, 2:5].clone()  # the fill colour where the mask (so the layer) is 0
